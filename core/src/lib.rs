@@ -1,0 +1,56 @@
+//! # medinfer-core
+//!
+//! The pure-Rust pipeline shared by every medinfer target (native CLI/server, the browser
+//! bundle, the Spin component): input sniffing by magic bytes, the seed's validation rules,
+//! PNG/JPEG/DICOM decoding (Modality LUT, VOI, MONOCHROME1, colour, multi-frame),
+//! manifest-driven preprocessing and ONNX inference on tract.
+//!
+//! It does no I/O, reads no clock and has no target-specific code: callers hand it bytes and
+//! a [`Timer`], and get [`Prediction`]s or an [`Error`] with a stable [`Error::code`].
+//!
+//! ```
+//! use medinfer_core::{decode, DecodeOptions, Limits};
+//! // A 64×64 gray PNG made on the spot.
+//! let mut png = Vec::new();
+//! image::ImageEncoder::write_image(
+//!     image::codecs::png::PngEncoder::new(&mut png),
+//!     &[128u8; 64 * 64], 64, 64, image::ExtendedColorType::L8,
+//! ).unwrap();
+//! let decoded = decode(&png, &Limits::default(), &DecodeOptions::default()).unwrap();
+//! assert_eq!((decoded.pixels.width, decoded.pixels.channels), (64, 1));
+//! assert!((decoded.pixels.data[0] - 128.0 / 255.0).abs() < 1e-6);
+//! ```
+#![deny(missing_docs)]
+
+mod array;
+pub mod dicom;
+mod error;
+mod manifest;
+mod model;
+mod pipeline;
+mod pixels;
+pub mod preprocess;
+mod raster;
+mod registry;
+mod sniff;
+mod validate;
+
+pub use array::ArrayInput;
+pub use dicom::{DicomImage, DicomInfo, Frame, VoiFunction, Window};
+pub use error::{Error, Result};
+pub use manifest::{
+    Activation, Dim, InputSpec, Layout, ModelManifest, ModelStatus, OutputSpec, Preprocess,
+    ResizeMode,
+};
+pub use model::{LoadedModel, Prediction, Score, sha256_hex};
+pub use pipeline::{
+    DecodeOptions, Decoded, NoTimer, Timer, Timings, decode, decode_array, infer_bytes, predict,
+};
+pub use pixels::Pixels;
+pub use raster::decode_raster;
+pub use registry::Registry;
+pub use sniff::{Format, sniff};
+pub use validate::{DType, Limits, validate_samples};
+
+/// Re-exported so that leaves can name the image crate's types without a second version.
+pub use image;

@@ -1,0 +1,165 @@
+//! ONNX models on tract: load and optimise once, run batches, turn outputs into predictions.
+
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use tract_onnx::prelude::*;
+
+use crate::{Activation, Error, ModelManifest, Result};
+
+type Plan = Arc<TypedRunnableModel>;
+
+/// A model ready to run: manifest + optimised tract plan. Cheap to share (`Arc` inside).
+#[derive(Debug, Clone)]
+pub struct LoadedModel {
+    manifest: Arc<ModelManifest>,
+    plan: Plan,
+    sha256: String,
+    output_shape: Vec<String>,
+}
+
+/// One label and its score.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Score {
+    /// The label.
+    pub label: String,
+    /// Its score in 0..=1.
+    pub score: f32,
+}
+
+/// The model's answer for one image.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Prediction {
+    /// Every label with its score, highest first.
+    pub predictions: Vec<Score>,
+    /// The label with the highest score.
+    pub top_label: String,
+    /// The highest score (0..=1).
+    pub confidence_score: f32,
+}
+
+/// sha256 of `bytes` as lowercase hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl LoadedModel {
+    /// Parses, checks and optimises an ONNX model. Verifies the manifest's sha256 when given,
+    /// and that the model's output width equals the number of labels.
+    pub fn load(manifest: ModelManifest, onnx: &[u8]) -> Result<LoadedModel> {
+        let sha256 = sha256_hex(onnx);
+        if let Some(expected) = &manifest.sha256
+            && !expected.eq_ignore_ascii_case(&sha256)
+        {
+            return Err(Error::ModelChecksum { expected: expected.clone(), actual: sha256 });
+        }
+        let load_err = |e: TractError| Error::ModelLoad { reason: format!("{e:#}") };
+        let mut model = tract_onnx::onnx().model_for_read(&mut &onnx[..]).map_err(load_err)?;
+        let spec = &manifest.input;
+        let batch = model.symbols.sym("N");
+        let (c, h, w) = (spec.channels(), spec.height(), spec.width());
+        let fixed = |v: u32| TDim::Val(i64::from(v));
+        let dims: Vec<TDim> = match spec.layout {
+            crate::Layout::Nchw => vec![batch.into(), fixed(c), fixed(h), fixed(w)],
+            crate::Layout::Nhwc => vec![batch.into(), fixed(h), fixed(w), fixed(c)],
+        };
+        let input_index = model
+            .input_outlets()
+            .map_err(load_err)?
+            .iter()
+            .position(|o| model.node(o.node).name == spec.name)
+            .ok_or_else(|| Error::Manifest { reason: format!("the model has no input named {:?}", spec.name) })?;
+        model.set_input_fact(input_index, f32::fact(dims).into()).map_err(load_err)?;
+        let typed = model.into_optimized().map_err(load_err)?;
+        let output_fact = typed.output_fact(0).map_err(load_err)?;
+        let output_shape: Vec<String> = output_fact.shape.iter().map(|d| d.to_string()).collect();
+        let classes = output_fact.shape.iter().last().and_then(|d| d.to_i64().ok());
+        if classes != Some(manifest.output.labels.len() as i64) {
+            return Err(Error::Manifest {
+                reason: format!(
+                    "the model outputs {} classes per image but the manifest lists {} labels",
+                    classes.map_or("a symbolic number of".to_string(), |c| c.to_string()),
+                    manifest.output.labels.len()
+                ),
+            });
+        }
+        let plan = typed.into_runnable().map_err(load_err)?;
+        Ok(LoadedModel { manifest: Arc::new(manifest), plan, sha256, output_shape })
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &ModelManifest {
+        &self.manifest
+    }
+
+    /// sha256 of the ONNX bytes.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// The output shape as tract sees it, e.g. `["N", "14"]`.
+    pub fn output_shape(&self) -> &[String] {
+        &self.output_shape
+    }
+
+    /// Number of f32 values one image's input tensor holds.
+    pub fn input_len(&self) -> usize {
+        let s = &self.manifest.input;
+        (s.channels() * s.height() * s.width()) as usize
+    }
+
+    /// Runs the model on `batch` images whose preprocessed inputs are concatenated in `input`
+    /// and returns the raw outputs, one `Vec` of class values per image.
+    pub fn run_raw(&self, input: Vec<f32>, batch: usize) -> Result<Vec<Vec<f32>>> {
+        let per = self.input_len();
+        if batch == 0 || input.len() != per * batch {
+            return Err(Error::Inference { reason: "input length does not match the batch".into() });
+        }
+        let s = &self.manifest.input;
+        let (c, h, w) = (s.channels() as usize, s.height() as usize, s.width() as usize);
+        let shape = match s.layout {
+            crate::Layout::Nchw => [batch, c, h, w],
+            crate::Layout::Nhwc => [batch, h, w, c],
+        };
+        let tensor = Tensor::from_shape(&shape, &input)
+            .map_err(|e| Error::Inference { reason: format!("{e:#}") })?;
+        let outputs = self
+            .plan
+            .run(tvec!(tensor.into()))
+            .map_err(|e| Error::Inference { reason: format!("{e:#}") })?;
+        let out = outputs[0]
+            .to_plain_array_view::<f32>()
+            .map_err(|e| Error::Inference { reason: format!("{e:#}") })?;
+        let classes = self.manifest.output.labels.len();
+        let flat: Vec<f32> = out.iter().copied().collect();
+        if flat.len() != classes * batch {
+            return Err(Error::Inference { reason: "unexpected output size".into() });
+        }
+        Ok(flat.chunks_exact(classes).map(<[f32]>::to_vec).collect())
+    }
+
+    /// Applies the manifest's activation and labels to one image's raw output.
+    pub fn postprocess(&self, raw: &[f32]) -> Prediction {
+        let scores: Vec<f32> = match self.manifest.output.activation {
+            Activation::Identity => raw.to_vec(),
+            Activation::Sigmoid => raw.iter().map(|&x| 1.0 / (1.0 + (-x).exp())).collect(),
+            Activation::Softmax => {
+                let max = raw.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+                let exps: Vec<f32> = raw.iter().map(|&x| (x - max).exp()).collect();
+                let sum: f32 = exps.iter().sum();
+                exps.iter().map(|e| e / sum).collect()
+            }
+        };
+        let mut predictions: Vec<Score> = self
+            .manifest
+            .output
+            .labels
+            .iter()
+            .zip(scores)
+            .map(|(label, score)| Score { label: label.clone(), score: if score.is_nan() { 0.0 } else { score.clamp(0.0, 1.0) } })
+            .collect();
+        predictions.sort_by(|a, b| b.score.total_cmp(&a.score));
+        let top = predictions.first().cloned().unwrap_or(Score { label: String::new(), score: 0.0 });
+        Prediction { predictions, top_label: top.label, confidence_score: top.score }
+    }
+}

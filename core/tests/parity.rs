@@ -1,0 +1,62 @@
+//! tract output vs onnxruntime's on the shared test vector: ≤ 1e-4 max abs, batch 1 and 2.
+mod common;
+
+const TOL: f32 = 1e-4;
+
+fn check(id: &str, ort_file: &str) {
+    let model = common::load_model(id);
+    let input = common::f32_file("testdata/models/testvec_input_2x3x224x224.f32");
+    let expected = common::f32_file(&format!("testdata/models/{ort_file}"));
+    assert_eq!(input.len(), 2 * 3 * 224 * 224);
+    assert_eq!(expected.len(), 28);
+
+    let batch2 = model.run_raw(input.clone(), 2).unwrap();
+    let per = input.len() / 2;
+    let single: Vec<Vec<f32>> =
+        (0..2).map(|b| model.run_raw(input[b * per..(b + 1) * per].to_vec(), 1).unwrap().remove(0)).collect();
+    for (name, got) in [("batch 2", batch2.concat()), ("batch 1", single.concat())] {
+        let max = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        println!("{id} {name}: max |tract - ort| = {max:.3e}");
+        assert!(max <= TOL, "{id} {name}: max abs diff {max} > {TOL}");
+    }
+}
+
+#[test]
+fn densenet121_matches_onnxruntime() {
+    check("densenet121-chexnet", "densenet121_chexnet.testvec_output_ort.f32");
+}
+
+#[test]
+fn mobilenetv2_matches_onnxruntime() {
+    check("mobilenetv2-chexnet", "mobilenetv2.testvec_output_ort.f32");
+}
+
+#[test]
+fn postprocess_sorts_and_labels() {
+    let model = common::load_model("mobilenetv2-chexnet");
+    let expected = common::f32_file("testdata/models/mobilenetv2.testvec_output_ort.f32");
+    let p = model.postprocess(&expected[..14]);
+    assert_eq!(p.predictions.len(), 14);
+    assert!(p.predictions.windows(2).all(|w| w[0].score >= w[1].score));
+    // Reference row 0's largest value is index 11 (Fibrosis) at 0.8525.
+    assert_eq!(p.top_label, "Fibrosis");
+    assert!((p.confidence_score - 0.852_496).abs() < 1e-5);
+}
+
+#[test]
+fn wrong_checksum_and_label_count_are_refused() {
+    let dir = common::root().join("models/mobilenetv2-chexnet");
+    #[allow(clippy::disallowed_methods)]
+    let (text, onnx) = (std::fs::read_to_string(dir.join("model.toml")).unwrap(), std::fs::read(dir.join("model.onnx")).unwrap());
+    let bad_sha = text.replace("93aeb9db", "00000000");
+    let m = medinfer_core::ModelManifest::from_toml(&bad_sha).unwrap();
+    assert_eq!(medinfer_core::LoadedModel::load(m, &onnx).unwrap_err().code(), "model.checksum_mismatch");
+    let bad_labels = text.replace("\"Hernia\",", "");
+    let m = medinfer_core::ModelManifest::from_toml(&bad_labels).unwrap();
+    assert_eq!(medinfer_core::LoadedModel::load(m, &onnx).unwrap_err().code(), "model.manifest_invalid");
+    let m = medinfer_core::ModelManifest::from_toml(&text).unwrap();
+    assert_eq!(medinfer_core::LoadedModel::load(m, &onnx[..1000]).unwrap_err().code(), "model.checksum_mismatch");
+    let no_sha: String = text.lines().filter(|l| !l.starts_with("sha256")).collect::<Vec<_>>().join("\n");
+    let m = medinfer_core::ModelManifest::from_toml(&no_sha).unwrap();
+    assert_eq!(medinfer_core::LoadedModel::load(m, &onnx[..1000]).unwrap_err().code(), "model.load_failed");
+}
