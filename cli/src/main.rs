@@ -1,1 +1,364 @@
-fn main(){}
+//! `medinfer`: the native command line over `medinfer-core`.
+
+mod deid;
+mod models;
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use medinfer_core::{DecodeOptions, Limits, Timer};
+use serde_json::json;
+
+#[derive(Parser, Debug)]
+#[command(name = "medinfer", version, about = "Medical-image inference where the pixels are.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Classify image files (DICOM, PNG, JPEG) or every such file in folders.
+    Infer {
+        /// Files or folders (searched recursively).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        /// Model id (default: the registry's default model).
+        #[arg(long)]
+        model: Option<String>,
+        /// Print JSON (one array) instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// For multi-frame DICOM: the frame to classify (0-based).
+        #[arg(long)]
+        frame: Option<u32>,
+        /// Images per model run.
+        #[arg(long, default_value_t = 8)]
+        batch: usize,
+        /// Models folder (default: $MEDINFER_MODELS, else ./models).
+        #[arg(long)]
+        models_dir: Option<PathBuf>,
+    },
+    /// List the models in the registry.
+    Models {
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Models folder (default: $MEDINFER_MODELS, else ./models).
+        #[arg(long)]
+        models_dir: Option<PathBuf>,
+    },
+    /// De-identify DICOM files (PS3.15 Basic Profile): a file, or a folder tree into a new tree.
+    Deid {
+        /// Input file or folder.
+        input: PathBuf,
+        /// Output file or folder (created).
+        output: PathBuf,
+        /// Profile options: retain-safe-private, retain-uids, retain-device-identity,
+        /// retain-institution-identity, retain-patient-characteristics, retain-full-dates,
+        /// retain-modified-dates, clean-descriptors, no-clean-graphics.
+        #[arg(long = "option", value_name = "OPTION")]
+        options: Vec<String>,
+        /// File holding the secret key (16+ bytes); else $MEDINFER_DEID_KEY.
+        #[arg(long)]
+        key_file: Option<PathBuf>,
+        /// Where to write the JSON report (default: stdout for a file,
+        /// OUTPUT/deid-report.json for a folder).
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
+    /// Describe an image file: format, size, transfer syntax, photometric. Never a PHI value.
+    Inspect {
+        /// The file.
+        file: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+struct Clock(Instant);
+
+impl Timer for Clock {
+    fn now_ms(&self) -> f64 {
+        self.0.elapsed().as_secs_f64() * 1e3
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Infer { paths, model, json, frame, batch, models_dir } => {
+            infer(&paths, model.as_deref(), json, frame, batch, models_dir)
+        }
+        Command::Models { json, models_dir } => list_models(json, models_dir),
+        Command::Inspect { file, json } => inspect(&file, json),
+        Command::Deid { input, output, options, key_file, report } => (|| {
+            let key = deid::key(key_file.as_deref())?;
+            let mut opts = medinfer_core::deid::DeidOptions::default();
+            for o in &options {
+                opts.set(o)?;
+            }
+            deid::run(&input, &output, &key, opts, report.as_deref())
+        })(),
+    };
+    match result {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(1),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::from(2)
+        }
+    }
+}
+
+/// Files under `paths`, folders walked recursively, sorted, hidden files skipped.
+fn collect_files(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+        let mut entries: Vec<_> =
+            std::fs::read_dir(dir)?.filter_map(|e| e.ok()).map(|e| e.path()).collect();
+        entries.sort();
+        for p in entries {
+            if p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')) {
+                continue;
+            }
+            if p.is_dir() {
+                walk(&p, out)?;
+            } else {
+                out.push(p);
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            walk(p, &mut out)?;
+        } else {
+            out.push(p.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn infer(
+    paths: &[PathBuf],
+    model_id: Option<&str>,
+    as_json: bool,
+    frame: Option<u32>,
+    batch: usize,
+    models_dir: Option<PathBuf>,
+) -> Result<bool> {
+    let files = collect_files(paths)?;
+    let dir = models::models_dir(models_dir);
+    let (registry, _) = models::load(&dir, model_id)?;
+    let model = registry.resolve(model_id)?;
+    let clock = Clock(Instant::now());
+    let limits = Limits::default();
+    let options = DecodeOptions { frame, window: None };
+    let progress = (files.len() > 1).then(|| {
+        let bar = indicatif::ProgressBar::new(files.len() as u64);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{bar:40} {pos}/{len} {elapsed_precise} eta {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        bar
+    });
+    let mut rows = Vec::new();
+    let mut all_ok = true;
+    for chunk in files.chunks(batch.max(1)) {
+        // Decode the chunk, then one model run for everything that decoded.
+        let mut decoded = Vec::new();
+        for path in chunk {
+            let t0 = clock.now_ms();
+            let result = std::fs::read(path)
+                .map_err(|e| anyhow::anyhow!("cannot read the file: {e}"))
+                .and_then(|bytes| {
+                    medinfer_core::decode(&bytes, &limits, &options).map_err(anyhow::Error::new)
+                });
+            decoded.push((path, result, clock.now_ms() - t0));
+        }
+        let ok: Vec<_> =
+            decoded.iter().filter_map(|(_, r, _)| r.as_ref().ok()).map(|d| &d.pixels).collect();
+        let mut predictions = medinfer_core::predict(model, &ok, batch, &clock)?.into_iter();
+        for (path, result, decode_ms) in decoded {
+            let row = match result {
+                Ok(d) => {
+                    let (p, mut t) = predictions.next().expect("one prediction per decoded image");
+                    t.decode_ms = decode_ms;
+                    t.total_ms += decode_ms;
+                    json!({
+                        "file": path.display().to_string(),
+                        "model_id": model.manifest().id,
+                        "model_version": model.manifest().version,
+                        "format": d.format,
+                        "transfer_syntax": d.dicom.as_ref().map(|i| &i.transfer_syntax),
+                        "predictions": p.predictions,
+                        "top_label": p.top_label,
+                        "confidence_score": p.confidence_score,
+                        "timing_ms": t,
+                    })
+                }
+                Err(e) => {
+                    all_ok = false;
+                    let code = e
+                        .downcast_ref::<medinfer_core::Error>()
+                        .map_or("io.read_failed", |e| e.code());
+                    json!({"file": path.display().to_string(), "error": {"code": code, "message": e.to_string()}})
+                }
+            };
+            rows.push(row);
+            if let Some(bar) = &progress {
+                bar.inc(1);
+            }
+        }
+    }
+    if let Some(bar) = progress {
+        bar.finish_and_clear();
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else {
+        print_table(&rows, model.manifest());
+    }
+    Ok(all_ok)
+}
+
+fn print_table(rows: &[serde_json::Value], manifest: &medinfer_core::ModelManifest) {
+    println!("model: {} {}", manifest.id, manifest.version);
+    if let Some(d) = &manifest.disclaimer {
+        println!("note:  {d}");
+    }
+    let width =
+        rows.iter().map(|r| r["file"].as_str().unwrap_or("").len()).max().unwrap_or(4).clamp(4, 60);
+    println!("{:<width$}  {:<20} {:>6}  {:<44} {:>8}", "file", "top label", "score", "next", "ms");
+    for r in rows {
+        let file = r["file"].as_str().unwrap_or("");
+        let file = if file.len() > width { &file[file.len() - width..] } else { file };
+        if let Some(err) = r.get("error") {
+            println!(
+                "{file:<width$}  error {}: {}",
+                err["code"].as_str().unwrap_or(""),
+                err["message"].as_str().unwrap_or("")
+            );
+            continue;
+        }
+        let next: Vec<String> = r["predictions"]
+            .as_array()
+            .map(|p| {
+                p.iter()
+                    .skip(1)
+                    .take(3)
+                    .map(|s| {
+                        format!(
+                            "{} {:.3}",
+                            s["label"].as_str().unwrap_or(""),
+                            s["score"].as_f64().unwrap_or(0.0)
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        println!(
+            "{file:<width$}  {:<20} {:>6.3}  {:<44} {:>8.1}",
+            r["top_label"].as_str().unwrap_or(""),
+            r["confidence_score"].as_f64().unwrap_or(0.0),
+            next.join(", "),
+            r["timing_ms"]["total_ms"].as_f64().unwrap_or(0.0)
+        );
+    }
+}
+
+fn list_models(as_json: bool, models_dir: Option<PathBuf>) -> Result<bool> {
+    let dir = models::models_dir(models_dir);
+    let (registry, timings) = models::load(&dir, None)?;
+    let rows: Vec<_> = registry
+        .iter()
+        .map(|m| {
+            let man = m.manifest();
+            let load_ms = timings.iter().find(|(id, _)| *id == man.id).map_or(0.0, |t| t.1);
+            json!({
+                "model_id": man.id, "version": man.version, "status": man.status,
+                "file_path": dir.join(&man.id).join(&man.file).display().to_string(),
+                "input_shape": man.input.shape, "output_shape": m.output_shape(),
+                "labels": man.output.labels.len(), "sha256": m.sha256(), "load_ms": load_ms,
+                "disclaimer": man.disclaimer,
+            })
+        })
+        .collect();
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(true);
+    }
+    println!(
+        "{:<24} {:<22} {:<12} {:<20} {:<10} {:<14} {:>8}",
+        "model_id", "version", "status", "input", "output", "sha256", "load ms"
+    );
+    for r in &rows {
+        let shape = |v: &serde_json::Value| {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|d| d.to_string().trim_matches('"').to_string())
+                        .collect::<Vec<_>>()
+                        .join("x")
+                })
+                .unwrap_or_default()
+        };
+        println!(
+            "{:<24} {:<22} {:<12} {:<20} {:<10} {:<14} {:>8.0}",
+            r["model_id"].as_str().unwrap_or(""),
+            r["version"].as_str().unwrap_or(""),
+            r["status"].as_str().unwrap_or(""),
+            shape(&r["input_shape"]),
+            shape(&r["output_shape"]),
+            &r["sha256"].as_str().unwrap_or("")[..12],
+            r["load_ms"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(true)
+}
+
+fn inspect(file: &Path, as_json: bool) -> Result<bool> {
+    let bytes = std::fs::read(file)?;
+    let limits = Limits::default();
+    let mut out = json!({"file": file.display().to_string(), "bytes": bytes.len()});
+    let format = medinfer_core::sniff(&bytes)?;
+    out["format"] = json!(format);
+    out["media_type"] = json!(format.media_type());
+    match format {
+        medinfer_core::Format::Dicom => {
+            let image = medinfer_core::DicomImage::parse(&bytes)?;
+            out["dicom"] = serde_json::to_value(image.info())?;
+        }
+        _ => {
+            let px = medinfer_core::decode_raster(&bytes, format, &limits)?;
+            out["width"] = json!(px.width);
+            out["height"] = json!(px.height);
+            out["channels"] = json!(px.channels);
+        }
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&out)?);
+    } else {
+        print_flat("", &out);
+    }
+    Ok(true)
+}
+
+fn print_flat(prefix: &str, v: &serde_json::Value) {
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, v) in map {
+                let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                print_flat(&key, v);
+            }
+        }
+        serde_json::Value::Null => {}
+        other => println!("{prefix:<28} {}", other.to_string().trim_matches('"')),
+    }
+}

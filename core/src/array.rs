@@ -28,7 +28,8 @@ impl ArrayInput {
         limits.check_dimensions(self.width, self.height)?;
         let dtype = self.dtype.as_deref().map(DType::parse).transpose()?.unwrap_or_default();
         let area = self.width * self.height;
-        let channels = self.channels.unwrap_or(if self.data.len() as u64 == area * 3 { 3 } else { 1 });
+        let channels =
+            self.channels.unwrap_or(if self.data.len() as u64 == area * 3 { 3 } else { 1 });
         let data = validate_samples(&self.data, self.width, self.height, channels, dtype, limits)?;
         Pixels::new(self.width as u32, self.height as u32, channels as u8, data)
             .ok_or(Error::Shape { expected: area * channels, found: self.data.len() as u64 })
@@ -42,7 +43,8 @@ mod tests {
     #[test]
     fn seed_json_parses_and_infers_channels() {
         let data: Vec<f64> = (0..64 * 64 * 3).map(|i| (i % 256) as f64 / 255.0).collect();
-        let json = serde_json::json!({"data": data, "width": 64, "height": 64, "patient_id": "PT-1"});
+        let json =
+            serde_json::json!({"data": data, "width": 64, "height": 64, "patient_id": "PT-1"});
         let input: ArrayInput = serde_json::from_value(json).unwrap();
         let px = input.to_pixels(&Limits::default()).unwrap();
         assert_eq!(px.channels, 3);
@@ -50,7 +52,8 @@ mod tests {
 
     #[test]
     fn wrong_shape_and_type_are_refused() {
-        let input = ArrayInput { data: vec![0.0; 100], width: 64, height: 64, channels: None, dtype: None };
+        let input =
+            ArrayInput { data: vec![0.0; 100], width: 64, height: 64, channels: None, dtype: None };
         assert_eq!(input.to_pixels(&Limits::default()).unwrap_err().code(), "input.shape");
         let input = ArrayInput { dtype: Some("complex128".into()), data: vec![0.0; 4096], ..input };
         assert_eq!(input.to_pixels(&Limits::default()).unwrap_err().code(), "input.dtype");

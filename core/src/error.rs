@@ -148,6 +148,21 @@ pub enum Error {
         /// tract's explanation.
         reason: String,
     },
+    /// An unknown de-identification option.
+    #[error("unknown de-identification option {name:?}")]
+    DeidOption {
+        /// The option name given.
+        name: String,
+    },
+    /// The de-identification key is too short.
+    #[error("the de-identification key must be at least 16 bytes")]
+    DeidKey,
+    /// The de-identified object could not be written.
+    #[error("the de-identified DICOM file could not be written: {reason}")]
+    DicomWrite {
+        /// A fixed description.
+        reason: &'static str,
+    },
     /// The JSON input is malformed.
     #[error("invalid JSON input: {reason}")]
     Json {
@@ -184,6 +199,9 @@ impl Error {
             Error::ModelNotFound { .. } => "model.not_found",
             Error::Inference { .. } => "inference.failed",
             Error::Json { .. } => "input.invalid_json",
+            Error::DeidOption { .. } => "deid.unknown_option",
+            Error::DeidKey => "deid.key_too_short",
+            Error::DicomWrite { .. } => "deid.write_failed",
         }
     }
 

@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 mod array;
+pub mod deid;
 pub mod dicom;
 mod error;
 mod manifest;

@@ -182,8 +182,8 @@ fn default_file() -> String {
 impl ModelManifest {
     /// Parses and checks a manifest.
     pub fn from_toml(text: &str) -> Result<ModelManifest> {
-        let m: ModelManifest =
-            toml::from_str(text).map_err(|e| Error::Manifest { reason: e.message().to_string() })?;
+        let m: ModelManifest = toml::from_str(text)
+            .map_err(|e| Error::Manifest { reason: e.message().to_string() })?;
         m.check()?;
         Ok(m)
     }
@@ -253,7 +253,11 @@ mod tests {
             ("shape = [\"N\", 224, 224, 1]", "shape = [\"N\", 224, 224, 2]"),
         ] {
             let text = OK.replace(from, to);
-            assert_eq!(ModelManifest::from_toml(&text).unwrap_err().code(), "model.manifest_invalid", "{to}");
+            assert_eq!(
+                ModelManifest::from_toml(&text).unwrap_err().code(),
+                "model.manifest_invalid",
+                "{to}"
+            );
         }
     }
 }

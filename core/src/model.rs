@@ -68,7 +68,9 @@ impl LoadedModel {
             .map_err(load_err)?
             .iter()
             .position(|o| model.node(o.node).name == spec.name)
-            .ok_or_else(|| Error::Manifest { reason: format!("the model has no input named {:?}", spec.name) })?;
+            .ok_or_else(|| Error::Manifest {
+                reason: format!("the model has no input named {:?}", spec.name),
+            })?;
         model.set_input_fact(input_index, f32::fact(dims).into()).map_err(load_err)?;
         let typed = model.into_optimized().map_err(load_err)?;
         let output_fact = typed.output_fact(0).map_err(load_err)?;
@@ -113,7 +115,9 @@ impl LoadedModel {
     pub fn run_raw(&self, input: Vec<f32>, batch: usize) -> Result<Vec<Vec<f32>>> {
         let per = self.input_len();
         if batch == 0 || input.len() != per * batch {
-            return Err(Error::Inference { reason: "input length does not match the batch".into() });
+            return Err(Error::Inference {
+                reason: "input length does not match the batch".into(),
+            });
         }
         let s = &self.manifest.input;
         let (c, h, w) = (s.channels() as usize, s.height() as usize, s.width() as usize);
@@ -156,10 +160,14 @@ impl LoadedModel {
             .labels
             .iter()
             .zip(scores)
-            .map(|(label, score)| Score { label: label.clone(), score: if score.is_nan() { 0.0 } else { score.clamp(0.0, 1.0) } })
+            .map(|(label, score)| Score {
+                label: label.clone(),
+                score: if score.is_nan() { 0.0 } else { score.clamp(0.0, 1.0) },
+            })
             .collect();
         predictions.sort_by(|a, b| b.score.total_cmp(&a.score));
-        let top = predictions.first().cloned().unwrap_or(Score { label: String::new(), score: 0.0 });
+        let top =
+            predictions.first().cloned().unwrap_or(Score { label: String::new(), score: 0.0 });
         Prediction { predictions, top_label: top.label, confidence_score: top.score }
     }
 }

@@ -71,13 +71,15 @@ fn coefficients(input: usize, output: usize) -> Vec<(usize, Vec<f32>)> {
 pub fn to_channels(px: Pixels, channels: u8) -> Pixels {
     match (px.channels, channels) {
         (a, b) if a == b => px,
-        (1, 3) => Pixels {
-            data: px.data.iter().flat_map(|&v| [v, v, v]).collect(),
-            channels: 3,
-            ..px
-        },
+        (1, 3) => {
+            Pixels { data: px.data.iter().flat_map(|&v| [v, v, v]).collect(), channels: 3, ..px }
+        }
         _ => Pixels {
-            data: px.data.chunks_exact(3).map(|p| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2]).collect(),
+            data: px
+                .data
+                .chunks_exact(3)
+                .map(|p| 0.299 * p[0] + 0.587 * p[1] + 0.114 * p[2])
+                .collect(),
             channels: 1,
             ..px
         },
@@ -91,7 +93,11 @@ pub fn to_channels(px: Pixels, channels: u8) -> Pixels {
 pub fn preprocess_into(px: &Pixels, manifest: &ModelManifest, out: &mut [f32]) {
     let spec = &manifest.input;
     let (c, h, w) = (spec.channels() as usize, spec.height(), spec.width());
-    assert_eq!(out.len(), c * h as usize * w as usize, "output buffer does not match the input shape");
+    assert_eq!(
+        out.len(),
+        c * h as usize * w as usize,
+        "output buffer does not match the input shape"
+    );
     let fitted = match manifest.preprocess.resize {
         ResizeMode::Stretch => resize(px, w, h),
         ResizeMode::Letterbox => letterbox(px, w, h),
@@ -112,7 +118,10 @@ pub fn preprocess_into(px: &Pixels, manifest: &ModelManifest, out: &mut [f32]) {
 
 fn letterbox(px: &Pixels, w: u32, h: u32) -> Pixels {
     let s = (w as f64 / px.width as f64).min(h as f64 / px.height as f64);
-    let (sw, sh) = (((px.width as f64 * s).round() as u32).clamp(1, w), ((px.height as f64 * s).round() as u32).clamp(1, h));
+    let (sw, sh) = (
+        ((px.width as f64 * s).round() as u32).clamp(1, w),
+        ((px.height as f64 * s).round() as u32).clamp(1, h),
+    );
     let small = resize(px, sw, sh);
     let c = px.channels as usize;
     let (ox, oy) = (((w - sw) / 2) as usize, ((h - sh) / 2) as usize);
@@ -166,7 +175,12 @@ mod tests {
         };
         for x in 0..4 {
             let centre = 2.0 * x as f32 + 0.5;
-            assert!((r.data[x] - expect(centre)).abs() < 1e-5, "{x}: {} vs {}", r.data[x], expect(centre));
+            assert!(
+                (r.data[x] - expect(centre)).abs() < 1e-5,
+                "{x}: {} vs {}",
+                r.data[x],
+                expect(centre)
+            );
         }
     }
 

@@ -94,8 +94,8 @@ mod tests {
     fn truncated_png_is_a_decode_error() {
         let raw = vec![7u8; 64 * 64 * 3];
         let bytes = png(64, 64, image::ExtendedColorType::Rgb8, &raw);
-        let e = decode_raster(&bytes[..bytes.len() / 2], Format::Png, &Limits::default())
-            .unwrap_err();
+        let e =
+            decode_raster(&bytes[..bytes.len() / 2], Format::Png, &Limits::default()).unwrap_err();
         assert_eq!(e.code(), "decode.png");
     }
 }

@@ -41,7 +41,9 @@ impl Registry {
 
     /// The model with this id.
     pub fn get(&self, id: &str) -> Result<&LoadedModel> {
-        self.models.get(id).ok_or_else(|| Error::ModelNotFound { id: id.chars().take(64).collect() })
+        self.models
+            .get(id)
+            .ok_or_else(|| Error::ModelNotFound { id: id.chars().take(64).collect() })
     }
 
     /// The model for a request: the named one, else the default (explicitly set, else the

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Every file of the shared DICOM set decodes to the shape, type and values pydicom (+pylibjpeg)
 //! gives (`testdata/dicom/reference.json`, made by `make_reference.py`), or fails with the
 //! intended error.
@@ -8,7 +9,8 @@ use serde_json::Value;
 
 /// Transfer syntaxes whose decoders may legitimately differ (lossy JPEG / JPEG 2000: IDCT,
 /// rounding and chroma upsampling differ between libjpeg/openjpeg and the Rust decoders).
-const LOSSY: &[&str] = &["1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.91"];
+const LOSSY: &[&str] =
+    &["1.2.840.10008.1.2.4.50", "1.2.840.10008.1.2.4.51", "1.2.840.10008.1.2.4.91"];
 const JPEG_LS: &[&str] = &["1.2.840.10008.1.2.4.80", "1.2.840.10008.1.2.4.81"];
 
 struct Stats {
@@ -56,8 +58,16 @@ fn every_shared_file_matches_pydicom() {
         assert_eq!(info.rows as u64, r["rows"].as_u64().unwrap(), "{name} rows");
         assert_eq!(info.columns as u64, r["cols"].as_u64().unwrap(), "{name} cols");
         assert_eq!(info.frames as u64, r["frames"].as_u64().unwrap(), "{name} frames");
-        assert_eq!(u64::from(info.samples_per_pixel), r["samples"].as_u64().unwrap(), "{name} samples");
-        assert_eq!(u64::from(info.bits_allocated), r["bits_allocated"].as_u64().unwrap(), "{name} bits");
+        assert_eq!(
+            u64::from(info.samples_per_pixel),
+            r["samples"].as_u64().unwrap(),
+            "{name} samples"
+        );
+        assert_eq!(
+            u64::from(info.bits_allocated),
+            r["bits_allocated"].as_u64().unwrap(),
+            "{name} bits"
+        );
         assert_eq!(info.signed, r["pixel_representation"].as_u64() == Some(1), "{name} sign");
         if JPEG_LS.contains(&ts) && !cfg!(feature = "jpeg-ls") {
             let err = image.frame(0).unwrap_err();
@@ -73,13 +83,20 @@ fn every_shared_file_matches_pydicom() {
         let lossy = LOSSY.contains(&ts);
         let frames = r["frames_stats"].as_array().unwrap();
         for (i, fr) in frames.iter().enumerate() {
-            let frame = frame_values(&image, i as u32).unwrap_or_else(|e| panic!("{name} frame {i}: {e}"));
+            let frame =
+                frame_values(&image, i as u32).unwrap_or_else(|e| panic!("{name} frame {i}: {e}"));
             let samples = if r["kind"] == "grayscale" { 1 } else { 3 };
             assert_eq!(frame.samples, samples, "{name}: samples after colour conversion");
             check_frame(name, i, &frame, fr, lossy, info.columns as usize);
             if let Some(display) = r.get("display_stats") {
                 let px = frame.to_pixels(None);
-                check_frame_pixels(name, i, &px.data, &display["frames_stats"][i], info.columns as usize);
+                check_frame_pixels(
+                    name,
+                    i,
+                    &px.data,
+                    &display["frames_stats"][i],
+                    info.columns as usize,
+                );
             }
         }
         checked += 1;
@@ -99,9 +116,17 @@ fn check_frame_pixels(name: &str, i: usize, values: &[f32], r: &Value, cols: usi
     let center = (rows / 2) * cols + cols / 2;
     // Display values are in 0..1: compare with 1e-4 (f32 vs f64 arithmetic).
     let s = stats(values);
-    assert!((s.mean - num(&r["mean"])).abs() < 1e-4, "{name} display mean {} vs {}", s.mean, r["mean"]);
+    assert!(
+        (s.mean - num(&r["mean"])).abs() < 1e-4,
+        "{name} display mean {} vs {}",
+        s.mean,
+        r["mean"]
+    );
     for (k, e) in r["center"].as_array().unwrap().iter().enumerate() {
-        assert!((f64::from(values[center + k]) - num(e)).abs() < 1e-4, "{name} display center[{k}]");
+        assert!(
+            (f64::from(values[center + k]) - num(e)).abs() < 1e-4,
+            "{name} display center[{k}]"
+        );
     }
     let _ = i;
 }
@@ -111,9 +136,17 @@ fn compare_at(name: &str, i: usize, values: &[f32], r: &Value, lossy: bool, cent
     let ctx = format!("{name} frame {i}");
     assert_eq!(values.len() as u64, r["n"].as_u64().unwrap(), "{ctx}: sample count");
     let range = (num(&r["max"]) - num(&r["min"])).abs().max(1.0);
-    let (tol_mean, tol_ext, tol_px) =
-        if lossy { (0.01 * range, 0.08 * range, 0.10 * range) } else { (1e-6 * range + 1e-3, 1e-3, 1e-3) };
-    assert!((s.mean - num(&r["mean"])).abs() <= tol_mean, "{ctx}: mean {} vs {}", s.mean, r["mean"]);
+    let (tol_mean, tol_ext, tol_px) = if lossy {
+        (0.01 * range, 0.08 * range, 0.10 * range)
+    } else {
+        (1e-6 * range + 1e-3, 1e-3, 1e-3)
+    };
+    assert!(
+        (s.mean - num(&r["mean"])).abs() <= tol_mean,
+        "{ctx}: mean {} vs {}",
+        s.mean,
+        r["mean"]
+    );
     assert!((s.min - num(&r["min"])).abs() <= tol_ext, "{ctx}: min {} vs {}", s.min, r["min"]);
     assert!((s.max - num(&r["max"])).abs() <= tol_ext, "{ctx}: max {} vs {}", s.max, r["max"]);
     for (key, start) in [("head", 0usize), ("center", center)] {
@@ -126,9 +159,15 @@ fn compare_at(name: &str, i: usize, values: &[f32], r: &Value, lossy: bool, cent
 
 #[test]
 fn lossless_pairs_decode_identically() {
-    let decode = |name: &str| DicomImage::parse(&common::dicom(name)).unwrap().frame(0).unwrap().values;
+    let decode =
+        |name: &str| DicomImage::parse(&common::dicom(name)).unwrap().frame(0).unwrap().values;
     let mr = decode("MR_small.dcm");
-    let mut others = vec!["MR_small_implicit.dcm", "MR_small_bigendian.dcm", "MR_small_RLE.dcm", "MR_small_jp2klossless.dcm"];
+    let mut others = vec![
+        "MR_small_implicit.dcm",
+        "MR_small_bigendian.dcm",
+        "MR_small_RLE.dcm",
+        "MR_small_jp2klossless.dcm",
+    ];
     if cfg!(feature = "jpeg-ls") {
         others.push("MR_small_jpeg_ls_lossless.dcm");
     }

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! tract output vs onnxruntime's on the shared test vector: ≤ 1e-4 max abs, batch 1 and 2.
 mod common;
 
@@ -12,8 +13,9 @@ fn check(id: &str, ort_file: &str) {
 
     let batch2 = model.run_raw(input.clone(), 2).unwrap();
     let per = input.len() / 2;
-    let single: Vec<Vec<f32>> =
-        (0..2).map(|b| model.run_raw(input[b * per..(b + 1) * per].to_vec(), 1).unwrap().remove(0)).collect();
+    let single: Vec<Vec<f32>> = (0..2)
+        .map(|b| model.run_raw(input[b * per..(b + 1) * per].to_vec(), 1).unwrap().remove(0))
+        .collect();
     for (name, got) in [("batch 2", batch2.concat()), ("batch 1", single.concat())] {
         let max = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         println!("{id} {name}: max |tract - ort| = {max:.3e}");
@@ -47,16 +49,32 @@ fn postprocess_sorts_and_labels() {
 fn wrong_checksum_and_label_count_are_refused() {
     let dir = common::root().join("models/mobilenetv2-chexnet");
     #[allow(clippy::disallowed_methods)]
-    let (text, onnx) = (std::fs::read_to_string(dir.join("model.toml")).unwrap(), std::fs::read(dir.join("model.onnx")).unwrap());
+    let (text, onnx) = (
+        std::fs::read_to_string(dir.join("model.toml")).unwrap(),
+        std::fs::read(dir.join("model.onnx")).unwrap(),
+    );
     let bad_sha = text.replace("93aeb9db", "00000000");
     let m = medinfer_core::ModelManifest::from_toml(&bad_sha).unwrap();
-    assert_eq!(medinfer_core::LoadedModel::load(m, &onnx).unwrap_err().code(), "model.checksum_mismatch");
+    assert_eq!(
+        medinfer_core::LoadedModel::load(m, &onnx).unwrap_err().code(),
+        "model.checksum_mismatch"
+    );
     let bad_labels = text.replace("\"Hernia\",", "");
     let m = medinfer_core::ModelManifest::from_toml(&bad_labels).unwrap();
-    assert_eq!(medinfer_core::LoadedModel::load(m, &onnx).unwrap_err().code(), "model.manifest_invalid");
+    assert_eq!(
+        medinfer_core::LoadedModel::load(m, &onnx).unwrap_err().code(),
+        "model.manifest_invalid"
+    );
     let m = medinfer_core::ModelManifest::from_toml(&text).unwrap();
-    assert_eq!(medinfer_core::LoadedModel::load(m, &onnx[..1000]).unwrap_err().code(), "model.checksum_mismatch");
-    let no_sha: String = text.lines().filter(|l| !l.starts_with("sha256")).collect::<Vec<_>>().join("\n");
+    assert_eq!(
+        medinfer_core::LoadedModel::load(m, &onnx[..1000]).unwrap_err().code(),
+        "model.checksum_mismatch"
+    );
+    let no_sha: String =
+        text.lines().filter(|l| !l.starts_with("sha256")).collect::<Vec<_>>().join("\n");
     let m = medinfer_core::ModelManifest::from_toml(&no_sha).unwrap();
-    assert_eq!(medinfer_core::LoadedModel::load(m, &onnx[..1000]).unwrap_err().code(), "model.load_failed");
+    assert_eq!(
+        medinfer_core::LoadedModel::load(m, &onnx[..1000]).unwrap_err().code(),
+        "model.load_failed"
+    );
 }

@@ -1,1 +1,95 @@
-fn main(){}
+//! Build and CI orchestration: `cargo xtask test` runs every check, cheapest first.
+
+use std::process::Command;
+
+use anyhow::{Context, Result, bail};
+
+const USAGE: &str = "usage: cargo xtask <test|lint|wasm>
+  test   everything CI runs: lint, native tests, wasm builds of core
+  lint   rustfmt --check and clippy -D warnings
+  wasm   build core for wasm32-wasip2 and wasm32-unknown-unknown";
+
+fn main() -> Result<()> {
+    let task = std::env::args().nth(1).unwrap_or_default();
+    match task.as_str() {
+        "test" => {
+            lint()?;
+            native_tests()?;
+            wasm()?;
+            println!("xtask: all checks passed");
+            Ok(())
+        }
+        "lint" => lint(),
+        "wasm" => wasm(),
+        _ => {
+            eprintln!("{USAGE}");
+            bail!("unknown task {task:?}")
+        }
+    }
+}
+
+/// Natively the tests also cover JPEG-LS (CharLS; needs cmake and a C++ compiler).
+const NATIVE_FEATURES: &str = "medinfer-core/jpeg-ls";
+
+fn cargo(args: &[&str]) -> Result<()> {
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(env!("CARGO")).args(args).status().context("running cargo")?;
+    if !status.success() {
+        bail!("cargo {} failed ({status})", args.join(" "));
+    }
+    Ok(())
+}
+
+fn lint() -> Result<()> {
+    cargo(&["fmt", "--all", "--check"])?;
+    // Same profile as the tests so that dependencies are compiled once per run.
+    cargo(&[
+        "clippy",
+        "--release",
+        "--workspace",
+        "--all-targets",
+        "--features",
+        NATIVE_FEATURES,
+        "--",
+        "-D",
+        "warnings",
+    ])
+}
+
+/// The de-identification tests read our output back with pydicom, an independent reader.
+fn python_deps() -> Result<()> {
+    let ok = Command::new("python3").args(["-c", "import pydicom, numpy"]).status().is_ok_and(|s| s.success());
+    if !ok {
+        eprintln!("xtask: installing testdata/requirements.txt (pydicom) for the tests");
+        let status = Command::new("python3")
+            .args(["-m", "pip", "install", "-q", "-r", "testdata/requirements.txt"])
+            .status()
+            .context("running pip")?;
+        if !status.success() {
+            bail!("pip install -r testdata/requirements.txt failed");
+        }
+    }
+    Ok(())
+}
+
+fn native_tests() -> Result<()> {
+    python_deps()?;
+    // Release: the tests run real models, and the same artifacts serve the quick start.
+    cargo(&["test", "--release", "--workspace", "--features", NATIVE_FEATURES])
+}
+
+fn wasm() -> Result<()> {
+    // core compiles unchanged for both wasm targets; the getrandom backend is chosen by the
+    // browser leaf (tract-onnx/getrandom-js), never inside core.
+    cargo(&["build", "--release", "-p", "medinfer-core", "--target", "wasm32-wasip2"])?;
+    cargo(&[
+        "build",
+        "--release",
+        "-p",
+        "medinfer-core",
+        "--target",
+        "wasm32-unknown-unknown",
+        "--features",
+        "tract-onnx/getrandom-js",
+    ])
+}

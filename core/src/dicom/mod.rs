@@ -192,6 +192,11 @@ impl DicomImage {
         &self.obj
     }
 
+    /// The parsed object, by value.
+    pub fn into_object(self) -> DefaultDicomObject {
+        self.obj
+    }
+
     /// Decodes frame `index` (0-based) and applies the Modality LUT and colour conversion.
     pub fn frame(&self, index: u32) -> Result<Frame> {
         let info = &self.info;
@@ -214,9 +219,13 @@ impl DicomImage {
         {
             let fragment = match (fragments.len() as u32, info.frames) {
                 (n, f) if n == f => &fragments[index as usize],
-                _ => return Err(Error::Dicom { reason: "RLE pixel data must hold one fragment per frame" }),
+                _ => {
+                    return Err(Error::Dicom {
+                        reason: "RLE pixel data must hold one fragment per frame",
+                    });
+                }
             };
-            if info.bits_allocated % 8 != 0 {
+            if !info.bits_allocated.is_multiple_of(8) {
                 return Err(Error::UnsupportedPixelLayout { reason: "RLE with BitsAllocated 1" });
             }
             let pixels = info.rows as usize * info.columns as usize;
@@ -233,10 +242,9 @@ impl DicomImage {
                     reason: "12-bit lossy JPEG (process 4) has no pure-Rust decoder yet",
                 });
             }
-            let decoded = self
-                .obj
-                .decode_pixel_data_frame(index)
-                .map_err(|_| Error::Dicom { reason: "compressed pixel data could not be decoded" })?;
+            let decoded = self.obj.decode_pixel_data_frame(index).map_err(|_| Error::Dicom {
+                reason: "compressed pixel data could not be decoded",
+            })?;
             let pi = decoded.photometric_interpretation().as_str().to_string();
             let ba = decoded.bits_allocated();
             (Cow::Owned(decoded.into_data()), pi, ba)
@@ -313,7 +321,9 @@ impl DicomImage {
                 let max = ((1u64 << bits_stored.min(32)) - 1) as f32;
                 Ok(base(3, ybr_full_to_rgb(&samples, max), max))
             }
-            (1, _) => Err(Error::UnsupportedPixelLayout { reason: "unknown grayscale photometric" }),
+            (1, _) => {
+                Err(Error::UnsupportedPixelLayout { reason: "unknown grayscale photometric" })
+            }
             (3, _) => Err(Error::UnsupportedPixelLayout {
                 reason: "uncompressed YBR with chroma subsampling is not supported",
             }),
@@ -329,9 +339,13 @@ impl DicomImage {
             }
             return Ok(values);
         }
-        let slope = self.float_fg(frame, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, tags::RESCALE_SLOPE);
-        let intercept =
-            self.float_fg(frame, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, tags::RESCALE_INTERCEPT);
+        let slope =
+            self.float_fg(frame, tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE, tags::RESCALE_SLOPE);
+        let intercept = self.float_fg(
+            frame,
+            tags::PIXEL_VALUE_TRANSFORMATION_SEQUENCE,
+            tags::RESCALE_INTERCEPT,
+        );
         let (slope, intercept) = (slope.unwrap_or(1.0), intercept.unwrap_or(0.0));
         if slope != 1.0 || intercept != 0.0 {
             for v in &mut values {
@@ -378,7 +392,13 @@ impl DicomImage {
     }
 
     fn voi_function(&self) -> VoiFunction {
-        match self.obj.get(tags::VOILUT_FUNCTION).and_then(|e| e.to_str().ok()).as_deref().map(str::trim) {
+        match self
+            .obj
+            .get(tags::VOILUT_FUNCTION)
+            .and_then(|e| e.to_str().ok())
+            .as_deref()
+            .map(str::trim)
+        {
             Some("LINEAR_EXACT") => VoiFunction::LinearExact,
             Some("SIGMOID") => VoiFunction::Sigmoid,
             _ => VoiFunction::Linear,
@@ -390,9 +410,21 @@ impl DicomImage {
         let read = |desc, data, keyword| {
             Lut::read(&self.obj, desc, data, false).ok_or(tag_err(keyword, "(0028,1101..1203)"))
         };
-        let r = read(tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR, tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DATA, "RedPaletteColorLookupTableData")?;
-        let g = read(tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR, tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA, "GreenPaletteColorLookupTableData")?;
-        let b = read(tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR, tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA, "BluePaletteColorLookupTableData")?;
+        let r = read(
+            tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+            tags::RED_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+            "RedPaletteColorLookupTableData",
+        )?;
+        let g = read(
+            tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+            tags::GREEN_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+            "GreenPaletteColorLookupTableData",
+        )?;
+        let b = read(
+            tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DESCRIPTOR,
+            tags::BLUE_PALETTE_COLOR_LOOKUP_TABLE_DATA,
+            "BluePaletteColorLookupTableData",
+        )?;
         let mut out = Vec::with_capacity(indices.len() * 3);
         for &i in indices {
             out.extend([r.apply(i), g.apply(i), b.apply(i)]);
@@ -409,7 +441,12 @@ struct Lut {
 }
 
 impl Lut {
-    fn read(item: &InMemDicomObject, descriptor: Tag, data: Tag, signed_first: bool) -> Option<Lut> {
+    fn read(
+        item: &InMemDicomObject,
+        descriptor: Tag,
+        data: Tag,
+        signed_first: bool,
+    ) -> Option<Lut> {
         let desc: Vec<i64> = item.get(descriptor)?.to_multi_int().ok()?;
         let (&entries, &first, &bits) = (desc.first()?, desc.get(1)?, desc.get(2)?);
         let entries = if entries == 0 { 65536 } else { entries as usize };
@@ -419,7 +456,11 @@ impl Lut {
         let bits = u16::try_from(bits).ok().filter(|b| (1..=16).contains(b))?;
         let bytes = item.get(data)?.value().to_bytes().ok()?;
         let data: Vec<f32> = if bytes.len() >= entries * 2 {
-            bytes.chunks_exact(2).take(entries).map(|c| f32::from(u16::from_le_bytes([c[0], c[1]]))).collect()
+            bytes
+                .chunks_exact(2)
+                .take(entries)
+                .map(|c| f32::from(u16::from_le_bytes([c[0], c[1]])))
+                .collect()
         } else if bits <= 8 && bytes.len() >= entries {
             bytes.iter().take(entries).map(|&b| f32::from(b)).collect()
         } else {
@@ -446,24 +487,22 @@ fn read_info(obj: &DefaultDicomObject) -> Result<DicomInfo> {
     let ts_uid = obj.meta().transfer_syntax().trim_end_matches('\0').to_string();
     let ts = TransferSyntaxRegistry.get(&ts_uid);
     let req = |tag: Tag, keyword: &'static str, number: &'static str| -> Result<u32> {
-        int(obj, tag)
-            .and_then(|v| u32::try_from(v).ok())
-            .ok_or(tag_err(keyword, number))
+        int(obj, tag).and_then(|v| u32::try_from(v).ok()).ok_or(tag_err(keyword, number))
     };
     let rows = req(tags::ROWS, "Rows", "(0028,0010)")?;
     let columns = req(tags::COLUMNS, "Columns", "(0028,0011)")?;
     let bits_allocated = req(tags::BITS_ALLOCATED, "BitsAllocated", "(0028,0100)")?;
     let bits_stored = int(obj, tags::BITS_STORED).unwrap_or(i64::from(bits_allocated));
     let samples = int(obj, tags::SAMPLES_PER_PIXEL).unwrap_or(1);
-    let frames = string(obj, tags::NUMBER_OF_FRAMES)
-        .and_then(|s| s.parse::<u32>().ok())
-        .unwrap_or(1)
-        .max(1);
+    let frames =
+        string(obj, tags::NUMBER_OF_FRAMES).and_then(|s| s.parse::<u32>().ok()).unwrap_or(1).max(1);
     if rows == 0 || columns == 0 {
         return Err(tag_err("Rows", "(0028,0010)"));
     }
     if ![1, 8, 16, 32].contains(&bits_allocated) {
-        return Err(Error::UnsupportedPixelLayout { reason: "BitsAllocated must be 1, 8, 16 or 32" });
+        return Err(Error::UnsupportedPixelLayout {
+            reason: "BitsAllocated must be 1, 8, 16 or 32",
+        });
     }
     if !(1..=i64::from(bits_allocated)).contains(&bits_stored) {
         return Err(tag_err("BitsStored", "(0028,0101)"));
@@ -496,7 +535,13 @@ fn unpack_bits(bytes: &[u8], start: usize, count: usize) -> Vec<u8> {
 }
 
 /// Reads `n` little-endian samples, masked to `bits_stored` and sign-extended when signed.
-fn read_samples(raw: &[u8], n: usize, bits_allocated: u16, bits_stored: u16, signed: bool) -> Result<Vec<f32>> {
+fn read_samples(
+    raw: &[u8],
+    n: usize,
+    bits_allocated: u16,
+    bits_stored: u16,
+    signed: bool,
+) -> Result<Vec<f32>> {
     let bytes_per = usize::from(bits_allocated / 8);
     if raw.len() < n * bytes_per {
         return Err(Error::Dicom { reason: "decoded pixel data is shorter than the image size" });
@@ -513,9 +558,21 @@ fn read_samples(raw: &[u8], n: usize, bits_allocated: u16, bits_stored: u16, sig
     };
     Ok(match bytes_per {
         1 => raw[..n].iter().map(|&b| convert(u32::from(b))).collect(),
-        2 => raw.chunks_exact(2).take(n).map(|c| convert(u32::from(u16::from_le_bytes([c[0], c[1]])))).collect(),
-        4 => raw.chunks_exact(4).take(n).map(|c| convert(u32::from_le_bytes([c[0], c[1], c[2], c[3]]))).collect(),
-        _ => return Err(Error::UnsupportedPixelLayout { reason: "BitsAllocated must be 1, 8, 16 or 32" }),
+        2 => raw
+            .chunks_exact(2)
+            .take(n)
+            .map(|c| convert(u32::from(u16::from_le_bytes([c[0], c[1]]))))
+            .collect(),
+        4 => raw
+            .chunks_exact(4)
+            .take(n)
+            .map(|c| convert(u32::from_le_bytes([c[0], c[1], c[2], c[3]])))
+            .collect(),
+        _ => {
+            return Err(Error::UnsupportedPixelLayout {
+                reason: "BitsAllocated must be 1, 8, 16 or 32",
+            });
+        }
     })
 }
 

@@ -7,9 +7,17 @@ const CORRUPT: Error = Error::Dicom { reason: "RLE pixel data is corrupt" };
 
 /// Decodes one RLE fragment into little-endian interleaved samples
 /// (`pixels * samples * bytes_per_sample` bytes).
-pub(super) fn decode_frame(fragment: &[u8], pixels: usize, samples: usize, bytes_per_sample: usize) -> Result<Vec<u8>> {
+pub(super) fn decode_frame(
+    fragment: &[u8],
+    pixels: usize,
+    samples: usize,
+    bytes_per_sample: usize,
+) -> Result<Vec<u8>> {
     let header = fragment.get(..64).ok_or(CORRUPT)?;
-    let word = |i: usize| u32::from_le_bytes([header[i * 4], header[i * 4 + 1], header[i * 4 + 2], header[i * 4 + 3]]) as usize;
+    let word = |i: usize| {
+        u32::from_le_bytes([header[i * 4], header[i * 4 + 1], header[i * 4 + 2], header[i * 4 + 3]])
+            as usize
+    };
     let count = word(0);
     let expected = samples * bytes_per_sample;
     if count != expected || count == 0 || count > 15 {
@@ -65,7 +73,10 @@ mod tests {
     #[test]
     fn packbits_runs_and_literals() {
         // literal [1,2,3], run of five 9s
-        assert_eq!(unpack(&[2, 1, 2, 3, (-4i8) as u8, 9], 8).unwrap(), vec![1, 2, 3, 9, 9, 9, 9, 9]);
+        assert_eq!(
+            unpack(&[2, 1, 2, 3, (-4i8) as u8, 9], 8).unwrap(),
+            vec![1, 2, 3, 9, 9, 9, 9, 9]
+        );
         assert_eq!(unpack(&[2, 1], 3).unwrap_err().code(), "decode.dicom");
     }
 

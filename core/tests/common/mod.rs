@@ -12,7 +12,8 @@ pub fn dicom(name: &str) -> Vec<u8> {
 }
 
 pub fn reference() -> serde_json::Value {
-    let text = std::fs::read_to_string(root().join("testdata/dicom/reference.json")).expect("reference.json");
+    let text = std::fs::read_to_string(root().join("testdata/dicom/reference.json"))
+        .expect("reference.json");
     serde_json::from_str(&text).expect("reference json")
 }
 

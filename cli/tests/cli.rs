@@ -1,0 +1,116 @@
+#![allow(clippy::unwrap_used)]
+//! The `medinfer` binary end to end on real files.
+
+use std::path::PathBuf;
+use std::process::Command;
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn medinfer(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_medinfer"))
+        .args(args)
+        .current_dir(root())
+        .output()
+        .expect("medinfer runs");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+const CHEST: &str = "testdata/dicom/RG1_chest_mono1_uncompressed_s4_DERIVED.dcm";
+
+#[test]
+fn infer_a_chest_xray_as_json_matches_the_library() {
+    let (code, out, err) = medinfer(&["infer", "--json", "--model", "mobilenetv2-chexnet", CHEST]);
+    assert_eq!(code, 0, "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let row = &rows[0];
+    assert_eq!(row["model_id"], "mobilenetv2-chexnet");
+    let preds = row["predictions"].as_array().unwrap();
+    assert_eq!(preds.len(), 14);
+    assert!(preds.windows(2).all(|w| w[0]["score"].as_f64() >= w[1]["score"].as_f64()));
+    assert_eq!(row["top_label"], preds[0]["label"]);
+
+    // Same numbers as the library computes directly.
+    let bytes = std::fs::read(root().join(CHEST)).unwrap();
+    let dir = root().join("models/mobilenetv2-chexnet");
+    let manifest = medinfer_core::ModelManifest::from_toml(
+        &std::fs::read_to_string(dir.join("model.toml")).unwrap(),
+    )
+    .unwrap();
+    let model =
+        medinfer_core::LoadedModel::load(manifest, &std::fs::read(dir.join("model.onnx")).unwrap())
+            .unwrap();
+    let (_, p, _) = medinfer_core::infer_bytes(
+        &model,
+        &bytes,
+        &Default::default(),
+        &Default::default(),
+        &medinfer_core::NoTimer,
+    )
+    .unwrap();
+    for s in &p.predictions {
+        let cli = preds.iter().find(|x| x["label"] == s.label.as_str()).unwrap()["score"]
+            .as_f64()
+            .unwrap();
+        assert!((cli - f64::from(s.score)).abs() < 1e-6, "{}", s.label);
+    }
+}
+
+#[test]
+fn a_folder_with_bad_files_reports_each_and_finishes_the_rest() {
+    let dir = std::env::temp_dir().join(format!("medinfer-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::copy(root().join(CHEST), dir.join("a_chest.dcm")).unwrap();
+    std::fs::copy(root().join("testdata/dicom/MR_truncated.dcm"), dir.join("b_truncated.dcm"))
+        .unwrap();
+    std::fs::write(dir.join("c_notes.png"), b"this is text, not a PNG").unwrap();
+    std::fs::copy(root().join("testdata/dicom/CT_small.dcm"), dir.join("d_small_ct.dcm")).unwrap();
+    let (code, out, _) =
+        medinfer(&["infer", "--json", "--model", "mobilenetv2-chexnet", dir.to_str().unwrap()]);
+    std::fs::remove_dir_all(&dir).ok();
+    assert_eq!(code, 1, "a failed file makes the exit code 1");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let rows = rows.as_array().unwrap();
+    assert_eq!(rows.len(), 4);
+    assert!(rows[0]["top_label"].is_string());
+    assert_eq!(rows[1]["error"]["code"], "decode.dicom");
+    assert_eq!(rows[2]["error"]["code"], "input.unsupported_format");
+    assert!(rows[3]["top_label"].is_string(), "files after a failure still finish");
+}
+
+#[test]
+fn inspect_and_table_output_never_show_phi() {
+    // Fake PHI that this file's header carries (PatientName, PatientID, InstitutionName,
+    // AccessionNumber).
+    let phi = ["CompressedSamples", "9RG1", "Hamburg", "exam Number"];
+    let (code, out, err) = medinfer(&["inspect", CHEST]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("MONOCHROME1") && out.contains("1.2.840.10008.1.2.1"), "{out}");
+    let (code, table, _) = medinfer(&["infer", "--model", "mobilenetv2-chexnet", CHEST]);
+    assert_eq!(code, 0);
+    for text in [&out, &table] {
+        for p in phi {
+            assert!(!text.contains(p), "PHI {p:?} in output:\n{text}");
+        }
+    }
+}
+
+#[test]
+fn models_lists_both_bundled_models() {
+    let (code, out, err) = medinfer(&["models", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let ids: Vec<_> = rows
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["model_id"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(ids, ["densenet121-chexnet", "mobilenetv2-chexnet"]);
+    assert_eq!(rows[0]["output_shape"], serde_json::json!(["N", "14"]));
+}
