@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
-use medinfer_core::deid::{DeidKey, DeidOptions, deidentify};
+use medinfer_core::deid::{DeidKey, DeidOptions, PixelCleaning, TextDetector, deidentify};
 use serde_json::json;
 
 /// Reads the key: `--key-file`, else `$MEDINFER_DEID_KEY` (the secret itself).
@@ -22,12 +22,31 @@ pub fn key(key_file: Option<&Path>) -> Result<DeidKey> {
     Ok(DeidKey::new(trimmed)?)
 }
 
+/// Loads the bundled text detector from `<models>/text-detector/`.
+pub fn detector(models_dir: &Path) -> Result<TextDetector> {
+    let path = models_dir.join("text-detector").join("ch_PP-OCRv4_det_infer.onnx");
+    let onnx = std::fs::read(&path)
+        .with_context(|| format!("cannot read the text detector {}", path.display()))?;
+    Ok(TextDetector::load(&onnx)?)
+}
+
+/// Everything one `deid` run needs besides the paths.
+pub struct Settings<'a> {
+    /// The secret.
+    pub key: &'a DeidKey,
+    /// Profile options.
+    pub options: DeidOptions,
+    /// When to clean pixel data.
+    pub cleaning: PixelCleaning,
+    /// The detector (required unless `cleaning` is `Never`).
+    pub detector: Option<&'a TextDetector>,
+}
+
 /// De-identifies `input` (file or folder) into `output`. Returns whether every file succeeded.
 pub fn run(
     input: &Path,
     output: &Path,
-    key: &DeidKey,
-    options: DeidOptions,
+    settings: &Settings,
     report_path: Option<&Path>,
 ) -> Result<bool> {
     let jobs: Vec<(PathBuf, PathBuf)> = if input.is_dir() {
@@ -47,7 +66,7 @@ pub fn run(
     let mut rows = Vec::new();
     let mut all_ok = true;
     for (src, dst) in &jobs {
-        let row = match one(src, dst, key, options) {
+        let row = match one(src, dst, settings) {
             Ok(report) => {
                 json!({"file": src.display().to_string(), "output": dst.display().to_string(), "report": report})
             }
@@ -81,18 +100,13 @@ pub fn run(
 
 /// One file: read, de-identify in memory, write to a temporary name, rename. A failure
 /// leaves no output behind.
-fn one(
-    src: &Path,
-    dst: &Path,
-    key: &DeidKey,
-    options: DeidOptions,
-) -> Result<medinfer_core::deid::Report> {
+fn one(src: &Path, dst: &Path, s: &Settings) -> Result<medinfer_core::deid::Report> {
     let bytes = std::fs::read(src).context("cannot read the file")?;
     let format = medinfer_core::sniff(&bytes)?;
     if format != medinfer_core::Format::Dicom {
         return Err(medinfer_core::Error::UnsupportedFormat.into());
     }
-    let result = deidentify(&bytes, key, options)?;
+    let result = deidentify(&bytes, s.key, s.options, s.cleaning, s.detector)?;
     if let Some(parent) = dst.parent() {
         std::fs::create_dir_all(parent)?;
     }

@@ -64,6 +64,13 @@ enum Command {
         /// File holding the secret key (16+ bytes); else $MEDINFER_DEID_KEY.
         #[arg(long)]
         key_file: Option<PathBuf>,
+        /// Clean Pixel Data (burned-in text): auto (BurnedInAnnotation=YES, US, Secondary
+        /// Capture), always or never.
+        #[arg(long, default_value = "auto")]
+        pixels: String,
+        /// Models folder holding text-detector/ (default: $MEDINFER_MODELS, else ./models).
+        #[arg(long)]
+        models_dir: Option<PathBuf>,
         /// Where to write the JSON report (default: stdout for a file,
         /// OUTPUT/deid-report.json for a folder).
         #[arg(long)]
@@ -95,14 +102,28 @@ fn main() -> std::process::ExitCode {
         }
         Command::Models { json, models_dir } => list_models(json, models_dir),
         Command::Inspect { file, json } => inspect(&file, json),
-        Command::Deid { input, output, options, key_file, report } => (|| {
+        Command::Deid { input, output, options, key_file, pixels, models_dir, report } => (|| {
+            use medinfer_core::deid::{DeidOptions, PixelCleaning};
             let key = deid::key(key_file.as_deref())?;
-            let mut opts = medinfer_core::deid::DeidOptions::default();
+            let mut opts = DeidOptions::default();
             for o in &options {
                 opts.set(o)?;
             }
-            deid::run(&input, &output, &key, opts, report.as_deref())
-        })(),
+            let cleaning = match pixels.as_str() {
+                "auto" => PixelCleaning::Auto,
+                "always" => PixelCleaning::Always,
+                "never" => PixelCleaning::Never,
+                other => anyhow::bail!("--pixels takes auto, always or never, not {other:?}"),
+            };
+            let detector = match cleaning {
+                PixelCleaning::Never => None,
+                _ => Some(deid::detector(&models::models_dir(models_dir))?),
+            };
+            let settings =
+                deid::Settings { key: &key, options: opts, cleaning, detector: detector.as_ref() };
+            deid::run(&input, &output, &settings, report.as_deref())
+        })(
+        ),
     };
     match result {
         Ok(true) => std::process::ExitCode::SUCCESS,

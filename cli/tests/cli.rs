@@ -114,3 +114,46 @@ fn models_lists_both_bundled_models() {
     assert_eq!(ids, ["densenet121-chexnet", "mobilenetv2-chexnet"]);
     assert_eq!(rows[0]["output_shape"], serde_json::json!(["N", "14"]));
 }
+
+#[test]
+fn deid_a_folder_keeps_the_tree_and_skips_bad_files() {
+    let base = std::env::temp_dir().join(format!("medinfer-deid-cli-{}", std::process::id()));
+    let (input, output) = (base.join("in"), base.join("out"));
+    std::fs::create_dir_all(input.join("study/series")).unwrap();
+    std::fs::copy(root().join("testdata/dicom/CT_small.dcm"), input.join("study/series/ct.dcm"))
+        .unwrap();
+    std::fs::copy(root().join("testdata/dicom/GREYSCALE_IMAGE.dcm"), input.join("study/us.dcm"))
+        .unwrap();
+    std::fs::copy(root().join("testdata/dicom/MR_truncated.dcm"), input.join("broken.dcm"))
+        .unwrap();
+    let key = base.join("key");
+    std::fs::write(&key, "a-test-secret-of-enough-length\n").unwrap();
+    let (code, _, err) = medinfer(&[
+        "deid",
+        input.to_str().unwrap(),
+        output.to_str().unwrap(),
+        "--key-file",
+        key.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "one bad file: exit 1 ({err})");
+    assert!(output.join("study/series/ct.dcm").is_file() && output.join("study/us.dcm").is_file());
+    assert!(!output.join("broken.dcm").exists(), "no half-written output for a failed file");
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(output.join("deid-report.json")).unwrap())
+            .unwrap();
+    assert_eq!((report["deidentified"].as_u64(), report["failed"].as_u64()), (Some(2), Some(1)));
+    let us = report["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|i| i["file"].as_str().unwrap().ends_with("us.dcm"))
+        .unwrap();
+    assert_eq!(us["report"]["pixel_cleaning"], "applied");
+    assert!(us["report"]["redactions"].as_array().unwrap().len() >= 10);
+    // The report never carries the removed values.
+    let text = std::fs::read_to_string(output.join("deid-report.json")).unwrap();
+    for phi in ["CompressedSamples", "ZZZ TEST", "TEST PATIENT"] {
+        assert!(!text.contains(phi), "{phi} in the report");
+    }
+    std::fs::remove_dir_all(&base).ok();
+}

@@ -154,6 +154,9 @@ pub enum Error {
         /// The option name given.
         name: String,
     },
+    /// Clean Pixel Data is required but no text detector was provided.
+    #[error("this file needs Clean Pixel Data but no text detector is loaded")]
+    DetectorMissing,
     /// The de-identification key is too short.
     #[error("the de-identification key must be at least 16 bytes")]
     DeidKey,
@@ -201,6 +204,7 @@ impl Error {
             Error::Json { .. } => "input.invalid_json",
             Error::DeidOption { .. } => "deid.unknown_option",
             Error::DeidKey => "deid.key_too_short",
+            Error::DetectorMissing => "deid.detector_missing",
             Error::DicomWrite { .. } => "deid.write_failed",
         }
     }

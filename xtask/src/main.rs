@@ -58,7 +58,10 @@ fn lint() -> Result<()> {
 
 /// The de-identification tests read our output back with pydicom, an independent reader.
 fn python_deps() -> Result<()> {
-    let ok = Command::new("python3").args(["-c", "import pydicom, numpy"]).status().is_ok_and(|s| s.success());
+    let ok = Command::new("python3")
+        .args(["-c", "import pydicom, numpy"])
+        .status()
+        .is_ok_and(|s| s.success());
     if !ok {
         eprintln!("xtask: installing testdata/requirements.txt (pydicom) for the tests");
         let status = Command::new("python3")

@@ -7,7 +7,12 @@
 //! study stays a study across files and runs with the same key; PatientID/PatientName become
 //! a keyed pseudonym. The [`Report`] says what happened to each attribute — never its value.
 
+mod redact;
 mod table;
+mod text;
+
+pub use redact::EXPLICIT_VR_LE;
+pub use text::{TextBox, TextDetector};
 
 use std::collections::BTreeSet;
 
@@ -272,6 +277,13 @@ pub struct Report {
     pub graphics_removed: usize,
     /// The keyed pseudonym that replaced PatientID and PatientName.
     pub patient_pseudonym: String,
+    /// Clean Pixel Data: `applied` (the detector ran), `not_required` (auto mode, nothing
+    /// suggests burned-in text) or `disabled`.
+    pub pixel_cleaning: &'static str,
+    /// Frames the detector examined (0-based).
+    pub frames_scanned: Vec<u32>,
+    /// Boxes blacked out in every frame, in pixels.
+    pub redactions: Vec<TextBox>,
 }
 
 struct Ctx<'a> {
@@ -306,6 +318,9 @@ pub fn deidentify_attributes(
             private_kept: 0,
             graphics_removed: 0,
             patient_pseudonym: pseudonym,
+            pixel_cleaning: "disabled",
+            frames_scanned: Vec::new(),
+            redactions: Vec::new(),
         },
     };
     let dataset = std::mem::replace(&mut **obj, InMemDicomObject::new_empty());
@@ -668,13 +683,65 @@ pub struct Deidentified {
     pub report: Report,
 }
 
-/// De-identifies a DICOM file held in memory. On error nothing is returned, so a caller
-/// never sees a half-written file.
-pub fn deidentify(bytes: &[u8], key: &DeidKey, options: DeidOptions) -> Result<Deidentified> {
+/// When to run Clean Pixel Data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PixelCleaning {
+    /// When BurnedInAnnotation is YES, the modality is US, or the object is a Secondary
+    /// Capture — the images that typically carry burned-in text.
+    #[default]
+    Auto,
+    /// Always.
+    Always,
+    /// Never.
+    Never,
+}
+
+/// Whether `Auto` cleaning applies to a file.
+pub fn suggests_burned_in_text(info: &crate::DicomInfo) -> bool {
+    info.burned_in_annotation.as_deref() == Some("YES")
+        || info.modality.as_deref() == Some("US")
+        || info.sop_class_uid.as_deref().is_some_and(|c| c.starts_with("1.2.840.10008.5.1.4.1.1.7"))
+}
+
+/// De-identifies a DICOM file held in memory: Clean Pixel Data (with `detector`) when
+/// `cleaning` asks for it, then the attributes. On error nothing is returned, so a caller
+/// never sees a half-written file. Cleaning that is required but has no detector is an
+/// error, never a silent skip.
+pub fn deidentify(
+    bytes: &[u8],
+    key: &DeidKey,
+    options: DeidOptions,
+    cleaning: PixelCleaning,
+    detector: Option<&TextDetector>,
+) -> Result<Deidentified> {
     let image = crate::DicomImage::parse(bytes)?;
-    let mut obj = image.into_object();
+    let apply = match cleaning {
+        PixelCleaning::Always => true,
+        PixelCleaning::Never => false,
+        PixelCleaning::Auto => suggests_burned_in_text(image.info()),
+    };
+    let mut boxes = Vec::new();
+    let mut scanned = Vec::new();
+    if apply {
+        let detector = detector.ok_or(Error::DetectorMissing)?;
+        let last = image.info().frames - 1;
+        scanned = if last > 0 { vec![0, last] } else { vec![0] };
+        for &f in &scanned {
+            boxes.extend(detector.detect(&image.frame(f)?.to_pixels(None))?);
+        }
+    }
+    let mut obj =
+        if boxes.is_empty() { image.into_object() } else { redact::redact(image, &boxes)? };
     let mut report = deidentify_attributes(&mut obj, key, options)?;
-    mark_deidentified(&mut obj, &options, false, &mut report);
+    mark_deidentified(&mut obj, &options, apply, &mut report);
+    report.pixel_cleaning = match (apply, cleaning) {
+        (true, _) => "applied",
+        (false, PixelCleaning::Auto) => "not_required",
+        (false, _) => "disabled",
+    };
+    report.frames_scanned = scanned;
+    report.redactions = boxes;
     let mut out = Vec::with_capacity(bytes.len());
     obj.write_all(&mut out)
         .map_err(|_| Error::DicomWrite { reason: "encoding the data set failed" })?;

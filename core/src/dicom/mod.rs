@@ -8,8 +8,6 @@
 //! [`Frame`] → VOI (window from the file, else the frame's min/max) → invert MONOCHROME1 →
 //! [`Pixels`] in 0..=1.
 
-use std::borrow::Cow;
-
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
@@ -160,6 +158,19 @@ fn voi(x: f64, w: Window, f: VoiFunction) -> f64 {
     }
 }
 
+/// One frame's stored samples, before any LUT.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawFrame {
+    /// Samples, little-endian, `bits_allocated / 8` bytes each (1-bit data: one byte each).
+    pub bytes: Vec<u8>,
+    /// Photometric interpretation of these samples (compressed colour decodes to `RGB`).
+    pub photometric: String,
+    /// Bits per sample in `bytes` (8, 16 or 32).
+    pub bits_allocated: u16,
+    /// Colour planes stored one after the other (PlanarConfiguration 1).
+    pub planar: bool,
+}
+
 /// A parsed DICOM file whose frames can be decoded on demand.
 #[derive(Debug)]
 pub struct DicomImage {
@@ -199,6 +210,13 @@ impl DicomImage {
 
     /// Decodes frame `index` (0-based) and applies the Modality LUT and colour conversion.
     pub fn frame(&self, index: u32) -> Result<Frame> {
+        let raw = self.raw_frame(index)?;
+        self.build_frame(index, &raw.bytes, &raw.photometric, raw.bits_allocated, raw.planar)
+    }
+
+    /// Decodes frame `index` to stored sample values: little-endian, `bits_allocated` wide
+    /// (1-bit data unpacked to bytes), in the photometric interpretation the decoder produced.
+    pub fn raw_frame(&self, index: u32) -> Result<RawFrame> {
         let info = &self.info;
         if index >= info.frames {
             return Err(Error::FrameOutOfRange { frame: index, frames: info.frames });
@@ -235,7 +253,7 @@ impl DicomImage {
                 usize::from(info.samples_per_pixel),
                 usize::from(info.bits_allocated / 8),
             )?;
-            (Cow::Owned(raw), info.photometric.clone(), info.bits_allocated)
+            (raw, info.photometric.clone(), info.bits_allocated)
         } else if encapsulated {
             if info.transfer_syntax == JPEG_EXTENDED && info.bits_stored > 8 {
                 return Err(Error::UnsupportedPixelLayout {
@@ -247,7 +265,7 @@ impl DicomImage {
             })?;
             let pi = decoded.photometric_interpretation().as_str().to_string();
             let ba = decoded.bits_allocated();
-            (Cow::Owned(decoded.into_data()), pi, ba)
+            (decoded.into_data(), pi, ba)
         } else {
             let bytes = pixel_data
                 .value()
@@ -268,9 +286,12 @@ impl DicomImage {
                 bytes[(start / 8) as usize..(end / 8) as usize].to_vec()
             };
             let ba = if info.bits_allocated == 1 { 8 } else { info.bits_allocated };
-            (Cow::Owned(raw), info.photometric.clone(), ba)
+            (raw, info.photometric.clone(), ba)
         };
-        self.build_frame(index, &raw, &photometric, bits_allocated, encapsulated)
+        let planar = !encapsulated
+            && info.samples_per_pixel == 3
+            && int(&self.obj, tags::PLANAR_CONFIGURATION).unwrap_or(0) == 1;
+        Ok(RawFrame { bytes: raw, photometric, bits_allocated, planar })
     }
 
     fn build_frame(
@@ -279,16 +300,13 @@ impl DicomImage {
         raw: &[u8],
         photometric: &str,
         bits_allocated: u16,
-        encapsulated: bool,
+        planar: bool,
     ) -> Result<Frame> {
         let info = &self.info;
         let n = info.rows as usize * info.columns as usize * usize::from(info.samples_per_pixel);
         let bits_stored =
             if info.bits_allocated == 1 { 8 } else { info.bits_stored.min(bits_allocated) };
         let samples = read_samples(raw, n, bits_allocated, bits_stored, info.signed)?;
-        let planar = !encapsulated
-            && info.samples_per_pixel == 3
-            && int(&self.obj, tags::PLANAR_CONFIGURATION).unwrap_or(0) == 1;
         let samples = if planar { interleave(&samples, n / 3) } else { samples };
         let base = |samples: u8, values: Vec<f32>, color_max: f32| Frame {
             rows: info.rows,

@@ -29,3 +29,13 @@ pub fn f32_file(path: &str) -> Vec<f32> {
     let bytes = std::fs::read(root().join(path)).expect("f32 fixture");
     bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
+
+pub fn detector() -> &'static medinfer_core::deid::TextDetector {
+    static DETECTOR: std::sync::OnceLock<medinfer_core::deid::TextDetector> =
+        std::sync::OnceLock::new();
+    DETECTOR.get_or_init(|| {
+        let onnx = std::fs::read(root().join("models/text-detector/ch_PP-OCRv4_det_infer.onnx"))
+            .expect("detector");
+        medinfer_core::deid::TextDetector::load(&onnx).expect("detector loads")
+    })
+}
