@@ -76,6 +76,21 @@ enum Command {
         #[arg(long)]
         report: Option<PathBuf>,
     },
+    /// Measure model load and single-image latency for every model (median, p90, min).
+    Bench {
+        /// The image to classify (default: the bundled chest X-ray DICOM).
+        #[arg(long, default_value = "testdata/dicom/RG1_chest_mono1_uncompressed_s4_DERIVED.dcm")]
+        file: PathBuf,
+        /// Timed runs per model (after one warm-up run).
+        #[arg(long, default_value_t = 20)]
+        iterations: usize,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// Models folder (default: $MEDINFER_MODELS, else ./models).
+        #[arg(long)]
+        models_dir: Option<PathBuf>,
+    },
     /// Describe an image file: format, size, transfer syntax, photometric. Never a PHI value.
     Inspect {
         /// The file.
@@ -102,6 +117,9 @@ fn main() -> std::process::ExitCode {
         }
         Command::Models { json, models_dir } => list_models(json, models_dir),
         Command::Inspect { file, json } => inspect(&file, json),
+        Command::Bench { file, iterations, json, models_dir } => {
+            bench(&file, iterations, json, models_dir)
+        }
         Command::Deid { input, output, options, key_file, pixels, models_dir, report } => (|| {
             use medinfer_core::deid::{DeidOptions, PixelCleaning};
             let key = deid::key(key_file.as_deref())?;
@@ -382,4 +400,67 @@ fn print_flat(prefix: &str, v: &serde_json::Value) {
         serde_json::Value::Null => {}
         other => println!("{prefix:<28} {}", other.to_string().trim_matches('"')),
     }
+}
+
+/// Median, 90th percentile and minimum of `v` (sorted in place).
+fn summary(v: &mut [f64]) -> (f64, f64, f64) {
+    v.sort_by(f64::total_cmp);
+    let at = |q: f64| v[((v.len() - 1) as f64 * q).round() as usize];
+    (at(0.5), at(0.9), v[0])
+}
+
+fn bench(
+    file: &Path,
+    iterations: usize,
+    as_json: bool,
+    models_dir: Option<PathBuf>,
+) -> Result<bool> {
+    let bytes = std::fs::read(file)?;
+    let dir = models::models_dir(models_dir);
+    let (registry, load_ms) = models::load(&dir, None)?;
+    let clock = Clock(Instant::now());
+    let limits = Limits::default();
+    let mut rows = Vec::new();
+    for model in registry.iter() {
+        let id = &model.manifest().id;
+        let run = || {
+            medinfer_core::infer_bytes(model, &bytes, &limits, &DecodeOptions::default(), &clock)
+        };
+        run()?; // warm-up
+        let (mut total, mut infer) = (Vec::new(), Vec::new());
+        for _ in 0..iterations.max(1) {
+            let (_, _, t) = run()?;
+            total.push(t.total_ms);
+            infer.push(t.infer_ms);
+        }
+        let (t50, t90, tmin) = summary(&mut total);
+        let (i50, i90, imin) = summary(&mut infer);
+        let load = load_ms.iter().find(|(m, _)| m == id).map_or(0.0, |l| l.1);
+        rows.push(json!({
+            "model_id": id, "iterations": iterations, "load_ms": load,
+            "infer_ms": {"median": i50, "p90": i90, "min": imin},
+            "total_ms": {"median": t50, "p90": t90, "min": tmin},
+        }));
+    }
+    if as_json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+        return Ok(true);
+    }
+    println!("file: {} ({} runs per model, 1 image, threads: 1)", file.display(), iterations);
+    println!(
+        "{:<24} {:>9} {:>12} {:>12} {:>12} {:>12}",
+        "model", "load ms", "infer p50", "infer p90", "total p50", "total p90"
+    );
+    for r in &rows {
+        println!(
+            "{:<24} {:>9.0} {:>12.1} {:>12.1} {:>12.1} {:>12.1}",
+            r["model_id"].as_str().unwrap_or(""),
+            r["load_ms"].as_f64().unwrap_or(0.0),
+            r["infer_ms"]["median"].as_f64().unwrap_or(0.0),
+            r["infer_ms"]["p90"].as_f64().unwrap_or(0.0),
+            r["total_ms"]["median"].as_f64().unwrap_or(0.0),
+            r["total_ms"]["p90"].as_f64().unwrap_or(0.0)
+        );
+    }
+    Ok(true)
 }

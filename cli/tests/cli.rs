@@ -157,3 +157,17 @@ fn deid_a_folder_keeps_the_tree_and_skips_bad_files() {
     }
     std::fs::remove_dir_all(&base).ok();
 }
+
+#[test]
+fn bench_reports_every_model() {
+    let (code, out, err) = medinfer(&["bench", "--iterations", "2", "--json"]);
+    assert_eq!(code, 0, "{err}");
+    let rows: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 2);
+    for r in rows.as_array().unwrap() {
+        let (p50, min) =
+            (r["total_ms"]["median"].as_f64().unwrap(), r["total_ms"]["min"].as_f64().unwrap());
+        assert!(p50 >= min && min > 0.0, "{r}");
+        assert!(r["load_ms"].as_f64().unwrap() > 0.0);
+    }
+}

@@ -1,6 +1,7 @@
 //! ONNX models on tract: load and optimise once, run batches, turn outputs into predictions.
 
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 use tract_onnx::prelude::*;
@@ -9,11 +10,21 @@ use crate::{Activation, Error, ModelManifest, Result};
 
 type Plan = Arc<TypedRunnableModel>;
 
-/// A model ready to run: manifest + optimised tract plan. Cheap to share (`Arc` inside).
+/// Batch sizes whose optimised plans are kept (batch 1 is built at load).
+const MAX_CACHED_PLANS: usize = 8;
+
+/// A model ready to run: manifest + optimised tract plans. Cheap to share (`Arc` inside).
+///
+/// tract optimises a graph with a symbolic batch dimension into a plan 2–5× slower than one
+/// with a concrete batch (measured on our models: DenseNet-121 202 → 98 ms, MobileNetV2
+/// 107 → 20 ms), so the decluttered graph keeps the symbol and each batch size gets its own
+/// optimised plan: batch 1 at load, others on first use (cached, up to 8 sizes).
 #[derive(Debug, Clone)]
 pub struct LoadedModel {
     manifest: Arc<ModelManifest>,
-    plan: Plan,
+    typed: Arc<TypedModel>,
+    batch: Symbol,
+    plans: Arc<Mutex<BTreeMap<usize, Plan>>>,
     sha256: String,
     output_shape: Vec<String>,
 }
@@ -60,8 +71,8 @@ impl LoadedModel {
         let (c, h, w) = (spec.channels(), spec.height(), spec.width());
         let fixed = |v: u32| TDim::Val(i64::from(v));
         let dims: Vec<TDim> = match spec.layout {
-            crate::Layout::Nchw => vec![batch.into(), fixed(c), fixed(h), fixed(w)],
-            crate::Layout::Nhwc => vec![batch.into(), fixed(h), fixed(w), fixed(c)],
+            crate::Layout::Nchw => vec![batch.clone().into(), fixed(c), fixed(h), fixed(w)],
+            crate::Layout::Nhwc => vec![batch.clone().into(), fixed(h), fixed(w), fixed(c)],
         };
         let input_index = model
             .input_outlets()
@@ -72,7 +83,7 @@ impl LoadedModel {
                 reason: format!("the model has no input named {:?}", spec.name),
             })?;
         model.set_input_fact(input_index, f32::fact(dims).into()).map_err(load_err)?;
-        let typed = model.into_optimized().map_err(load_err)?;
+        let typed = model.into_typed().and_then(|m| m.into_decluttered()).map_err(load_err)?;
         let output_fact = typed.output_fact(0).map_err(load_err)?;
         let output_shape: Vec<String> = output_fact.shape.iter().map(|d| d.to_string()).collect();
         let classes = output_fact.shape.iter().last().and_then(|d| d.to_i64().ok());
@@ -85,8 +96,40 @@ impl LoadedModel {
                 ),
             });
         }
-        let plan = typed.into_runnable().map_err(load_err)?;
-        Ok(LoadedModel { manifest: Arc::new(manifest), plan, sha256, output_shape })
+        let loaded = LoadedModel {
+            manifest: Arc::new(manifest),
+            typed: Arc::new(typed),
+            batch,
+            plans: Arc::default(),
+            sha256,
+            output_shape,
+        };
+        loaded.plan(1)?;
+        Ok(loaded)
+    }
+
+    /// The optimised plan for `batch` images, built on first use.
+    fn plan(&self, batch: usize) -> Result<Plan> {
+        let poisoned = |_| Error::Inference { reason: "the plan cache is poisoned".into() };
+        if let Some(plan) = self.plans.lock().map_err(poisoned)?.get(&batch) {
+            return Ok(plan.clone());
+        }
+        let err = |e: TractError| Error::ModelLoad { reason: format!("{e:#}") };
+        let subs = HashMap::from([(self.batch.clone(), TDim::Val(batch as i64))]);
+        let plan = self
+            .typed
+            .set_symbols(&subs)
+            .and_then(|m| m.into_optimized())
+            .and_then(|m| m.into_runnable())
+            .map_err(err)?;
+        let mut plans = self.plans.lock().map_err(poisoned)?;
+        if plans.len() >= MAX_CACHED_PLANS
+            && let Some(&evict) = plans.keys().rev().find(|&&b| b != 1)
+        {
+            plans.remove(&evict);
+        }
+        plans.insert(batch, plan.clone());
+        Ok(plan)
     }
 
     /// The manifest.
@@ -128,7 +171,7 @@ impl LoadedModel {
         let tensor = Tensor::from_shape(&shape, &input)
             .map_err(|e| Error::Inference { reason: format!("{e:#}") })?;
         let outputs = self
-            .plan
+            .plan(batch)?
             .run(tvec!(tensor.into()))
             .map_err(|e| Error::Inference { reason: format!("{e:#}") })?;
         let out = outputs[0]

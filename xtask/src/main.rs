@@ -4,10 +4,11 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-const USAGE: &str = "usage: cargo xtask <test|lint|wasm>
-  test   everything CI runs: lint, native tests, wasm builds of core
-  lint   rustfmt --check and clippy -D warnings
-  wasm   build core for wasm32-wasip2 and wasm32-unknown-unknown";
+const USAGE: &str = "usage: cargo xtask <test|lint|wasm|wasi-test>
+  test       everything CI runs: lint, native tests, core's tests on wasip2, wasm builds
+  lint       rustfmt --check and clippy -D warnings
+  wasm       build core for wasm32-wasip2 and wasm32-unknown-unknown
+  wasi-test  run core's tests compiled for wasm32-wasip2 under wasmtime (wasi-runner)";
 
 fn main() -> Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
@@ -15,12 +16,14 @@ fn main() -> Result<()> {
         "test" => {
             lint()?;
             native_tests()?;
+            wasi_tests()?;
             wasm()?;
             println!("xtask: all checks passed");
             Ok(())
         }
         "lint" => lint(),
         "wasm" => wasm(),
+        "wasi-test" => wasi_tests(),
         _ => {
             eprintln!("{USAGE}");
             bail!("unknown task {task:?}")
@@ -95,4 +98,22 @@ fn wasm() -> Result<()> {
         "--features",
         "tract-onnx/getrandom-js",
     ])
+}
+
+/// core's unit and integration tests, compiled for wasm32-wasip2 and run by `wasi-runner`
+/// (wasmtime in-process, the workspace preopened), so the very code the Spin component runs
+/// is tested on its target.
+fn wasi_tests() -> Result<()> {
+    cargo(&["build", "--release", "-p", "wasi-runner"])?;
+    let runner = std::env::current_dir()?.join("target/release/wasi-runner");
+    eprintln!("xtask: CARGO_TARGET_WASM32_WASIP2_RUNNER={}", runner.display());
+    let status = Command::new(env!("CARGO"))
+        .args(["test", "--release", "-p", "medinfer-core", "--target", "wasm32-wasip2", "--tests"])
+        .env("CARGO_TARGET_WASM32_WASIP2_RUNNER", &runner)
+        .status()
+        .context("running cargo test for wasip2")?;
+    if !status.success() {
+        bail!("core's tests failed on wasm32-wasip2 ({status})");
+    }
+    Ok(())
 }
