@@ -647,6 +647,13 @@ mod tests {
     use super::*;
 
     #[test]
+    fn secondary_capture_classes() {
+        assert!(is_secondary_capture("1.2.840.10008.5.1.4.1.1.7"));
+        assert!(is_secondary_capture("1.2.840.10008.5.1.4.1.1.7.4"));
+        assert!(!is_secondary_capture("1.2.840.10008.5.1.4.1.1.77.1.1"), "VL endoscopic is not SC");
+    }
+
+    #[test]
     fn calendar_round_trips() {
         for (y, m, d) in [(1970, 1, 1), (2000, 2, 29), (1900, 3, 1), (2024, 12, 31)] {
             assert_eq!(civil_from_days(days_from_civil(y, m, d)), (y, m, d));
@@ -701,7 +708,13 @@ pub enum PixelCleaning {
 pub fn suggests_burned_in_text(info: &crate::DicomInfo) -> bool {
     info.burned_in_annotation.as_deref() == Some("YES")
         || info.modality.as_deref() == Some("US")
-        || info.sop_class_uid.as_deref().is_some_and(|c| c.starts_with("1.2.840.10008.5.1.4.1.1.7"))
+        || info.sop_class_uid.as_deref().is_some_and(is_secondary_capture)
+}
+
+/// Secondary Capture Image Storage (`…1.1.7`) and its multi-frame variants (`…1.1.7.1`–`.4`).
+fn is_secondary_capture(sop_class: &str) -> bool {
+    const SC: &str = "1.2.840.10008.5.1.4.1.1.7";
+    sop_class == SC || sop_class.strip_prefix(SC).is_some_and(|rest| rest.starts_with('.'))
 }
 
 /// De-identifies a DICOM file held in memory: Clean Pixel Data (with `detector`) when
