@@ -8,6 +8,8 @@
 //! [`Frame`] → VOI (window from the file, else the frame's min/max) → invert MONOCHROME1 →
 //! [`Pixels`] in 0..=1.
 
+use std::borrow::Cow;
+
 use dicom_core::Tag;
 use dicom_dictionary_std::tags;
 use dicom_encoding::transfer_syntax::TransferSyntaxIndex;
@@ -17,6 +19,7 @@ use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
 use crate::{Error, Pixels, Result};
 
+mod jpeg12;
 mod rle;
 
 const RLE_LOSSLESS: &str = "1.2.840.10008.1.2.5";
@@ -254,12 +257,32 @@ impl DicomImage {
                 usize::from(info.bits_allocated / 8),
             )?;
             (raw, info.photometric.clone(), info.bits_allocated)
-        } else if encapsulated {
-            if info.transfer_syntax == JPEG_EXTENDED && info.bits_stored > 8 {
-                return Err(Error::UnsupportedPixelLayout {
-                    reason: "12-bit lossy JPEG (process 4) has no pure-Rust decoder yet",
+        } else if let (Some(fragments), true) =
+            (fragments, info.transfer_syntax == JPEG_EXTENDED && info.bits_stored > 8)
+        {
+            // 12-bit JPEG (process 4): jpeg-decoder does 8-bit only, so ours decodes it.
+            let data = match (fragments.len() as u32, info.frames) {
+                (n, f) if n == f => Cow::Borrowed(fragments[index as usize].as_slice()),
+                (_, 1) => Cow::Owned(fragments.concat()),
+                _ => {
+                    return Err(Error::UnsupportedPixelLayout {
+                        reason: "multi-frame 12-bit JPEG must hold one fragment per frame",
+                    });
+                }
+            };
+            let image = jpeg12::decode(&data)?;
+            if image.width != info.columns as usize
+                || image.height != info.rows as usize
+                || image.components != usize::from(info.samples_per_pixel)
+                || u16::from(image.precision) < info.bits_stored
+            {
+                return Err(Error::Dicom {
+                    reason: "JPEG frame size differs from the DICOM header",
                 });
             }
+            let raw = image.samples.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (raw, info.photometric.clone(), 16)
+        } else if encapsulated {
             let decoded = self.obj.decode_pixel_data_frame(index).map_err(|_| Error::Dicom {
                 reason: "compressed pixel data could not be decoded",
             })?;
