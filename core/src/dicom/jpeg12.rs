@@ -280,7 +280,7 @@ pub(super) fn decode(data: &[u8]) -> Result<Image> {
                         if t > 16 {
                             return Err(CORRUPT);
                         }
-                        pred[ci] += extend(bits.bits(t)?, t);
+                        pred[ci] = pred[ci].wrapping_add(extend(bits.bits(t)?, t));
                         coef[0] = pred[ci];
                         let mut k = 1;
                         while k < 64 {
@@ -303,7 +303,7 @@ pub(super) fn decode(data: &[u8]) -> Result<Image> {
                         let q = &quant[c.quant];
                         let mut block = [0f32; 64];
                         for i in 0..64 {
-                            block[i] = (coef[i] * i32::from(q[i])) as f32;
+                            block[i] = coef[i] as f32 * f32::from(q[i]);
                         }
                         idct(&mut block);
                         for y in 0..8 {
