@@ -227,7 +227,9 @@ fn infer(
         for (path, result, decode_ms) in decoded {
             let row = match result {
                 Ok(d) => {
-                    let (p, mut t) = predictions.next().expect("one prediction per decoded image");
+                    let (p, mut t) = predictions.next().ok_or_else(|| {
+                        anyhow::anyhow!("the model returned fewer predictions than images")
+                    })?;
                     t.decode_ms = decode_ms;
                     t.total_ms += decode_ms;
                     json!({
