@@ -1,7 +1,10 @@
-//! `medinfer`: the native command line over `medinfer-core`.
+//! `medinfer`: the native command line over `medinfer-core`, and the native server over
+//! `medinfer-service`.
 
 mod deid;
 mod models;
+mod serve;
+mod store;
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -91,6 +94,52 @@ enum Command {
         #[arg(long)]
         models_dir: Option<PathBuf>,
     },
+    /// Serve the HTTP API (the same as the Spin component) over an embedded store.
+    Serve {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1")]
+        host: std::net::IpAddr,
+        /// Port (0: any free port; the chosen one is printed).
+        #[arg(long, default_value_t = 8000)]
+        port: u16,
+        /// Folder for the store (medinfer.redb) and development secrets.
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+        /// TOML configuration file (else $MEDINFER_CONFIG); MEDINFER_* variables override it.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Models folder (default: $MEDINFER_MODELS, else ./models).
+        #[arg(long)]
+        models_dir: Option<PathBuf>,
+        /// Requests computed at once (default: the number of cores).
+        #[arg(long)]
+        workers: Option<usize>,
+        /// Requests that may wait for a worker before the server answers 503.
+        #[arg(long, default_value_t = 256)]
+        queue: usize,
+        /// Shut down gracefully when standard input closes (test harnesses use this so a
+        /// server never outlives them).
+        #[arg(long, hide = true)]
+        stop_on_stdin_eof: bool,
+    },
+    /// Mint a development token (HS256, with the configured secret).
+    Token {
+        /// The token's subject (the user id recorded in the audit log).
+        #[arg(long)]
+        sub: String,
+        /// viewer, operator, auditor or admin.
+        #[arg(long)]
+        role: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+        /// The server's data folder (where development secrets are).
+        #[arg(long, default_value = "data")]
+        data_dir: PathBuf,
+        /// TOML configuration file (else $MEDINFER_CONFIG).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
     /// Describe an image file: format, size, transfer syntax, photometric. Never a PHI value.
     Inspect {
         /// The file.
@@ -117,6 +166,37 @@ fn main() -> std::process::ExitCode {
         }
         Command::Models { json, models_dir } => list_models(json, models_dir),
         Command::Inspect { file, json } => inspect(&file, json),
+        Command::Serve {
+            host,
+            port,
+            data_dir,
+            config,
+            models_dir,
+            workers,
+            queue,
+            stop_on_stdin_eof,
+        } => {
+            let sources = serve::Sources { file: config_file(config), data_dir };
+            let workers = workers.unwrap_or_else(|| {
+                std::thread::available_parallelism().map(usize::from).unwrap_or(2)
+            });
+            serve::serve(serve::ServeOptions {
+                addr: std::net::SocketAddr::new(host, port),
+                sources,
+                models_dir: models::models_dir(models_dir),
+                workers,
+                queue,
+                stop_on_stdin_eof,
+            })
+            .map(|()| true)
+        }
+        Command::Token { sub, role, ttl, data_dir, config } => {
+            let sources = serve::Sources { file: config_file(config), data_dir };
+            serve::token(&sources, &sub, &role, ttl).map(|t| {
+                println!("{t}");
+                true
+            })
+        }
         Command::Bench { file, iterations, json, models_dir } => {
             bench(&file, iterations, json, models_dir)
         }
@@ -151,6 +231,11 @@ fn main() -> std::process::ExitCode {
             std::process::ExitCode::from(2)
         }
     }
+}
+
+/// The configuration file: the flag, else `$MEDINFER_CONFIG`.
+fn config_file(flag: Option<PathBuf>) -> Option<PathBuf> {
+    flag.or_else(|| std::env::var_os("MEDINFER_CONFIG").map(PathBuf::from))
 }
 
 /// Files under `paths`, folders walked recursively, sorted, hidden files skipped.

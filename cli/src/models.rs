@@ -1,6 +1,7 @@
-//! Loading `models/<id>/{model.toml,model.onnx}` from disk into a [`Registry`].
+//! Where models live, and loading them for one-shot commands.
 
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
 use medinfer_core::Registry;
@@ -12,32 +13,16 @@ pub fn models_dir(flag: Option<PathBuf>) -> PathBuf {
 }
 
 /// Loads every model folder under `dir` (each must hold `model.toml`), optionally only `only`.
+/// Any folder that fails is an error here (the server reports such folders instead).
 /// Returns the registry and the load time of each model in milliseconds.
 pub fn load(dir: &Path, only: Option<&str>) -> Result<(Registry, Vec<(String, f64)>)> {
-    let mut entries: Vec<PathBuf> = std::fs::read_dir(dir)
-        .with_context(|| format!("cannot read the models folder {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("model.toml").is_file())
-        .collect();
-    entries.sort();
-    let mut registry = Registry::new();
-    let mut timings = Vec::new();
-    for folder in entries {
-        let text = std::fs::read_to_string(folder.join("model.toml"))?;
-        let manifest = medinfer_core::ModelManifest::from_toml(&text)
-            .with_context(|| format!("{}", folder.join("model.toml").display()))?;
-        if only.is_some_and(|id| id != manifest.id) {
-            continue;
-        }
-        let onnx = std::fs::read(folder.join(&manifest.file))
-            .with_context(|| format!("cannot read {}", folder.join(&manifest.file).display()))?;
-        let t = std::time::Instant::now();
-        let model = medinfer_core::LoadedModel::load(manifest, &onnx)
-            .with_context(|| format!("loading {}", folder.display()))?;
-        timings.push((model.manifest().id.clone(), t.elapsed().as_secs_f64() * 1e3));
-        registry.insert(model)?;
+    let t = Instant::now();
+    let loaded = medinfer_service::models::load_dir(dir, only, &|| t.elapsed().as_secs_f64() * 1e3)
+        .with_context(|| format!("cannot read the models folder {}", dir.display()))?;
+    if let Some(f) = loaded.failures.first() {
+        bail!("loading {}: {}", dir.join(&f.folder).display(), f.error);
     }
-    if registry.is_empty() {
+    if loaded.registry.is_empty() {
         match only {
             Some(id) => bail!("no model with id {id:?} in {}", dir.display()),
             None => {
@@ -45,5 +30,5 @@ pub fn load(dir: &Path, only: Option<&str>) -> Result<(Registry, Vec<(String, f6
             }
         }
     }
-    Ok((registry, timings))
+    Ok((loaded.registry, loaded.load_ms))
 }

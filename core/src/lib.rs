@@ -45,7 +45,8 @@ pub use manifest::{
 };
 pub use model::{LoadedModel, Prediction, Score, sha256_hex};
 pub use pipeline::{
-    DecodeOptions, Decoded, NoTimer, Timer, Timings, decode, decode_array, infer_bytes, predict,
+    DecodeOptions, Decoded, NoTimer, Timer, Timings, decode, decode_array, decode_keyed,
+    infer_bytes, predict,
 };
 pub use pixels::Pixels;
 pub use raster::decode_raster;

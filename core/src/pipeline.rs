@@ -1,5 +1,6 @@
 //! The end-to-end pipeline: bytes or arrays → [`Pixels`] → model input → [`Prediction`].
 
+use crate::deid::{DeidKey, patient_pseudonym};
 use crate::{
     ArrayInput, DicomImage, DicomInfo, Format, Limits, LoadedModel, Pixels, Prediction, Result,
     Window, preprocess::preprocess_into, raster::decode_raster, sniff,
@@ -39,22 +40,46 @@ pub struct Decoded {
     pub format: Format,
     /// For DICOM: structural facts (no PHI).
     pub dicom: Option<DicomInfo>,
+    /// For DICOM decoded with a key ([`decode_keyed`]): the patient's keyed pseudonym, when
+    /// the file names a patient.
+    pub patient_pseudonym: Option<String>,
 }
 
 /// Checks size and format, decodes, and checks dimensions — the seed's validation order.
 pub fn decode(bytes: &[u8], limits: &Limits, options: &DecodeOptions) -> Result<Decoded> {
+    decode_keyed(bytes, limits, options, None)
+}
+
+/// [`decode`], and for DICOM with a `key`, the patient's keyed pseudonym
+/// ([`crate::deid::patient_pseudonym`]): the only identifying attribute read, and it never
+/// leaves this function unhashed.
+pub fn decode_keyed(
+    bytes: &[u8],
+    limits: &Limits,
+    options: &DecodeOptions,
+    key: Option<&DeidKey>,
+) -> Result<Decoded> {
     limits.check_size(bytes.len())?;
     let format = sniff(bytes)?;
     match format {
-        Format::Png | Format::Jpeg => {
-            Ok(Decoded { pixels: decode_raster(bytes, format, limits)?, format, dicom: None })
-        }
+        Format::Png | Format::Jpeg => Ok(Decoded {
+            pixels: decode_raster(bytes, format, limits)?,
+            format,
+            dicom: None,
+            patient_pseudonym: None,
+        }),
         Format::Dicom => {
             let image = DicomImage::parse(bytes)?;
             let info = image.info().clone();
             limits.check_dimensions(info.columns.into(), info.rows.into())?;
+            let patient_pseudonym = key.and_then(|k| patient_pseudonym(image.object(), k));
             let frame = image.frame(options.frame.unwrap_or(0))?;
-            Ok(Decoded { pixels: frame.to_pixels(options.window), format, dicom: Some(info) })
+            Ok(Decoded {
+                pixels: frame.to_pixels(options.window),
+                format,
+                dicom: Some(info),
+                patient_pseudonym,
+            })
         }
     }
 }

@@ -59,14 +59,15 @@ fn lint() -> Result<()> {
     ])
 }
 
-/// The de-identification tests read our output back with pydicom, an independent reader.
+/// The de-identification tests read our output back with pydicom, an independent reader;
+/// the API tests run the seed's Python example (requests, Pillow, numpy).
 fn python_deps() -> Result<()> {
     let ok = Command::new("python3")
-        .args(["-c", "import pydicom, numpy"])
+        .args(["-c", "import pydicom, numpy, PIL, requests"])
         .status()
         .is_ok_and(|s| s.success());
     if !ok {
-        eprintln!("xtask: installing testdata/requirements.txt (pydicom) for the tests");
+        eprintln!("xtask: installing testdata/requirements.txt for the tests");
         let status = Command::new("python3")
             .args(["-m", "pip", "install", "-q", "-r", "testdata/requirements.txt"])
             .status()

@@ -216,6 +216,13 @@ impl DeidKey {
         format!("PT-{}", hex::encode_upper(&mac[..12]))
     }
 
+    /// Whether `s` has the shape of a pseudonym (`PT-` and 24 uppercase hex digits).
+    pub fn is_pseudonym(s: &str) -> bool {
+        s.len() == 27
+            && s.starts_with("PT-")
+            && s[3..].bytes().all(|b| b.is_ascii_digit() || (b'A'..=b'F').contains(&b))
+    }
+
     /// A replacement UID: `2.25.` and the decimal value of 128 bits of HMAC-SHA-256(key, uid).
     pub fn uid(&self, original: &str) -> String {
         let mac = self.mac("medinfer/uid", original.trim_end_matches(['\0', ' ']).as_bytes());
@@ -294,6 +301,25 @@ struct Ctx<'a> {
     report: Report,
 }
 
+/// The identifier a pseudonym is derived from: PatientID, else PatientName (trimmed, non-empty).
+fn patient_identifier(obj: &DefaultDicomObject) -> Option<String> {
+    text(obj, tags::PATIENT_ID)
+        .filter(|s| !s.trim().is_empty())
+        .or_else(|| text(obj, tags::PATIENT_NAME))
+        .filter(|s| !s.trim().is_empty())
+}
+
+/// The keyed pseudonym [`deidentify_attributes`] gives this object's patient, or `None` when
+/// the object names no patient (empty PatientID and PatientName). Reads nothing else.
+/// An identifier that already has a pseudonym's shape (a file this crate de-identified) is
+/// kept as it is, so results of the original and the de-identified file link up.
+pub fn patient_pseudonym(obj: &DefaultDicomObject, key: &DeidKey) -> Option<String> {
+    patient_identifier(obj).map(|id| {
+        let id = id.trim();
+        if DeidKey::is_pseudonym(id) { id.to_string() } else { key.pseudonym(id) }
+    })
+}
+
 /// De-identifies `obj` in place and returns the report. The pixel data is untouched here
 /// (Clean Pixel Data is a separate step).
 pub fn deidentify_attributes(
@@ -301,10 +327,7 @@ pub fn deidentify_attributes(
     key: &DeidKey,
     options: DeidOptions,
 ) -> Result<Report> {
-    let patient_id = text(obj, tags::PATIENT_ID)
-        .filter(|s| !s.is_empty())
-        .or_else(|| text(obj, tags::PATIENT_NAME))
-        .unwrap_or_default();
+    let patient_id = patient_identifier(obj).unwrap_or_default();
     let pseudonym = key.pseudonym(&patient_id);
     let mut ctx = Ctx {
         key,
