@@ -115,7 +115,7 @@ enum Command {
         #[arg(long)]
         workers: Option<usize>,
         /// Requests that may wait for a worker before the server answers 503.
-        #[arg(long, default_value_t = 256)]
+        #[arg(long, default_value_t = 64)]
         queue: usize,
         /// Shut down gracefully when standard input closes (test harnesses use this so a
         /// server never outlives them).

@@ -298,11 +298,12 @@ async fn respond(app: &Arc<App>, parts: http::request::Parts, body: AxumBody) ->
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let body = match read_body(body, limit, declared).await {
-        Ok(b) => b,
-        Err(e) => return into_axum(error_response(&e)),
-    };
-    // Bound the queue, then the number of requests computing at once.
+    // Health checks never wait behind inference.
+    if parts.uri.path() == "/health" {
+        return into_axum(app.service.handle(&app.kv, &parts, Body::Complete(Vec::new())).await);
+    }
+    // Bound the requests admitted (and so the bodies held in memory: at most
+    // (queue + workers) × the body limit), then the number computing at once.
     if app.waiting.fetch_add(1, Ordering::SeqCst) >= app.queue + app.workers.available_permits() {
         app.waiting.fetch_sub(1, Ordering::SeqCst);
         let mut r = error_response(&ApiError::new(
@@ -313,6 +314,13 @@ async fn respond(app: &Arc<App>, parts: http::request::Parts, body: AxumBody) ->
         r.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
         return into_axum(r);
     }
+    let body = match read_body(body, limit, declared).await {
+        Ok(b) => b,
+        Err(e) => {
+            app.waiting.fetch_sub(1, Ordering::SeqCst);
+            return into_axum(error_response(&e));
+        }
+    };
     let permit = app.workers.acquire().await;
     app.waiting.fetch_sub(1, Ordering::SeqCst);
     let Ok(_permit) = permit else {

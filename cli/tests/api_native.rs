@@ -86,23 +86,7 @@ fn the_seed_examples_work() {
 /// Results and the audit chain survive a restart.
 #[test]
 fn restart_keeps_results_and_chain() {
-    let dir = temp_dir("restart");
-    let first = Server::start(Target::Native, &dir, &api::settings());
-    let c = first.client();
-    let r = c.post_json("/infer", &api::seed_array("PT-RESTART"), Some(&api::bearer("operator")));
-    assert_eq!(r.status, 200);
-    let id = r.json()["inference_id"].as_str().unwrap().to_string();
-    let before = c.get("/audit/verify", Some(&api::bearer("auditor"))).json();
-    first.stop();
-
-    let second = Server::start(Target::Native, &dir, &api::settings());
-    let c = second.client();
-    let r = c.get(&format!("/results?inference_id={id}"), Some(&api::bearer("viewer")));
-    assert_eq!(r.json()["items"][0]["inference_id"], id.as_str());
-    let after = c.get("/audit/verify", Some(&api::bearer("auditor"))).json();
-    assert_eq!(after["valid"], true);
-    // The chain continued: the earlier records plus the verify and the read just made.
-    assert_eq!(after["records"].as_u64().unwrap(), before["records"].as_u64().unwrap() + 2);
+    api::restart_keeps_results_and_chain(Target::Native);
 }
 
 /// Stopping the server lets a running batch finish.
@@ -128,32 +112,5 @@ fn graceful_shutdown_finishes_in_flight_requests() {
 /// Nothing identifying reaches the store file or the log.
 #[test]
 fn no_phi_in_the_store_or_the_log() {
-    let dir = temp_dir("phi");
-    let server = Server::start(Target::Native, &dir, &api::settings());
-    let c = server.client();
-    for name in ["RG1_chest_mono1_uncompressed_s4_DERIVED.dcm", "CT_small.dcm", "JPEG2000.dcm"] {
-        let bytes = api::file(&format!("testdata/dicom/{name}"));
-        let r = c.post(
-            "/infer?model_id=mobilenetv2-chexnet&patient_id=9RG1",
-            "application/dicom",
-            &bytes,
-            Some(&api::bearer("operator")),
-        );
-        assert_eq!(r.status, 200, "{name}: {}", r.text());
-        api::assert_no_phi(&r.text());
-    }
-    // A raw identifier in the query and a failing request must not leak either.
-    let r = c.post(
-        "/infer?patient_id=CompressedSamples%5ERG1",
-        "application/dicom",
-        &api::file("testdata/dicom/MR_truncated.dcm"),
-        Some(&api::bearer("operator")),
-    );
-    assert_eq!(r.status, 422);
-    server.stop();
-    let store = std::fs::read(dir.join("medinfer.redb")).unwrap();
-    let store = String::from_utf8_lossy(&store);
-    assert!(store.contains("PT-"), "the store holds pseudonyms");
-    api::assert_no_phi(&store);
-    api::assert_no_phi(&server.log());
+    api::no_phi_in_the_store_or_the_log(Target::Native);
 }

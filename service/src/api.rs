@@ -106,7 +106,8 @@ impl Timer for PlatformTimer<'_> {
     }
 }
 
-type Reply = Response<Vec<u8>>;
+/// A response as the service produces it.
+pub type Reply = Response<Vec<u8>>;
 
 fn json_response(status: StatusCode, value: &impl Serialize) -> Reply {
     let body = serde_json::to_vec(value).unwrap_or_default();

@@ -332,6 +332,7 @@ mod tests {
     }
 
     #[test]
+    #[cfg(not(target_family = "wasm"))] // threads
     fn concurrent_appends_never_fork() {
         let kv = std::sync::Arc::new(MemoryKv::new());
         let threads: Vec<_> = (0..8)

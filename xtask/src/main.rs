@@ -4,17 +4,20 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-const USAGE: &str = "usage: cargo xtask <test|lint|wasm|wasi-test>
-  test       everything CI runs: lint, native tests, core's tests on wasip2, wasm builds
+const USAGE: &str = "usage: cargo xtask <test|lint|wasm|wasi-test|spin>
+  test       everything CI runs: lint, the Spin component and host, native tests and the
+             API suite on both targets, core's tests on wasip2, the browser build of core
   lint       rustfmt --check and clippy -D warnings
-  wasm       build core for wasm32-wasip2 and wasm32-unknown-unknown
-  wasi-test  run core's tests compiled for wasm32-wasip2 under wasmtime (wasi-runner)";
+  spin       build the Spin component and the wasmtime host (wasm-host)
+  wasm       build core for wasm32-unknown-unknown
+  wasi-test  run core's tests compiled for wasm32-wasip2 under wasmtime (wasm-host run)";
 
 fn main() -> Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
     match task.as_str() {
         "test" => {
             lint()?;
+            spin()?;
             native_tests()?;
             wasi_tests()?;
             wasm()?;
@@ -22,6 +25,7 @@ fn main() -> Result<()> {
             Ok(())
         }
         "lint" => lint(),
+        "spin" => spin(),
         "wasm" => wasm(),
         "wasi-test" => wasi_tests(),
         _ => {
@@ -46,6 +50,8 @@ fn cargo(args: &[&str]) -> Result<()> {
 fn lint() -> Result<()> {
     cargo(&["fmt", "--all", "--check"])?;
     // Same profile as the tests so that dependencies are compiled once per run.
+    // The Spin component is linted natively too (spin-sdk's bindings compile everywhere):
+    // a wasip2 clippy would check every dependency a second time.
     cargo(&[
         "clippy",
         "--release",
@@ -57,6 +63,19 @@ fn lint() -> Result<()> {
         "-D",
         "warnings",
     ])
+}
+
+/// The Spin component's package: built for wasm32-wasip2 only.
+const SPIN_PACKAGE: &str = "medinfer-spin";
+/// Where the component lands.
+const SPIN_COMPONENT: &str = "target/wasm32-wasip2/release/medinfer_spin.wasm";
+/// The wasmtime host (test runner and Spin-like server).
+const WASM_HOST: &str = "target/release/wasm-host";
+
+/// Builds the Spin component (what `spin build` builds) and the host that serves it in tests.
+fn spin() -> Result<()> {
+    cargo(&["build", "--release", "-p", SPIN_PACKAGE, "--target", "wasm32-wasip2"])?;
+    cargo(&["build", "--release", "-p", "wasm-host"])
 }
 
 /// The de-identification tests read our output back with pydicom, an independent reader;
@@ -82,13 +101,35 @@ fn python_deps() -> Result<()> {
 fn native_tests() -> Result<()> {
     python_deps()?;
     // Release: the tests run real models, and the same artifacts serve the quick start.
-    cargo(&["test", "--release", "--workspace", "--features", NATIVE_FEATURES])
+    // The API suite's Spin target (cli/tests/api_spin.rs) serves the component built by
+    // `spin()` with the host built there.
+    let root = std::env::current_dir()?;
+    let args = [
+        "test",
+        "--release",
+        "--workspace",
+        "--exclude",
+        SPIN_PACKAGE,
+        "--features",
+        NATIVE_FEATURES,
+    ];
+    eprintln!("xtask: cargo {}", args.join(" "));
+    let status = Command::new(env!("CARGO"))
+        .args(args)
+        .env("MEDINFER_SPIN_COMPONENT", root.join(SPIN_COMPONENT))
+        .env("MEDINFER_WASM_HOST", root.join(WASM_HOST))
+        .status()
+        .context("running cargo test")?;
+    if !status.success() {
+        bail!("the native tests failed ({status})");
+    }
+    Ok(())
 }
 
 fn wasm() -> Result<()> {
-    // core compiles unchanged for both wasm targets; the getrandom backend is chosen by the
-    // browser leaf (tract-onnx/getrandom-js), never inside core.
-    cargo(&["build", "--release", "-p", "medinfer-core", "--target", "wasm32-wasip2"])?;
+    // core compiles unchanged for both wasm targets (the Spin component covers wasip2); the
+    // getrandom backend is chosen by the browser leaf (tract-onnx/getrandom-js), never
+    // inside core.
     cargo(&[
         "build",
         "--release",
@@ -101,15 +142,25 @@ fn wasm() -> Result<()> {
     ])
 }
 
-/// core's unit and integration tests, compiled for wasm32-wasip2 and run by `wasi-runner`
-/// (wasmtime in-process, the workspace preopened), so the very code the Spin component runs
-/// is tested on its target.
+/// core's and the service's unit and integration tests, compiled for wasm32-wasip2 and run
+/// by `wasm-host run` (wasmtime in-process, the workspace preopened), so the very code the
+/// Spin component runs is tested on its target.
 fn wasi_tests() -> Result<()> {
-    cargo(&["build", "--release", "-p", "wasi-runner"])?;
-    let runner = std::env::current_dir()?.join("target/release/wasi-runner");
-    eprintln!("xtask: CARGO_TARGET_WASM32_WASIP2_RUNNER={}", runner.display());
+    cargo(&["build", "--release", "-p", "wasm-host"])?;
+    let runner = format!("{} run", std::env::current_dir()?.join(WASM_HOST).display());
+    eprintln!("xtask: CARGO_TARGET_WASM32_WASIP2_RUNNER={runner}");
     let status = Command::new(env!("CARGO"))
-        .args(["test", "--release", "-p", "medinfer-core", "--target", "wasm32-wasip2", "--tests"])
+        .args([
+            "test",
+            "--release",
+            "-p",
+            "medinfer-core",
+            "-p",
+            "medinfer-service",
+            "--target",
+            "wasm32-wasip2",
+            "--tests",
+        ])
         .env("CARGO_TARGET_WASM32_WASIP2_RUNNER", &runner)
         .status()
         .context("running cargo test for wasip2")?;

@@ -58,6 +58,8 @@ impl Server {
                 cmd.arg("serve")
                     .arg(env_path("MEDINFER_SPIN_COMPONENT"))
                     .args(["--port", "0", "--stop-on-stdin-eof", "--instances", "4"])
+                    .arg("--kv-log")
+                    .arg(data_dir.join("kv.log"))
                     .arg("--dir")
                     .arg(format!("{}::/models", root.join("models").display()));
                 for (k, v) in settings {
@@ -122,6 +124,14 @@ impl Server {
             let _ = child.kill();
             let _ = child.wait();
             panic!("the server did not stop within 30 s of its stdin closing");
+        }
+    }
+
+    /// The file holding the server's key-value data.
+    pub fn store_file(&self) -> PathBuf {
+        match self.target {
+            Target::Native => self.data_dir.join("medinfer.redb"),
+            Target::Spin => self.data_dir.join("kv.log"),
         }
     }
 

@@ -1,9 +1,7 @@
-//! `wasi-runner WASM [ARGS...]`: runs a WASI p2 command component (a `cargo test` binary built
-//! for wasm32-wasip2) on wasmtime, with stdio and environment inherited and the workspace
-//! preopened at its own absolute path, so that tests find fixtures through
+//! `wasm-host run WASM [ARGS...]`: runs a WASI p2 command component (a `cargo test` binary
+//! built for wasm32-wasip2) on wasmtime, with stdio and environment inherited and the
+//! workspace preopened at its own absolute path, so that tests find fixtures through
 //! `env!("CARGO_MANIFEST_DIR")` exactly as they do natively. Exits with the guest's status.
-//!
-//! This replaces `wasmtime-cli`, which takes over half an hour to build here.
 
 use std::path::PathBuf;
 
@@ -23,10 +21,10 @@ impl WasiView for Host {
     }
 }
 
-fn main() -> Result<()> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+/// Runs a command component with `args` (the first is the wasm file).
+pub fn run(args: &[String]) -> Result<()> {
     let Some(wasm) = args.first() else {
-        eprintln!("usage: wasi-runner WASM [ARGS...]");
+        eprintln!("usage: wasm-host run WASM [ARGS...]");
         std::process::exit(2);
     };
     let root = workspace_root();
@@ -39,7 +37,7 @@ fn main() -> Result<()> {
     wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
 
     let mut wasi = WasiCtxBuilder::new();
-    wasi.inherit_stdio().inherit_env().args(&args);
+    wasi.inherit_stdio().inherit_env().args(args);
     let guest_root = root.to_string_lossy().into_owned();
     wasi.preopened_dir(&root, &guest_root, DirPerms::all(), FilePerms::all())?;
     wasi.preopened_dir(
@@ -60,7 +58,7 @@ fn main() -> Result<()> {
             if let Some(exit) = trap.downcast_ref::<wasmtime_wasi::I32Exit>() {
                 std::process::exit(exit.0);
             }
-            eprintln!("wasi-runner: the guest trapped: {trap:?}");
+            eprintln!("wasm-host: the guest trapped: {trap:?}");
             std::process::exit(101)
         }
     }
