@@ -87,6 +87,8 @@ impl Endpoint {
 /// [`KeyValue`] each request brings.
 pub struct Service {
     config: Config,
+    /// core's input limits, with the file size bound by the configured `max_body_bytes`.
+    input_limits: medinfer_core::Limits,
     registry: medinfer_core::Registry,
     failures: Vec<LoadFailure>,
     platform: Box<dyn Platform>,
@@ -173,7 +175,11 @@ impl Service {
         failures: Vec<LoadFailure>,
         platform: Box<dyn Platform>,
     ) -> Service {
-        Service { config, registry, failures, platform }
+        let input_limits = medinfer_core::Limits {
+            max_bytes: config.limits.max_body_bytes,
+            ..medinfer_core::Limits::default()
+        };
+        Service { config, input_limits, registry, failures, platform }
     }
 
     /// The models.
@@ -478,7 +484,7 @@ impl Service {
             .map(|p| self.patient_pseudonym(p))
             .transpose()
             .map_err(fail)?;
-        let limits = medinfer_core::Limits::default();
+        let limits = self.input_limits;
         let t0 = self.platform.monotonic_ms();
         let (pixels, from_file) = match request.source {
             Source::Array(array) => {
