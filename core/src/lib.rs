@@ -33,6 +33,7 @@ mod pixels;
 pub mod preprocess;
 mod raster;
 mod registry;
+mod result;
 mod sniff;
 mod validate;
 
@@ -51,6 +52,7 @@ pub use pipeline::{
 pub use pixels::Pixels;
 pub use raster::decode_raster;
 pub use registry::Registry;
+pub use result::{InferenceResult, round_timings, uuid_v4};
 pub use sniff::{Format, sniff};
 pub use validate::{DType, Limits, validate_samples};
 

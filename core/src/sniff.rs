@@ -17,6 +17,15 @@ pub enum Format {
 }
 
 impl Format {
+    /// Lowercase name: `png`, `jpeg`, `dicom`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Png => "png",
+            Format::Jpeg => "jpeg",
+            Format::Dicom => "dicom",
+        }
+    }
+
     /// The media type a client would send for this format.
     pub fn media_type(self) -> &'static str {
         match self {

@@ -47,10 +47,7 @@ impl Platform for SystemPlatform {
 pub fn uuid_v4(platform: &dyn Platform) -> String {
     let mut b = [0u8; 16];
     platform.fill_random(&mut b);
-    b[6] = (b[6] & 0x0f) | 0x40;
-    b[8] = (b[8] & 0x3f) | 0x80;
-    let h = hex::encode(b);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    medinfer_core::uuid_v4(b)
 }
 
 /// `unix_ms` as RFC 3339 UTC with milliseconds, e.g. `2026-11-25T18:10:27.123Z`.

@@ -4,12 +4,17 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
-const USAGE: &str = "usage: cargo xtask <test|lint|wasm|wasi-test|spin>
+mod web;
+
+const USAGE: &str = "usage: cargo xtask <test|lint|web|web-test|wasi-test|spin>
   test       everything CI runs: lint, the Spin component and host, native tests and the
-             API suite on both targets, core's tests on wasip2, the browser build of core
+             API suite on both targets, core's tests on wasip2, the browser bundle and its
+             tests in headless Chromium
   lint       rustfmt --check and clippy -D warnings
   spin       build the Spin component and the wasmtime host (wasm-host)
-  wasm       build core for wasm32-unknown-unknown
+  web        build the browser bundle into web/ (pkg/, models/, samples/) and report its size
+  web-test   the browser tests: wasm-bindgen-test and Playwright in Debian's Chromium
+             (needs `web` built, and target/release/medinfer for the parity reference)
   wasi-test  run core's tests compiled for wasm32-wasip2 under wasmtime (wasm-host run)";
 
 fn main() -> Result<()> {
@@ -20,13 +25,15 @@ fn main() -> Result<()> {
             spin()?;
             native_tests()?;
             wasi_tests()?;
-            wasm()?;
+            web::build()?;
+            web::test()?;
             println!("xtask: all checks passed");
             Ok(())
         }
         "lint" => lint(),
         "spin" => spin(),
-        "wasm" => wasm(),
+        "web" => web::build(),
+        "web-test" => web::test(),
         "wasi-test" => wasi_tests(),
         _ => {
             eprintln!("{USAGE}");
@@ -38,7 +45,7 @@ fn main() -> Result<()> {
 /// Natively the tests also cover JPEG-LS (CharLS; needs cmake and a C++ compiler).
 const NATIVE_FEATURES: &str = "medinfer-core/jpeg-ls";
 
-fn cargo(args: &[&str]) -> Result<()> {
+pub(crate) fn cargo(args: &[&str]) -> Result<()> {
     eprintln!("xtask: cargo {}", args.join(" "));
     let status = Command::new(env!("CARGO")).args(args).status().context("running cargo")?;
     if !status.success() {
@@ -62,6 +69,19 @@ fn lint() -> Result<()> {
         "--",
         "-D",
         "warnings",
+    ])?;
+    // The browser crate's wasm-only code (the libc shims) is linted on its own target.
+    cargo(&[
+        "clippy",
+        "--release",
+        "-p",
+        "medinfer-browser",
+        "--target",
+        "wasm32-unknown-unknown",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
     ])
 }
 
@@ -80,7 +100,7 @@ fn spin() -> Result<()> {
 
 /// The de-identification tests read our output back with pydicom, an independent reader;
 /// the API tests run the seed's Python example (requests, Pillow, numpy).
-fn python_deps() -> Result<()> {
+pub(crate) fn python_deps() -> Result<()> {
     let ok = Command::new("python3")
         .args(["-c", "import pydicom, numpy, PIL, requests"])
         .status()
@@ -124,22 +144,6 @@ fn native_tests() -> Result<()> {
         bail!("the native tests failed ({status})");
     }
     Ok(())
-}
-
-fn wasm() -> Result<()> {
-    // core compiles unchanged for both wasm targets (the Spin component covers wasip2); the
-    // getrandom backend is chosen by the browser leaf (tract-onnx/getrandom-js), never
-    // inside core.
-    cargo(&[
-        "build",
-        "--release",
-        "-p",
-        "medinfer-core",
-        "--target",
-        "wasm32-unknown-unknown",
-        "--features",
-        "tract-onnx/getrandom-js",
-    ])
 }
 
 /// core's and the service's unit and integration tests, compiled for wasm32-wasip2 and run

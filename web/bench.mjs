@@ -1,0 +1,73 @@
+// Browser numbers for BENCHMARKS.md: bundle size, time to first prediction after page load,
+// and per-image latency for both models, in Debian's headless Chromium (SIMD128, one thread).
+// Run after `cargo xtask web`: `node web/bench.mjs [--n 20]`.
+
+import { readFileSync, statSync } from 'node:fs';
+import { gzipSync } from 'node:zlib';
+import { join } from 'node:path';
+import { serve, browser, openPage, ROOT, WEB } from './tests/harness.mjs';
+
+const n = Number(process.argv[process.argv.indexOf('--n') + 1]) || 20;
+const wasm = join(WEB, 'pkg/medinfer_wasm_bg.wasm');
+const raw = statSync(wasm).size;
+const gz = gzipSync(readFileSync(wasm), { level: 9 }).length;
+console.log(`bundle: ${(raw / 1e6).toFixed(1)} MB raw, ${(gz / 1e6).toFixed(1)} MB gzip -9`);
+
+const server = await serve();
+const chromium = await browser();
+try {
+  // Time to first prediction: navigation start -> first result on screen, the file dropped as
+  // soon as the page says it is ready (worker, wasm compile, MobileNetV2 fetch + optimise).
+  const ttfp = [];
+  for (let i = 0; i < 3; i++) {
+    const page = await chromium.context.newPage();
+    await page.goto(server.url);
+    await page.waitForFunction(() => document.body.dataset.ready === 'true', null, { polling: 'raf', timeout: 120_000 });
+    await page.setInputFiles('#file-input', join(ROOT, 'testdata/dicom/CT_small.dcm'));
+    await page.waitForFunction(() => performance.getEntriesByName('first-prediction').length, null, { polling: 'raf' });
+    ttfp.push(await page.evaluate(() => ({
+      first: performance.getEntriesByName('first-prediction')[0].startTime,
+    })));
+    await page.close();
+  }
+  console.log(`time to first prediction (MobileNetV2, CT_small, from navigation): ${ttfp.map((t) => t.first.toFixed(0)).join(', ')} ms`);
+
+  const { page } = await openPage(chromium.context, server.url);
+  const files = ['CT_small.dcm', 'RG1_J2KI.dcm'].map((f) => ({ f, b64: readFileSync(join(ROOT, 'testdata/dicom', f)).toString('base64') }));
+  const out = await page.evaluate(async ({ files, n }) => {
+    const { Medinfer } = await import('./medinfer.js');
+    const m = await Medinfer.create();
+    const rows = [];
+    for (const model of ['mobilenetv2-chexnet', 'densenet121-chexnet']) {
+      const t0 = performance.now();
+      const info = await m.loadModel(model);
+      const fetchAndLoad = performance.now() - t0;
+      for (const { f, b64 } of files) {
+        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+        for (let i = 0; i < 2; i++) await m.infer(bytes, { modelId: model });
+        const wall = [], engine = [], infer = [];
+        for (let i = 0; i < n; i++) {
+          const t = performance.now();
+          const r = await m.infer(bytes, { modelId: model });
+          wall.push(performance.now() - t);
+          engine.push(r.timing_ms.total_ms);
+          infer.push(r.timing_ms.infer_ms);
+        }
+        const q = (a, p) => [...a].sort((x, y) => x - y)[Math.min(a.length - 1, Math.floor(p * a.length))];
+        rows.push({ model, file: f, load_ms: info.load_ms, fetch_load_ms: fetchAndLoad,
+          wall_p50: q(wall, 0.5), wall_p90: q(wall, 0.9), engine_p50: q(engine, 0.5), infer_p50: q(infer, 0.5) });
+      }
+    }
+    m.terminate();
+    return rows;
+  }, { files, n });
+  console.log(`per image, ${n} runs after 2 warm-ups (client round trip through the worker; engine = decode+preprocess+infer):`);
+  console.log('| model | file | load (optimise) ms | fetch+load ms | round trip p50 | p90 | engine total p50 | infer p50 |');
+  console.log('|---|---|---|---|---|---|---|---|');
+  for (const r of out) {
+    console.log(`| ${r.model} | ${r.file} | ${r.load_ms.toFixed(0)} | ${r.fetch_load_ms.toFixed(0)} | ${r.wall_p50.toFixed(1)} | ${r.wall_p90.toFixed(1)} | ${r.engine_p50.toFixed(1)} | ${r.infer_p50.toFixed(1)} |`);
+  }
+} finally {
+  await chromium.close();
+  await server.close();
+}

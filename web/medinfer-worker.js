@@ -1,0 +1,169 @@
+// medinfer's Web Worker: owns the wasm Engine so decoding, de-identification and inference
+// never block the page. Spoken to only through medinfer.js (MedinferClient).
+//
+// Protocol: the page posts {id, op, args}; the worker answers {id, ok: true, value} or
+// {id, ok: false, error: {name, code, message}}, and {id, progress} for batches. {cancel: id}
+// drops a queued request, or stops a running batch at its next chunk boundary.
+//
+// The only network requests this worker makes are GETs of the bundle's own model files.
+
+import init, { Engine } from './pkg/medinfer_wasm.js';
+
+let engine = null;
+let modelsBase = null;
+let modelIndex = null;
+const loaded = new Map(); // model id -> ModelInfo
+const queue = [];
+const cancelled = new Set();
+let pumping = false;
+
+const ops = {
+  async init({ base, deidKey }) {
+    modelsBase = new URL('models/', base);
+    await init({ module_or_path: new URL('pkg/medinfer_wasm_bg.wasm', base) });
+    engine = new Engine(deidKey ? { deidKey } : undefined);
+    return { version: Engine.version() };
+  },
+
+  async catalog() {
+    if (!modelIndex) modelIndex = await fetchJson(new URL('index.json', modelsBase));
+    return { ...modelIndex, loaded: [...loaded.values()] };
+  },
+
+  async loadModel({ modelId }) {
+    if (loaded.has(modelId)) return loaded.get(modelId);
+    const { models } = await ops.catalog();
+    const entry = models.find((m) => m.model_id === modelId);
+    if (!entry) throw medinferError('model.not_found', 'no bundled model has that id');
+    const [manifest, onnx] = await Promise.all([
+      fetchBytes(new URL(entry.manifest, modelsBase)).then((b) => new TextDecoder().decode(b)),
+      fetchBytes(new URL(entry.onnx, modelsBase)),
+    ]);
+    const info = engine.loadModel(manifest, onnx);
+    loaded.set(modelId, info);
+    return info;
+  },
+
+  inspect({ bytes }) {
+    return engine.inspect(bytes);
+  },
+
+  render({ bytes, options }) {
+    const preview = engine.render(bytes, options);
+    return transferable(preview, [preview.rgba.buffer]);
+  },
+
+  async deidentify({ bytes, options }) {
+    try {
+      return deidentified(engine.deidentify(bytes, options));
+    } catch (e) {
+      // Clean Pixel Data needs the text detector: fetch it on first need, then retry.
+      if (e?.code !== 'deid.detector_missing') throw e;
+      const { textDetector } = await ops.catalog();
+      if (!textDetector) throw e;
+      engine.loadTextDetector(await fetchBytes(new URL(textDetector, modelsBase)));
+      return deidentified(engine.deidentify(bytes, options));
+    }
+  },
+
+  async infer({ bytes, options }) {
+    if (options?.modelId) await ops.loadModel({ modelId: options.modelId });
+    return engine.infer(bytes, options);
+  },
+
+  // Runs the batch a chunk at a time, yielding between chunks so that a cancel can arrive.
+  async inferBatch({ files, options = {} }, id) {
+    if (options.modelId) await ops.loadModel({ modelId: options.modelId });
+    const chunk = Math.min(Math.max(options.chunk ?? 8, 1), 64);
+    const t0 = performance.now();
+    let batchId;
+    const items = [];
+    for (let start = 0; start < files.length; start += chunk) {
+      if (cancelled.has(id)) throw medinferError('cancelled', 'the batch was cancelled');
+      const part = engine.inferBatch(files.slice(start, start + chunk), { ...options, chunk, batchId }, undefined);
+      batchId = part.batch_id;
+      for (const item of part.items) {
+        item.index += start;
+        items.push(item);
+        self.postMessage({ id, progress: { done: items.length, total: files.length, item } });
+      }
+      await new Promise((resolve) => setTimeout(resolve, 0));
+    }
+    const successful = items.filter((i) => !i.error).length;
+    return {
+      batch_id: batchId ?? null,
+      total_images: files.length,
+      successful,
+      failed: files.length - successful,
+      items,
+      total_ms: Math.round((performance.now() - t0) * 1000) / 1000,
+    };
+  },
+};
+
+function deidentified(out) {
+  return transferable(out, [out.bytes.buffer]);
+}
+
+const TRANSFER = Symbol('transfer');
+function transferable(value, buffers) {
+  return { [TRANSFER]: buffers, value };
+}
+
+function medinferError(code, message) {
+  const e = new Error(message);
+  e.name = 'MedinferError';
+  e.code = code;
+  return e;
+}
+
+async function fetchBytes(url) {
+  let response;
+  try {
+    response = await fetch(url);
+  } catch {
+    throw medinferError('network.unavailable', 'a model file could not be fetched (offline?)');
+  }
+  if (!response.ok) throw medinferError('network.unavailable', `a model file answered HTTP ${response.status}`);
+  return new Uint8Array(await response.arrayBuffer());
+}
+
+async function fetchJson(url) {
+  return JSON.parse(new TextDecoder().decode(await fetchBytes(url)));
+}
+
+async function pump() {
+  if (pumping) return;
+  pumping = true;
+  while (queue.length) {
+    // Let pending messages (cancels among them) arrive before the next request starts.
+    await new Promise((resolve) => setTimeout(resolve, 0));
+    const { id, op, args } = queue.shift();
+    if (cancelled.delete(id)) continue;
+    try {
+      if (op !== 'init' && !engine) throw medinferError('worker.not_ready', 'init was not called');
+      const fn = ops[op];
+      if (!fn) throw medinferError('worker.unknown_op', `unknown operation ${op}`);
+      const out = await fn(args ?? {}, id);
+      if (out && out[TRANSFER]) self.postMessage({ id, ok: true, value: out.value }, out[TRANSFER]);
+      else self.postMessage({ id, ok: true, value: out });
+    } catch (e) {
+      self.postMessage({
+        id,
+        ok: false,
+        error: { name: e?.name ?? 'Error', code: e?.code ?? 'internal.error', message: String(e?.message ?? e) },
+      });
+    }
+    cancelled.delete(id);
+  }
+  pumping = false;
+}
+
+self.onmessage = ({ data }) => {
+  if (data.cancel !== undefined) {
+    cancelled.add(data.cancel);
+    return;
+  }
+  queue.push(data);
+  pump();
+};

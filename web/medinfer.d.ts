@@ -1,0 +1,60 @@
+// Types of the worker client (medinfer.js). The result types are those of the wasm bundle
+// (pkg/medinfer_wasm.d.ts, generated from the Rust API by wasm-bindgen).
+import type {
+  BatchItem, BatchProgress, BatchResult, DeidentifyOptions, Deidentified, FileInfo,
+  InferenceResult, ModelInfo, Preview, RenderOptions,
+} from './pkg/medinfer_wasm.js';
+
+export type {
+  BatchItem, BatchProgress, BatchResult, DeidentifyOptions, Deidentified, FileInfo,
+  InferenceResult, ModelInfo, Preview, RenderOptions,
+};
+
+/** Anything holding a file's bytes; always copied, never transferred or detached. */
+export type Input = ArrayBuffer | ArrayBufferView | Blob;
+
+export interface CallOptions {
+  /** Aborting rejects with an AbortError at once; queued work is dropped, batches stop. */
+  signal?: AbortSignal;
+}
+
+/** Rejection reason for every failure: `code` is the server's stable error code. */
+export class MedinferError extends Error {
+  readonly name: 'MedinferError';
+  readonly code: string;
+}
+
+export interface CatalogEntry {
+  model_id: string;
+  name: string;
+  version: string;
+  disclaimer: string;
+  manifest: string;
+  onnx: string;
+  bytes: number;
+}
+
+export interface Catalog {
+  default: string;
+  models: CatalogEntry[];
+  textDetector: string | null;
+  loaded: ModelInfo[];
+}
+
+export class Medinfer {
+  /** Starts the worker and the wasm module from `base` (default: where medinfer.js is). */
+  static create(options?: { base?: URL | string; deidKey?: Uint8Array; signal?: AbortSignal }): Promise<Medinfer>;
+  readonly info: { version: string };
+  catalog(options?: CallOptions): Promise<Catalog>;
+  loadModel(modelId: string, options?: CallOptions): Promise<ModelInfo>;
+  inspect(input: Input, options?: CallOptions): Promise<FileInfo>;
+  render(input: Input, options?: RenderOptions, call?: CallOptions): Promise<Preview>;
+  deidentify(input: Input, options?: DeidentifyOptions, call?: CallOptions): Promise<Deidentified>;
+  infer(input: Input, options?: { modelId?: string; frame?: number }, call?: CallOptions): Promise<InferenceResult>;
+  inferBatch(
+    inputs: Iterable<Input>,
+    options?: { modelId?: string; frame?: number; chunk?: number; onProgress?: (p: BatchProgress) => void } & CallOptions,
+  ): Promise<BatchResult>;
+  /** Stops the worker immediately; pending calls reject with code `worker.terminated`. */
+  terminate(): void;
+}

@@ -1,0 +1,81 @@
+// Test harness: a static server that logs every request it receives (method, URL, headers
+// and body), and Debian's Chromium driven by playwright-core with a fresh profile.
+
+import { createServer } from 'node:http';
+import { readFile, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join, extname, normalize, dirname } from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { chromium } from 'playwright-core';
+
+export const WEB = join(dirname(fileURLToPath(import.meta.url)), '..');
+export const ROOT = join(WEB, '..');
+
+const TYPES = {
+  '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.mjs': 'text/javascript; charset=utf-8',
+  '.css': 'text/css; charset=utf-8', '.json': 'application/json', '.wasm': 'application/wasm',
+  '.onnx': 'application/octet-stream', '.toml': 'text/plain; charset=utf-8', '.dcm': 'application/dicom',
+};
+
+/** Serves `web/` on 127.0.0.1; `log` gets {method, url, headers, body} for every request. */
+export async function serve() {
+  const log = [];
+  const server = createServer(async (req, res) => {
+    const chunks = [];
+    for await (const c of req) chunks.push(c);
+    log.push({ method: req.method, url: req.url, headers: req.headers, body: Buffer.concat(chunks) });
+    const path = normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname)).replace(/^(\.\.[/\\])+/, '');
+    const file = join(WEB, path.endsWith('/') ? `${path}index.html` : path);
+    if (req.method !== 'GET' || !file.startsWith(WEB)) {
+      res.writeHead(405).end();
+      return;
+    }
+    try {
+      const data = await readFile(file);
+      res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream', 'cache-control': 'no-cache' });
+      res.end(data);
+    } catch {
+      res.writeHead(404).end();
+    }
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  const url = `http://127.0.0.1:${server.address().port}/`;
+  return { url, log, close: () => new Promise((r) => server.close(r)) };
+}
+
+export const CHROMIUM_ARGS = [
+  '--no-sandbox', '--no-first-run', '--disable-background-networking', '--disable-component-update',
+  '--disable-sync', '--disable-quic', '--disable-dev-shm-usage',
+];
+
+/** Chromium with a fresh profile (a persistent context in a new temporary folder). */
+export async function browser({ args = [] } = {}) {
+  const profile = await mkdtemp(join(tmpdir(), 'medinfer-chromium-'));
+  const context = await chromium.launchPersistentContext(profile, {
+    executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
+    headless: true,
+    args: [...CHROMIUM_ARGS, ...args],
+    acceptDownloads: true,
+    viewport: { width: 1280, height: 900 },
+  });
+  return {
+    context,
+    async close() {
+      await context.close();
+      await rm(profile, { recursive: true, force: true });
+    },
+  };
+}
+
+/** Opens the page and waits until the worker, the wasm module and the default model are ready. */
+export async function openPage(context, url) {
+  const page = await context.newPage();
+  const errors = [];
+  page.on('pageerror', (e) => errors.push(e));
+  page.on('console', (m) => { if (m.type() === 'error') errors.push(new Error(m.text())); });
+  await page.goto(url);
+  await page.waitForFunction(() => document.body.dataset.ready, null, { timeout: 120_000 });
+  const ready = await page.evaluate(() => document.body.dataset.ready);
+  if (ready !== 'true') throw new Error(`the page failed to start: ${await page.textContent('#engine-status')}`);
+  return { page, errors };
+}
