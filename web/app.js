@@ -9,7 +9,7 @@ const rows = []; // {id, name, bytes, kind, status, result, error, deid, tr}
 let medinfer;
 let catalog;
 let selected = null;
-let running = null; // AbortController of the batch in progress
+const running = new Set(); // AbortControllers of the batches in progress
 let modelId;
 let pendingRender = null;
 let rendering = false;
@@ -71,7 +71,7 @@ async function loadModel(id) {
 }
 
 async function changeModel(id) {
-  running?.abort();
+  cancelAll();
   modelId = id;
   try {
     await loadModel(id);
@@ -81,6 +81,10 @@ async function changeModel(id) {
   } catch (e) {
     setStatus(`Model failed: ${e.message}`, 'err');
   }
+}
+
+function cancelAll() {
+  for (const c of running) c.abort();
 }
 
 function updateNetwork() {
@@ -131,9 +135,8 @@ async function entriesToFiles(items) {
 
 async function process(batch) {
   if (!batch.length) return;
-  if (running) await new Promise((r) => setTimeout(r, 0));
   const controller = new AbortController();
-  running = controller;
+  running.add(controller);
   $('cancel').disabled = false;
   showProgress(0, batch.length);
   for (const r of batch) setRow(r, 'running');
@@ -163,12 +166,14 @@ async function process(batch) {
   } catch (e) {
     if (e.name === 'AbortError') {
       for (const r of batch.filter((r) => r.status === 'running' || r.status === 'queued')) setRow(r, 'cancelled');
+      // Classified, but de-identification was cancelled: the result stands.
+      for (const r of batch.filter((r) => r.status === 'de-identifying')) setRow(r, 'done');
     } else {
       for (const r of batch.filter((r) => r.status === 'running')) { r.error = e; setRow(r, 'error'); }
     }
   } finally {
-    if (running === controller) {
-      running = null;
+    running.delete(controller);
+    if (!running.size) {
       $('cancel').disabled = true;
       $('progress-wrap').hidden = true;
     }
@@ -410,9 +415,9 @@ function wire() {
   for (const id of ['file-input', 'folder-input']) {
     $(id).addEventListener('change', (e) => { const files = [...e.target.files]; e.target.value = ''; if (medinfer) addFiles(files); });
   }
-  $('cancel').addEventListener('click', () => running?.abort());
+  $('cancel').addEventListener('click', cancelAll);
   $('clear').addEventListener('click', () => {
-    running?.abort();
+    cancelAll();
     rows.length = 0; selected = null;
     $('files').tBodies[0].replaceChildren();
     $('detail').hidden = true; $('empty').hidden = false;

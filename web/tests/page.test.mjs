@@ -120,6 +120,8 @@ test('the page classifies, previews and de-identifies in the tab; nothing is upl
   const requests = [];
   chromium.context.on('request', (r) => requests.push(r));
   const { page, errors } = await openPage(chromium.context, server.url);
+  const sockets = [];
+  page.on('websocket', (ws) => sockets.push(ws.url()));
   const loadedAt = server.log.length;
   const seenAt = requests.length;
 
@@ -163,7 +165,22 @@ test('the page classifies, previews and de-identifies in the tab; nothing is upl
   const before = await stats();
   assert.equal(before.w, 128);
   assert.ok(before.std > 10, `preview not blank (std ${before.std})`);
-  await page.locator('#preview').screenshot({ path: join(OUT, 'preview.png') });
+  // The screenshot itself (what the user sees), decoded back in the page: not one flat colour.
+  const shot = await page.locator('#preview').screenshot({ path: join(OUT, 'preview.png') });
+  const shotStd = await page.evaluate(async (b64) => {
+    const img = new Image();
+    img.src = `data:image/png;base64,${b64}`;
+    await img.decode();
+    const c = new OffscreenCanvas(img.width, img.height);
+    const ctx = c.getContext('2d');
+    ctx.drawImage(img, 0, 0);
+    const d = ctx.getImageData(0, 0, img.width, img.height).data;
+    let sum = 0, sq = 0;
+    for (let i = 0; i < d.length; i += 4) { sum += d[i]; sq += d[i] * d[i]; }
+    const n = d.length / 4;
+    return Math.sqrt(sq / n - (sum / n) ** 2);
+  }, shot.toString('base64'));
+  assert.ok(shotStd > 10, `screenshot not blank (std ${shotStd})`);
   await page.fill('#wl-width', '50'); // a narrow window changes the rendering
   await page.waitForFunction((m) => {
     const c = document.getElementById('preview');
@@ -210,6 +227,7 @@ print(d.PatientID, d.PatientIdentityRemoved, str(d.PatientName))
     assert.ok(r.url().startsWith(server.url) || r.url().startsWith('blob:'), `request leaves the origin: ${r.url()}`);
     assert.equal(r.postData(), null, `a request carries a body: ${r.url()}`);
   }
+  assert.deepEqual(sockets, [], 'no WebSocket');
   console.log(`after load: ${after.length} requests, all GETs of bundle files: ${after.map((r) => r.url).join(' ')}`);
 
   // The network cut: clear, drop again, same results; nothing reaches the server.
@@ -301,5 +319,46 @@ test('the worker API is promise-based and cancellable', async () => {
   assert.equal(typeof out.top, 'string');
   assert.equal(out.bad, 'MedinferError input.unsupported_format');
   assert.ok(out.kept > 0, 'the caller keeps its ArrayBuffer');
+  await page.close();
+});
+
+test('the page has no serious accessibility violations (axe-core), with results shown', async () => {
+  const { page } = await openPage(chromium.context, server.url);
+  await page.setInputFiles('#file-input', ['CT_small.dcm', 'notes.dcm'].map((n) => files[n]));
+  await settled(page, 2);
+  await page.click('#files tbody tr:nth-child(1) button');
+  await page.waitForSelector('#deid:not([hidden])');
+  await page.addScriptTag({ path: join(WEB, 'node_modules/axe-core/axe.min.js') });
+  const violations = await page.evaluate(async () => {
+    const r = await globalThis.axe.run(document, { resultTypes: ['violations'] });
+    return r.violations.filter((v) => ['serious', 'critical'].includes(v.impact))
+      .map((v) => `${v.id}: ${v.help} (${v.nodes.map((n) => n.target.join(' ')).join(', ')})`);
+  });
+  assert.deepEqual(violations, []);
+  // Narrow screens: the layout reflows to one column, nothing wider than the viewport.
+  await page.setViewportSize({ width: 390, height: 844 });
+  const overflow = await page.evaluate(() => document.documentElement.scrollWidth - window.innerWidth);
+  assert.ok(overflow <= 1, `horizontal overflow of ${overflow}px on a phone-sized viewport`);
+  await page.screenshot({ path: join(OUT, 'phone.png'), fullPage: true });
+  await page.close();
+});
+
+test('Cancel stops a running batch in the page; the rest is marked cancelled', async () => {
+  const { page } = await openPage(chromium.context, server.url);
+  const b64 = readFileSync(files['RG1_J2KI.dcm']).toString('base64');
+  const dt = await page.evaluateHandle((data) => {
+    const bytes = Uint8Array.from(atob(data), (c) => c.charCodeAt(0));
+    const dt = new DataTransfer();
+    for (let i = 0; i < 24; i++) dt.items.add(new File([bytes], `chest-${i}.dcm`));
+    return dt;
+  }, b64);
+  await page.dispatchEvent('#drop', 'drop', { dataTransfer: dt });
+  await page.waitForSelector('#files tbody tr[data-status=de-identifying], #files tbody tr[data-status=done]', { timeout: 120_000 });
+  await page.click('#cancel');
+  await page.waitForFunction(() => document.getElementById('cancel').disabled, null, { timeout: 120_000 });
+  const states = await page.$$eval('#files tbody tr', (trs) => trs.map((tr) => tr.dataset.status));
+  const cancelled = states.filter((s) => s === 'cancelled').length;
+  assert.ok(cancelled > 0 && cancelled < 24, `cancelled ${cancelled} of 24: ${states.join(' ')}`);
+  assert.ok(states.every((s) => ['done', 'cancelled'].includes(s)), states.join(' '));
   await page.close();
 });

@@ -69,9 +69,8 @@ pub fn test() -> Result<()> {
     if !status.success() {
         bail!("the wasm-bindgen tests failed ({status})");
     }
-    if !Path::new("web/node_modules/playwright-core").exists() {
-        run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir("web"))?;
-    }
+    // playwright-core (no browser download: it drives /usr/bin/chromium), typescript, axe-core.
+    run(Command::new("npm").args(["ci", "--no-audit", "--no-fund"]).current_dir("web"))?;
     run(Command::new("node")
         .args(["--test", "--test-concurrency=1", "tests/"])
         .current_dir("web")
