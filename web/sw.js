@@ -3,7 +3,9 @@
 // used keep working with the network cut. Nothing else is ever fetched or sent.
 const CACHE = 'medinfer-v1';
 
-// The page and the bundle, so that a reload works offline; models are kept as they are used.
+// The page, the bundle and the default model, so that a reload works offline even after a
+// first visit (whose worker started before this service worker took control); other models
+// are kept as they are used.
 const SHELL = ['./', 'index.html', 'app.js', 'style.css', 'medinfer.js', 'medinfer-worker.js',
   'pkg/medinfer_wasm.js', 'pkg/medinfer_wasm_bg.wasm', 'models/index.json'];
 
@@ -11,6 +13,13 @@ self.addEventListener('install', (event) => {
   event.waitUntil((async () => {
     const cache = await caches.open(CACHE);
     await cache.addAll(SHELL).catch(() => {});
+    try {
+      const index = await (await fetch('models/index.json')).json();
+      const model = index.models.find((m) => m.model_id === index.default);
+      if (model) await cache.addAll([`models/${model.manifest}`, `models/${model.onnx}`]);
+    } catch {
+      // Offline support is best effort; the page works online without it.
+    }
     await self.skipWaiting();
   })());
 });

@@ -242,6 +242,14 @@ print(d.PatientID, d.PatientIdentityRemoved, str(d.PatientName))
     assert.deepEqual(again.predictions, r.predictions, `${r.file} offline`);
   }
   assert.equal(server.log.length, offlineAt, 'nothing was requested offline');
+  // Still offline, a reload: the service worker serves the page, the bundle and the model.
+  await page.waitForFunction(() => navigator.serviceWorker?.controller, null, { timeout: 30_000 });
+  await page.reload();
+  await page.waitForFunction(() => document.body.dataset.ready, null, { timeout: 120_000 });
+  assert.equal(await page.evaluate(() => document.body.dataset.ready), 'true', 'the page starts offline');
+  await page.setInputFiles('#file-input', files['CT_small.dcm']);
+  await settled(page, 1);
+  assert.equal(server.log.length, offlineAt, 'nothing was requested offline');
   await chromium.context.setOffline(false);
   assert.deepEqual(errors.map(String), []);
   await page.close();
