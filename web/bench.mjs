@@ -1,8 +1,13 @@
 // Browser numbers for BENCHMARKS.md: bundle size, time to first prediction after page load,
 // and per-image latency for both models, in Debian's headless Chromium (SIMD128, one thread).
-// Run after `cargo xtask web`: `node web/bench.mjs [--n 20]`.
+// Run after `cargo xtask web`: `node web/bench.mjs [--n 20]`. Also runs onnxruntime-web
+// (npm, wasm backend, installed here on first use without touching package.json) on the same
+// models in the same browser, and prints the ratio.
 
-import { readFileSync, statSync } from 'node:fs';
+const ORT_VERSION = '1.30.0';
+
+import { readFileSync, statSync, existsSync } from 'node:fs';
+import { execFileSync } from 'node:child_process';
 import { gzipSync } from 'node:zlib';
 import { join } from 'node:path';
 import { serve, browser, openPage, ROOT, WEB } from './tests/harness.mjs';
@@ -12,6 +17,10 @@ const wasm = join(WEB, 'pkg/medinfer_wasm_bg.wasm');
 const raw = statSync(wasm).size;
 const gz = gzipSync(readFileSync(wasm), { level: 9 }).length;
 console.log(`bundle: ${(raw / 1e6).toFixed(1)} MB raw, ${(gz / 1e6).toFixed(1)} MB gzip -9`);
+
+if (!existsSync(join(WEB, 'node_modules/onnxruntime-web/package.json'))) {
+  execFileSync('npm', ['install', '--no-save', '--no-audit', '--no-fund', `onnxruntime-web@${ORT_VERSION}`], { cwd: WEB, stdio: 'inherit' });
+}
 
 const server = await serve();
 const chromium = await browser();
@@ -66,6 +75,41 @@ try {
   console.log('|---|---|---|---|---|---|---|---|');
   for (const r of out) {
     console.log(`| ${r.model} | ${r.file} | ${r.load_ms.toFixed(0)} | ${r.fetch_load_ms.toFixed(0)} | ${r.wall_p50.toFixed(1)} | ${r.wall_p90.toFixed(1)} | ${r.engine_p50.toFixed(1)} | ${r.infer_p50.toFixed(1)} |`);
+  }
+
+  // onnxruntime-web, wasm backend (SIMD; one thread: the page is not cross-origin isolated,
+  // and our bundle is single-threaded too), on the same models: the model run alone.
+  const ort = await page.evaluate(async ({ n }) => {
+    const ort = await import('./node_modules/onnxruntime-web/dist/ort.wasm.min.mjs');
+    ort.env.wasm.wasmPaths = new URL('./node_modules/onnxruntime-web/dist/', location.href).href;
+    ort.env.wasm.numThreads = 1;
+    const out = [];
+    for (const model of ['mobilenetv2-chexnet', 'densenet121-chexnet']) {
+      const bytes = new Uint8Array(await (await fetch(`models/${model}/model.onnx`)).arrayBuffer());
+      const t0 = performance.now();
+      const session = await ort.InferenceSession.create(bytes, { executionProviders: ['wasm'], graphOptimizationLevel: 'all' });
+      const load = performance.now() - t0;
+      const data = new Float32Array(3 * 224 * 224).map((_, i) => Math.sin(i) * 0.5);
+      const feeds = { [session.inputNames[0]]: new ort.Tensor('float32', data, [1, 3, 224, 224]) };
+      for (let i = 0; i < 2; i++) await session.run(feeds);
+      const times = [];
+      for (let i = 0; i < n; i++) {
+        const t = performance.now();
+        await session.run(feeds);
+        times.push(performance.now() - t);
+      }
+      times.sort((a, b) => a - b);
+      out.push({ model, load, p50: times[Math.floor(n / 2)], p90: times[Math.min(n - 1, Math.floor(n * 0.9))] });
+      await session.release();
+    }
+    return { version: ort.env.versions?.web ?? '', rows: out };
+  }, { n });
+  console.log(`\nmodel run alone vs onnxruntime-web ${ORT_VERSION} (wasm backend, 1 thread), same browser, ${n} runs:`);
+  console.log('| model | medinfer infer p50 ms | onnxruntime-web p50 ms | p90 | ratio (medinfer / ort) | ort session create ms | medinfer load ms |');
+  console.log('|---|---|---|---|---|---|---|');
+  for (const r of ort.rows) {
+    const ours = out.find((o) => o.model === r.model && o.file === 'CT_small.dcm');
+    console.log(`| ${r.model} | ${ours.infer_p50.toFixed(1)} | ${r.p50.toFixed(1)} | ${r.p90.toFixed(1)} | ${(ours.infer_p50 / r.p50).toFixed(2)}× | ${r.load.toFixed(0)} | ${ours.load_ms.toFixed(0)} |`);
   }
 } finally {
   await chromium.close();
