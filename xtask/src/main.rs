@@ -4,9 +4,10 @@ use std::process::Command;
 
 use anyhow::{Context, Result, bail};
 
+mod bench;
 mod web;
 
-const USAGE: &str = "usage: cargo xtask <test|lint|web|web-test|wasi-test|spin>
+const USAGE: &str = "usage: cargo xtask <test|lint|web|web-test|wasi-test|spin|bench>
   test       everything CI runs: lint, the Spin component and host, native tests and the
              API suite on both targets, core's tests on wasip2, the browser bundle and its
              tests in headless Chromium
@@ -15,7 +16,9 @@ const USAGE: &str = "usage: cargo xtask <test|lint|web|web-test|wasi-test|spin>
   web        build the browser bundle into web/ (pkg/, models/, samples/) and report its size
   web-test   the browser tests: wasm-bindgen-test and Playwright in Debian's Chromium
              (needs `web` built, and target/release/medinfer for the parity reference)
-  wasi-test  run core's tests compiled for wasm32-wasip2 under wasmtime (wasm-host run)";
+  wasi-test  run core's tests compiled for wasm32-wasip2 under wasmtime (wasm-host run)
+  bench [N]  medinfer vs onnxruntime (native, 1 and 2 threads) and, when `web` is built, the
+             browser bundle vs onnxruntime-web; N timed runs (default 20); prints Markdown";
 
 fn main() -> Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
@@ -35,6 +38,10 @@ fn main() -> Result<()> {
         "web" => web::build(),
         "web-test" => web::test(),
         "wasi-test" => wasi_tests(),
+        "bench" => {
+            let n = std::env::args().nth(2).map(|n| n.parse()).transpose()?.unwrap_or(20);
+            bench::run(n)
+        }
         _ => {
             eprintln!("{USAGE}");
             bail!("unknown task {task:?}")
