@@ -353,8 +353,7 @@ impl Engine {
     /// format; a DICOM file is parsed but its pixels are not decoded.
     #[wasm_bindgen(unchecked_return_type = "FileInfo")]
     pub fn inspect(&self, bytes: &[u8]) -> Result<JsValue, JsValue> {
-        self.limits.check_size(bytes.len()).map_err(|e| core_error(&e))?;
-        let format = sniff(bytes).map_err(|e| core_error(&e))?;
+        let format = self.format(bytes)?;
         let info = match format {
             Format::Dicom => {
                 let image = DicomImage::parse(bytes).map_err(|e| core_error(&e))?;
@@ -394,8 +393,7 @@ impl Engine {
         #[wasm_bindgen(unchecked_param_type = "RenderOptions | undefined")] options: JsValue,
     ) -> Result<JsValue, JsValue> {
         let opts: RenderOptions = parse_options(options, &["frame", "window"])?;
-        self.limits.check_size(bytes.len()).map_err(|e| core_error(&e))?;
-        let format = sniff(bytes).map_err(|e| core_error(&e))?;
+        let format = self.format(bytes)?;
         let (pixels, window, range, frame, frames) = match format {
             Format::Dicom => {
                 let image = DicomImage::parse(bytes).map_err(|e| core_error(&e))?;
@@ -447,8 +445,7 @@ impl Engine {
         #[wasm_bindgen(unchecked_param_type = "DeidentifyOptions | undefined")] options: JsValue,
     ) -> Result<JsValue, JsValue> {
         let opts: DeidentifyOptions = parse_options(options, &["options", "pixelCleaning"])?;
-        self.limits.check_size(bytes.len()).map_err(|e| core_error(&e))?;
-        if sniff(bytes).map_err(|e| core_error(&e))? != Format::Dicom {
+        if self.format(bytes)? != Format::Dicom {
             return Err(js_error(
                 "input.unsupported_format",
                 "only DICOM files carry attributes to de-identify",
@@ -573,6 +570,12 @@ impl Engine {
 }
 
 impl Engine {
+    /// The seed's first two checks, in its order: size, then format by magic bytes.
+    fn format(&self, bytes: &[u8]) -> Result<Format, JsValue> {
+        self.limits.check_size(bytes.len()).map_err(|e| core_error(&e))?;
+        sniff(bytes).map_err(|e| core_error(&e))
+    }
+
     fn model_info(&self, m: &LoadedModel) -> serde_json::Value {
         let manifest = m.manifest();
         let load_ms =
