@@ -132,6 +132,13 @@ impl LoadedModel {
         Ok(plan)
     }
 
+    /// The decluttered graph with the batch dimension fixed to `batch`: what an executor
+    /// other than tract's own plan (the GPU one) walks.
+    pub fn typed_for_batch(&self, batch: usize) -> Result<TypedModel> {
+        let subs = HashMap::from([(self.batch.clone(), TDim::Val(batch as i64))]);
+        self.typed.set_symbols(&subs).map_err(|e| Error::ModelLoad { reason: format!("{e:#}") })
+    }
+
     /// The manifest.
     pub fn manifest(&self) -> &ModelManifest {
         &self.manifest

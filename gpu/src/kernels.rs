@@ -1,0 +1,81 @@
+//! The WGSL kernels (in `shaders/`), compiled once per device.
+
+/// Which kernel a dispatch uses; the bindings are the reads, then the output, then `p`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) enum Kernel {
+    Binary,
+    Unary,
+    Copy,
+    Reduce,
+    Pool,
+    Depthwise,
+    Gemm,
+    Conv,
+}
+
+pub(crate) struct Kernels {
+    pipelines: Vec<(Kernel, wgpu::ComputePipeline)>,
+    /// Invocations per workgroup of the flat (one value per invocation) kernels.
+    pub(crate) flat: u32,
+    /// Outputs per side of a gemm/conv workgroup tile (4 per invocation per side).
+    pub(crate) tile_outputs: u32,
+}
+
+const COMMON: &str = include_str!("shaders/common.wgsl");
+
+impl Kernels {
+    pub(crate) fn compile(device: &wgpu::Device, tile: u32, flat: u32) -> Kernels {
+        let ts = tile.to_string();
+        let sources: [(Kernel, &str, String); 8] = [
+            (Kernel::Binary, "binary", format!("{COMMON}{}", include_str!("shaders/binary.wgsl"))),
+            (Kernel::Unary, "unary", format!("{COMMON}{}", include_str!("shaders/unary.wgsl"))),
+            (Kernel::Copy, "copy", format!("{COMMON}{}", include_str!("shaders/copy.wgsl"))),
+            (Kernel::Reduce, "reduce", format!("{COMMON}{}", include_str!("shaders/reduce.wgsl"))),
+            (Kernel::Pool, "pool", format!("{COMMON}{}", include_str!("shaders/pool.wgsl"))),
+            (
+                Kernel::Depthwise,
+                "depthwise",
+                format!("{COMMON}{}", include_str!("shaders/depthwise.wgsl")),
+            ),
+            (Kernel::Gemm, "gemm", include_str!("shaders/gemm.wgsl").replace("{{TS}}", &ts)),
+            (Kernel::Conv, "conv", include_str!("shaders/conv.wgsl").replace("{{TS}}", &ts)),
+        ];
+        let flat_constants = [("WG", f64::from(flat))];
+        let pipelines = sources
+            .into_iter()
+            .map(|(kernel, name, source)| {
+                let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
+                    label: Some(name),
+                    source: wgpu::ShaderSource::Wgsl(source.into()),
+                });
+                let constants: &[(&str, f64)] = if matches!(kernel, Kernel::Gemm | Kernel::Conv) {
+                    &[]
+                } else {
+                    &flat_constants
+                };
+                let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                    label: Some(name),
+                    layout: None,
+                    module: &module,
+                    entry_point: Some("main"),
+                    compilation_options: wgpu::PipelineCompilationOptions {
+                        constants,
+                        ..Default::default()
+                    },
+                    cache: None,
+                });
+                (kernel, pipeline)
+            })
+            .collect();
+        Kernels { pipelines, flat, tile_outputs: tile * 4 }
+    }
+
+    pub(crate) fn pipeline(&self, kernel: Kernel) -> &wgpu::ComputePipeline {
+        &self
+            .pipelines
+            .iter()
+            .find(|(k, _)| *k == kernel)
+            .expect("every Kernel variant is compiled in Kernels::compile")
+            .1
+    }
+}

@@ -1,0 +1,503 @@
+//! A model planned for the GPU: buffers, bind groups and the ordered steps of a run.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::konst::Const;
+use tract_onnx::tract_core::ops::source::TypedSource;
+
+use crate::kernels::Kernel;
+use crate::lower::{Lowered, Read, Target, lower};
+use crate::sync::oneshot;
+use crate::{Error, Gpu, Result};
+
+/// Where a node of the model runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Placement {
+    /// On the GPU, as this many dispatches.
+    Gpu { dispatches: usize },
+    /// A reshape of a GPU buffer: no work.
+    View,
+    /// On the CPU through tract (inputs read back, outputs uploaded), and why.
+    Cpu { reason: String },
+    /// A constant or the model input: data, not work.
+    Data,
+}
+
+/// One node of the plan and where it runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePlacement {
+    /// The node's name in the model.
+    pub node: String,
+    /// The tract operator's name (e.g. "Conv", "EinSum", "Add").
+    pub op: String,
+    /// Where it runs.
+    pub placement: Placement,
+}
+
+/// A value flowing between nodes (one tract outlet).
+#[derive(Debug)]
+struct Value {
+    shape: Vec<usize>,
+    /// The pooled or dedicated buffer holding it on the GPU, if it is ever needed there.
+    storage: Option<usize>,
+}
+
+struct Dispatch {
+    kernel: Kernel,
+    bind_group: wgpu::BindGroup,
+    groups: [u32; 3],
+}
+
+struct CpuNode {
+    op: Box<dyn TypedOp>,
+    inputs: Vec<usize>,
+    outputs: Vec<usize>,
+}
+
+enum Step {
+    Gpu(Vec<Dispatch>),
+    Cpu(CpuNode),
+}
+
+/// A decluttered tract model planned on a [`Gpu`]: shapes fixed, buffers allocated, kernels
+/// bound. Runs reuse everything; one run at a time (a second caller waits).
+pub struct GpuModel {
+    gpu: Arc<Gpu>,
+    values: Vec<Value>,
+    buffers: Vec<wgpu::Buffer>,
+    /// Constants, for CPU nodes that read them.
+    consts: HashMap<usize, TValue>,
+    steps: Vec<Step>,
+    input: usize,
+    outputs: Vec<usize>,
+    placements: Vec<NodePlacement>,
+    running: Mutex<()>,
+}
+
+impl std::fmt::Debug for GpuModel {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("GpuModel")
+            .field("gpu", &self.gpu)
+            .field("nodes", &self.placements.len())
+            .field("buffers", &self.buffers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn concrete(fact: &TypedFact) -> Result<Vec<usize>> {
+    fact.shape
+        .as_concrete()
+        .map(<[usize]>::to_vec)
+        .ok_or_else(|| Error::Unsupported(format!("symbolic shape {:?}", fact.shape)))
+}
+
+impl GpuModel {
+    /// Plans `model` (decluttered, every shape concrete, one f32 input) on `gpu`.
+    pub fn new(gpu: Arc<Gpu>, model: &TypedModel) -> Result<GpuModel> {
+        let tract_err = |e: TractError| Error::Unsupported(format!("{e:#}"));
+        let inputs = model.input_outlets().map_err(tract_err)?;
+        if inputs.len() != 1 {
+            return Err(Error::Unsupported(format!("{} inputs (one supported)", inputs.len())));
+        }
+        let order = model.eval_order().map_err(tract_err)?;
+        let target = Target {
+            kernels: &gpu.kernels,
+            max_groups: gpu.limits.max_compute_workgroups_per_dimension,
+        };
+
+        // Values, one per outlet.
+        let mut ids: HashMap<OutletId, usize> = HashMap::new();
+        let mut values: Vec<Value> = vec![];
+        for &n in &order {
+            for (slot, out) in model.node(n).outputs.iter().enumerate() {
+                ids.insert(OutletId::new(n, slot), values.len());
+                values.push(Value { shape: concrete(&out.fact)?, storage: None });
+            }
+        }
+        let id = |o: &OutletId| ids[o];
+        let is_f32 =
+            |o: &OutletId| model.outlet_fact(*o).map(|f| f.datum_type == f32::datum_type());
+
+        // Decide where every node runs.
+        let mut placements = vec![];
+        let mut lowered: Vec<(usize, Lowered)> = vec![];
+        let mut consts: HashMap<usize, TValue> = HashMap::new();
+        let mut input = None;
+        for &n in &order {
+            let node = model.node(n);
+            let op: &dyn TypedOp = node.op.as_ref();
+            let mut place = |p: Placement| {
+                placements.push(NodePlacement {
+                    node: node.name.clone(),
+                    op: op.name().to_string(),
+                    placement: p,
+                })
+            };
+            if let Some(k) = op.downcast_ref::<Const>() {
+                consts.insert(id(&OutletId::new(n, 0)), k.val().clone().into_tvalue());
+                place(Placement::Data);
+                continue;
+            }
+            if op.downcast_ref::<TypedSource>().is_some() {
+                if !is_f32(&OutletId::new(n, 0)).map_err(tract_err)? {
+                    return Err(Error::Unsupported("a non-f32 input".into()));
+                }
+                input = Some(id(&OutletId::new(n, 0)));
+                place(Placement::Data);
+                continue;
+            }
+            let all_f32 = node
+                .inputs
+                .iter()
+                .chain(&[OutletId::new(n, 0)])
+                .try_fold(true, |acc, o| is_f32(o).map(|f| acc && f));
+            let shapes: Vec<&[usize]> =
+                node.inputs.iter().map(|o| values[id(o)].shape.as_slice()).collect();
+            let low = if node.outputs.len() != 1 {
+                Lowered::Cpu(format!("{} outputs", node.outputs.len()))
+            } else if !all_f32.map_err(tract_err)? {
+                Lowered::Cpu("non-f32 data".into())
+            } else {
+                lower(op, &shapes, &values[id(&OutletId::new(n, 0))].shape, &target)
+            };
+            place(match &low {
+                Lowered::Launches(l) => Placement::Gpu { dispatches: l.len() },
+                Lowered::View => Placement::View,
+                Lowered::Cpu(reason) => Placement::Cpu { reason: reason.clone() },
+            });
+            lowered.push((n, low));
+        }
+        let input = input.ok_or_else(|| Error::Unsupported("no input".into()))?;
+
+        // Which values live on the GPU, and how long.
+        let mut last_use: Vec<usize> = vec![0; values.len()];
+        let mut on_gpu = vec![false; values.len()];
+        let outputs: Vec<usize> =
+            model.output_outlets().map_err(tract_err)?.iter().map(id).collect();
+        for (step, (n, low)) in lowered.iter().enumerate() {
+            let node = model.node(*n);
+            for o in &node.inputs {
+                last_use[id(o)] = last_use[id(o)].max(step);
+            }
+            if !matches!(low, Lowered::Cpu(_)) {
+                for o in node.inputs.iter().chain(&[OutletId::new(*n, 0)]) {
+                    on_gpu[id(o)] = true;
+                }
+            }
+        }
+        for &o in &outputs {
+            last_use[o] = usize::MAX;
+        }
+
+        // Buffers: constants and the input get their own; everything else shares a pool.
+        let mut sizes: Vec<u64> = vec![];
+        let mut busy_until: Vec<usize> = vec![];
+        let dedicated = |sizes: &mut Vec<u64>, busy: &mut Vec<usize>, len: u64| {
+            sizes.push(len);
+            busy.push(usize::MAX);
+            sizes.len() - 1
+        };
+        let bytes = |v: &Value| (v.shape.iter().product::<usize>().max(1) * 4) as u64;
+        for &v in consts.keys() {
+            if on_gpu[v] {
+                values[v].storage = Some(dedicated(&mut sizes, &mut busy_until, bytes(&values[v])));
+            }
+        }
+        values[input].storage = Some(dedicated(&mut sizes, &mut busy_until, bytes(&values[input])));
+        for (step, (n, low)) in lowered.iter().enumerate() {
+            let out = id(&OutletId::new(*n, 0));
+            if matches!(low, Lowered::View) {
+                let src = id(&model.node(*n).inputs[0]);
+                let storage = values[src]
+                    .storage
+                    .ok_or_else(|| Error::Unsupported("view of a CPU value".into()))?;
+                values[out].storage = Some(storage);
+                busy_until[storage] = busy_until[storage].max(last_use[out]);
+                continue;
+            }
+            for (slot, _) in model.node(*n).outputs.iter().enumerate() {
+                let v = id(&OutletId::new(*n, slot));
+                if !on_gpu[v] {
+                    continue;
+                }
+                let need = bytes(&values[v]);
+                // Best fit among the free pooled buffers (they grow if none is big enough).
+                let free = (0..sizes.len()).filter(|&s| busy_until[s] < step);
+                let pick = free
+                    .clone()
+                    .filter(|&s| sizes[s] >= need)
+                    .min_by_key(|&s| sizes[s])
+                    .or_else(|| free.max_by_key(|&s| sizes[s]));
+                let storage = match pick {
+                    Some(s) => {
+                        sizes[s] = sizes[s].max(need);
+                        busy_until[s] = last_use[v];
+                        s
+                    }
+                    None => {
+                        sizes.push(need);
+                        busy_until.push(last_use[v]);
+                        sizes.len() - 1
+                    }
+                };
+                values[v].storage = Some(storage);
+            }
+        }
+        let limits = &gpu.limits;
+        let max = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
+        if let Some(big) = sizes.iter().find(|&&s| s > max) {
+            return Err(Error::Limits(format!(
+                "a {big}-byte buffer exceeds the adapter's {max}-byte limit"
+            )));
+        }
+        let buffers: Vec<wgpu::Buffer> = sizes
+            .iter()
+            .map(|&size| {
+                gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                    label: None,
+                    size: size.next_multiple_of(4),
+                    usage: wgpu::BufferUsages::STORAGE
+                        | wgpu::BufferUsages::COPY_SRC
+                        | wgpu::BufferUsages::COPY_DST,
+                    mapped_at_creation: false,
+                })
+            })
+            .collect();
+        for (v, tensor) in &consts {
+            if let Some(s) = values[*v].storage {
+                gpu.queue.write_buffer(&buffers[s], 0, &f32_bytes(tensor)?);
+            }
+        }
+
+        // Steps: consecutive GPU nodes share one compute pass.
+        let mut steps: Vec<Step> = vec![];
+        for (n, low) in lowered {
+            let node = model.node(n);
+            match low {
+                Lowered::View => {}
+                Lowered::Cpu(_) => steps.push(Step::Cpu(CpuNode {
+                    op: node.op.clone(),
+                    inputs: node.inputs.iter().map(id).collect(),
+                    outputs: (0..node.outputs.len()).map(|s| id(&OutletId::new(n, s))).collect(),
+                })),
+                Lowered::Launches(launches) => {
+                    let out = values[id(&OutletId::new(n, 0))].storage.ok_or_else(|| {
+                        Error::Unsupported("GPU node output without a buffer".into())
+                    })?;
+                    let mut dispatches = vec![];
+                    for launch in launches {
+                        let params = params_buffer(&gpu, &launch.params);
+                        let mut buffers_read = vec![];
+                        for read in &launch.reads {
+                            buffers_read.push(match read {
+                                Read::Input(i) => {
+                                    let v = id(&node.inputs[*i]);
+                                    &buffers[values[v].storage.ok_or_else(|| {
+                                        Error::Unsupported("GPU input without a buffer".into())
+                                    })?]
+                                }
+                                Read::Nothing => &gpu.dummy,
+                            });
+                        }
+                        let mut entries: Vec<wgpu::BindGroupEntry<'_>> = buffers_read
+                            .iter()
+                            .enumerate()
+                            .map(|(i, b)| wgpu::BindGroupEntry {
+                                binding: i as u32,
+                                resource: b.as_entire_binding(),
+                            })
+                            .collect();
+                        let k = entries.len() as u32;
+                        entries.push(wgpu::BindGroupEntry {
+                            binding: k,
+                            resource: buffers[out].as_entire_binding(),
+                        });
+                        entries.push(wgpu::BindGroupEntry {
+                            binding: k + 1,
+                            resource: params.as_entire_binding(),
+                        });
+                        let pipeline = gpu.kernels.pipeline(launch.kernel);
+                        let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+                            label: None,
+                            layout: &pipeline.get_bind_group_layout(0),
+                            entries: &entries,
+                        });
+                        dispatches.push(Dispatch {
+                            kernel: launch.kernel,
+                            bind_group,
+                            groups: launch.groups,
+                        });
+                    }
+                    match steps.last_mut() {
+                        Some(Step::Gpu(pass)) => pass.extend(dispatches),
+                        _ => steps.push(Step::Gpu(dispatches)),
+                    }
+                }
+            }
+        }
+        gpu.check()?;
+        Ok(GpuModel {
+            gpu,
+            values,
+            buffers,
+            consts,
+            steps,
+            input,
+            outputs,
+            placements,
+            running: Mutex::new(()),
+        })
+    }
+
+    /// Where each node runs.
+    pub fn placements(&self) -> &[NodePlacement] {
+        &self.placements
+    }
+
+    /// The shape the input must have.
+    pub fn input_shape(&self) -> &[usize] {
+        &self.values[self.input].shape
+    }
+
+    /// The GPU this model is planned on.
+    pub fn gpu(&self) -> &Arc<Gpu> {
+        &self.gpu
+    }
+
+    /// Bytes of GPU memory the plan holds (pooled intermediates, constants, input).
+    pub fn gpu_bytes(&self) -> u64 {
+        self.buffers.iter().map(wgpu::Buffer::size).sum()
+    }
+
+    /// Runs the model on `input` (f32, [`Self::input_shape`]) and returns its outputs.
+    #[allow(clippy::await_holding_lock)] // deliberate: see the comment on the lock
+    pub async fn run(&self, input: &Tensor) -> Result<TVec<Tensor>> {
+        if input.shape() != self.input_shape() || input.datum_type() != f32::datum_type() {
+            return Err(Error::Execution(format!(
+                "input {:?} {:?}, expected f32 {:?}",
+                input.datum_type(),
+                input.shape(),
+                self.input_shape()
+            )));
+        }
+        // Buffers are shared by every run of the plan: one at a time. Natively a second caller
+        // blocks here (each run is driven to completion on its own thread by `block_on`); in
+        // the browser's single thread waiting would never end, so a concurrent run is refused.
+        #[cfg(not(target_arch = "wasm32"))]
+        let _one_at_a_time = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        #[cfg(target_arch = "wasm32")]
+        let _one_at_a_time = self
+            .running
+            .try_lock()
+            .map_err(|_| Error::Execution("the model is already running".into()))?;
+        let gpu = &self.gpu;
+        if let Some(s) = self.values[self.input].storage {
+            gpu.queue.write_buffer(&self.buffers[s], 0, &f32_bytes(input)?);
+        }
+        let mut on_cpu: HashMap<usize, TValue> = self.consts.clone();
+        on_cpu.insert(self.input, input.clone().into_tvalue());
+        for step in &self.steps {
+            match step {
+                Step::Gpu(dispatches) => {
+                    let mut encoder = gpu.device.create_command_encoder(&Default::default());
+                    {
+                        let mut pass = encoder.begin_compute_pass(&Default::default());
+                        for d in dispatches {
+                            pass.set_pipeline(gpu.kernels.pipeline(d.kernel));
+                            pass.set_bind_group(0, &d.bind_group, &[]);
+                            pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+                        }
+                    }
+                    gpu.queue.submit([encoder.finish()]);
+                    // Anything computed on the GPU before is stale on the CPU side now.
+                }
+                Step::Cpu(node) => {
+                    let mut inputs = tvec![];
+                    for &v in &node.inputs {
+                        inputs.push(match on_cpu.get(&v) {
+                            Some(t) => t.clone(),
+                            None => self.read(v).await?.into_tvalue(),
+                        });
+                    }
+                    let outputs = node
+                        .op
+                        .eval_out_of_plan(inputs)
+                        .map_err(|e| Error::Execution(format!("{e:#}")))?
+                        .ok_or_else(|| {
+                            Error::Unsupported(format!("{} needs a plan to run", node.op.name()))
+                        })?;
+                    for (&v, t) in node.outputs.iter().zip(outputs) {
+                        if let Some(s) = self.values[v].storage {
+                            gpu.queue.write_buffer(&self.buffers[s], 0, &f32_bytes(&t)?);
+                        }
+                        on_cpu.insert(v, t);
+                    }
+                }
+            }
+        }
+        let mut results = tvec![];
+        for &v in &self.outputs {
+            results.push(match on_cpu.remove(&v) {
+                Some(t) => t.into_tensor(),
+                None => self.read(v).await?,
+            });
+        }
+        gpu.check()?;
+        Ok(results)
+    }
+
+    /// Copies value `v` back from the GPU.
+    async fn read(&self, v: usize) -> Result<Tensor> {
+        let gpu = &self.gpu;
+        let value = &self.values[v];
+        let storage =
+            value.storage.ok_or_else(|| Error::Execution("value not on the GPU".into()))?;
+        let len = value.shape.iter().product::<usize>();
+        let size = (len.max(1) * 4) as u64;
+        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("readback"),
+            size,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        let mut encoder = gpu.device.create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(&self.buffers[storage], 0, &staging, 0, size);
+        gpu.queue.submit([encoder.finish()]);
+        let (tx, rx) = oneshot();
+        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| tx.send(r));
+        gpu.wait()?;
+        rx.await.map_err(|e| Error::Execution(e.to_string()))?;
+        let data: Vec<f32> = {
+            let view = staging
+                .slice(..)
+                .get_mapped_range()
+                .map_err(|e| Error::Execution(e.to_string()))?;
+            view.chunks_exact(4)
+                .take(len)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect()
+        };
+        staging.unmap();
+        gpu.check()?;
+        Tensor::from_shape(&value.shape, &data).map_err(|e| Error::Execution(format!("{e:#}")))
+    }
+}
+
+fn f32_bytes(t: &Tensor) -> Result<Vec<u8>> {
+    let view = t.to_plain_array_view::<f32>().map_err(|e| Error::Execution(format!("{e:#}")))?;
+    Ok(view.iter().flat_map(|v| v.to_le_bytes()).collect())
+}
+
+fn params_buffer(gpu: &Gpu, params: &[u32]) -> wgpu::Buffer {
+    let bytes: Vec<u8> = params.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("params"),
+        size: (bytes.len() as u64).next_multiple_of(16),
+        usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    gpu.queue.write_buffer(&buffer, 0, &bytes);
+    buffer
+}

@@ -1,0 +1,88 @@
+// 2-D convolution as an implicit GEMM (NCHW input, OIHW weights, groups, stride, dilation,
+// padding): per image and group, OUT[m, n] = Σ_k W[m, k] · X̂[k, n] + bias[m], with m an output
+// channel, n an output pixel and k = (input channel, ky, kx). X̂ (im2col) is never stored: the
+// B tile is gathered from the input as it is staged in workgroup memory. Same tiling as gemm.
+// p: [M=O/G, N=OH·OW, K=C/G·KH·KW, G, C, H, W, OH, OW, KH, KW, sy, sx, dy, dx, pad_top,
+//     pad_left, bias_len, O]
+const TS: u32 = {{TS}}u;
+const R: u32 = 4u;
+const BM: u32 = TS * R;
+const BK: u32 = 16u;
+const LOADS: u32 = (BM * BK) / (TS * TS);
+
+@group(0) @binding(0) var<storage, read> x: array<f32>;
+@group(0) @binding(1) var<storage, read> wt: array<f32>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> y: array<f32>;
+@group(0) @binding(4) var<storage, read> p: array<u32>;
+
+var<workgroup> As: array<f32, BK * BM>;
+var<workgroup> Bs: array<f32, BK * BM>;
+
+@compute @workgroup_size(TS, TS)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let M = p[0]; let N = p[1]; let K = p[2];
+    let G = p[3]; let C = p[4]; let H = p[5]; let W = p[6];
+    let OW = p[8]; let KH = p[9]; let KW = p[10];
+    let khw = KH * KW;
+    let img = wid.z / G;
+    let g = wid.z % G;
+    let x_base = (img * C + g * (C / G)) * H * W;
+    let w_base = g * M * K;
+    let m0 = wid.y * BM;
+    let n0 = wid.x * BM;
+    var acc: array<array<f32, R>, R>;
+    for (var k0 = 0u; k0 < K; k0 += BK) {
+        for (var t = 0u; t < LOADS; t++) {
+            let e = lid + t * TS * TS;
+            let ka = e % BK;
+            let mm = e / BK;
+            var va = 0.0;
+            if (m0 + mm < M && k0 + ka < K) { va = wt[w_base + (m0 + mm) * K + k0 + ka]; }
+            As[ka * BM + mm] = va;
+            let nn = e % BM;
+            let kb = e / BM;
+            var vb = 0.0;
+            let n = n0 + nn;
+            let k = k0 + kb;
+            if (n < N && k < K) {
+                let ci = k / khw;
+                let r = k % khw;
+                let ky = r / KW;
+                let kx = r % KW;
+                let oy = n / OW;
+                let ox = n % OW;
+                let iy = i32(oy * p[11] + ky * p[13]) - i32(p[15]);
+                let ix = i32(ox * p[12] + kx * p[14]) - i32(p[16]);
+                if (iy >= 0 && iy < i32(H) && ix >= 0 && ix < i32(W)) {
+                    vb = x[x_base + ci * H * W + u32(iy) * W + u32(ix)];
+                }
+            }
+            Bs[kb * BM + nn] = vb;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            var ar: array<f32, R>;
+            var br: array<f32, R>;
+            for (var i = 0u; i < R; i++) { ar[i] = As[kk * BM + l.y + i * TS]; }
+            for (var j = 0u; j < R; j++) { br[j] = Bs[kk * BM + l.x + j * TS]; }
+            for (var i = 0u; i < R; i++) {
+                for (var j = 0u; j < R; j++) { acc[i][j] = fma(ar[i], br[j], acc[i][j]); }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < R; i++) {
+        let m = m0 + l.y + i * TS;
+        if (m >= M) { continue; }
+        let o = g * M + m;
+        var b = 0.0;
+        if (p[17] == 1u) { b = bias[0]; } else if (p[17] > 1u) { b = bias[o]; }
+        for (var j = 0u; j < R; j++) {
+            let n = n0 + l.x + j * TS;
+            if (n >= N) { continue; }
+            y[(img * p[18] + o) * N + n] = acc[i][j] + b;
+        }
+    }
+}

@@ -1,0 +1,74 @@
+// Batched matrix product with arbitrary strides: C[z, m, n] = Σ_k A[z, m, k] · B[z, k, n] + bias.
+// Register-blocked tiling: a TS×TS workgroup computes a BM×BN tile (R×R outputs per
+// invocation), staging BK-deep slices of A and B in workgroup memory. TS comes from the
+// adapter's limits (substituted before compilation).
+// p: [M, N, K, a_z, a_m, a_k, b_z, b_k, b_n, c_z, c_m, c_n, a_kfast, b_nfast, bias_mode]
+// bias_mode: 0 none, 1 one value, 2 one per row m, 3 one per column n.
+const TS: u32 = {{TS}}u;
+const R: u32 = 4u;
+const BM: u32 = TS * R;
+const BK: u32 = 16u;
+const LOADS: u32 = (BM * BK) / (TS * TS);
+
+@group(0) @binding(0) var<storage, read> a: array<f32>;
+@group(0) @binding(1) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read> bias: array<f32>;
+@group(0) @binding(3) var<storage, read_write> c: array<f32>;
+@group(0) @binding(4) var<storage, read> p: array<u32>;
+
+var<workgroup> As: array<f32, BK * BM>;
+var<workgroup> Bs: array<f32, BK * BM>;
+
+@compute @workgroup_size(TS, TS)
+fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>,
+        @builtin(local_invocation_index) lid: u32) {
+    let M = p[0]; let N = p[1]; let K = p[2];
+    let a_base = wid.z * p[3];
+    let b_base = wid.z * p[6];
+    let c_base = wid.z * p[9];
+    let m0 = wid.y * BM;
+    let n0 = wid.x * BM;
+    var acc: array<array<f32, R>, R>;
+    for (var k0 = 0u; k0 < K; k0 += BK) {
+        for (var t = 0u; t < LOADS; t++) {
+            let e = lid + t * TS * TS;
+            var mm: u32; var ka: u32;
+            if (p[12] == 1u) { ka = e % BK; mm = e / BK; } else { mm = e % BM; ka = e / BM; }
+            var va = 0.0;
+            if (m0 + mm < M && k0 + ka < K) { va = a[a_base + (m0 + mm) * p[4] + (k0 + ka) * p[5]]; }
+            As[ka * BM + mm] = va;
+            var nn: u32; var kb: u32;
+            if (p[13] == 1u) { nn = e % BM; kb = e / BM; } else { kb = e % BK; nn = e / BK; }
+            var vb = 0.0;
+            if (n0 + nn < N && k0 + kb < K) { vb = b[b_base + (k0 + kb) * p[7] + (n0 + nn) * p[8]]; }
+            Bs[kb * BM + nn] = vb;
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            var ar: array<f32, R>;
+            var br: array<f32, R>;
+            for (var i = 0u; i < R; i++) { ar[i] = As[kk * BM + l.y + i * TS]; }
+            for (var j = 0u; j < R; j++) { br[j] = Bs[kk * BM + l.x + j * TS]; }
+            for (var i = 0u; i < R; i++) {
+                for (var j = 0u; j < R; j++) { acc[i][j] = fma(ar[i], br[j], acc[i][j]); }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var i = 0u; i < R; i++) {
+        let m = m0 + l.y + i * TS;
+        if (m >= M) { continue; }
+        for (var j = 0u; j < R; j++) {
+            let n = n0 + l.x + j * TS;
+            if (n >= N) { continue; }
+            var v = acc[i][j];
+            switch p[14] {
+                case 1u: { v += bias[0]; }
+                case 2u: { v += bias[m]; }
+                case 3u: { v += bias[n]; }
+                default: {}
+            }
+            c[c_base + m * p[10] + n * p[11]] = v;
+        }
+    }
+}

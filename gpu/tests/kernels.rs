@@ -1,0 +1,290 @@
+//! Every GPU kernel against tract's own evaluation of the same op, on random data and shapes
+//! chosen to hit odd sizes, strides, padding, dilation, groups and broadcasting. Tolerance:
+//! max |Δ| ≤ 1e-4 × max |reference| (f32 sums in a different order).
+
+#![allow(clippy::type_complexity)]
+
+mod common;
+
+use common::{Rng, all_on_gpu, check};
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::ops::array::TypedConcat;
+use tract_onnx::tract_core::ops::change_axes::AxisOp;
+use tract_onnx::tract_core::ops::cnn::{
+    Conv, KernelFormat, MaxPool, PaddingSpec, PoolSpec, SumPool,
+};
+use tract_onnx::tract_core::ops::einsum::EinSum;
+use tract_onnx::tract_core::ops::math;
+use tract_onnx::tract_core::ops::nn::{self, DataFormat, Reduce, Reducer, Softmax, SoftmaxKind};
+
+const REL: f32 = 1e-4;
+
+fn source(model: &mut TypedModel, shape: &[usize]) -> OutletId {
+    model.add_source("x", f32::fact(shape)).expect("source")
+}
+
+fn finish(mut model: TypedModel, out: OutletId) -> TypedModel {
+    model.select_output_outlets(&[out]).expect("outputs");
+    model
+}
+
+fn spec(
+    format: DataFormat,
+    k: [usize; 2],
+    pad: [usize; 4],
+    stride: [usize; 2],
+    dil: [usize; 2],
+    ci: usize,
+    co: usize,
+) -> PoolSpec {
+    PoolSpec {
+        data_format: format,
+        kernel_shape: tvec![k[0], k[1]],
+        padding: PaddingSpec::Explicit(tvec![pad[0], pad[1]], tvec![pad[2], pad[3]]),
+        dilations: Some(tvec![dil[0], dil[1]]),
+        strides: Some(tvec![stride[0], stride[1]]),
+        input_channels: ci,
+        output_channels: co,
+    }
+}
+
+#[test]
+fn convolutions_match_tract() {
+    let mut rng = Rng::new(1);
+    // (n, c, h, w, o, k, stride, pad, dilation, group, bias: 0 none-as-scalar-zero, 1 scalar, 2 per channel)
+    let cases: &[(
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        [usize; 2],
+        [usize; 2],
+        [usize; 4],
+        [usize; 2],
+        usize,
+        u8,
+    )] = &[
+        (1, 3, 17, 19, 8, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 1, 2),
+        (2, 5, 13, 11, 7, [3, 3], [2, 2], [1, 1, 1, 1], [1, 1], 1, 2),
+        (1, 3, 31, 29, 16, [7, 7], [2, 2], [3, 3, 3, 3], [1, 1], 1, 2),
+        (1, 64, 9, 9, 67, [1, 1], [1, 1], [0, 0, 0, 0], [1, 1], 1, 1),
+        (2, 6, 10, 12, 9, [3, 2], [1, 2], [0, 1, 2, 0], [2, 1], 3, 2),
+        (1, 12, 15, 15, 12, [3, 3], [1, 1], [1, 1, 1, 1], [1, 1], 12, 2),
+        (3, 8, 14, 13, 8, [3, 3], [2, 2], [1, 1, 1, 1], [1, 1], 8, 2),
+        (1, 4, 11, 9, 8, [5, 5], [1, 1], [2, 2, 2, 2], [1, 1], 4, 0),
+        (1, 33, 7, 5, 70, [3, 3], [1, 1], [1, 1, 1, 1], [2, 2], 1, 2),
+    ];
+    for (i, &(n, c, h, w, o, k, stride, pad, dil, group, bias)) in cases.iter().enumerate() {
+        for format in [DataFormat::NCHW, DataFormat::CHW] {
+            if format == DataFormat::CHW && n != 1 {
+                continue;
+            }
+            let what = format!("conv case {i} {format:?}");
+            let mut m = TypedModel::default();
+            let shape: Vec<usize> =
+                if format == DataFormat::NCHW { vec![n, c, h, w] } else { vec![c, h, w] };
+            let x = source(&mut m, &shape);
+            let kernel = m.add_const("w", rng.tensor(&[o, c / group, k[0], k[1]])).expect("w");
+            let b = match bias {
+                2 => rng.tensor(&[o]),
+                1 => tensor0(rng.f()),
+                _ => tensor0(0f32),
+            };
+            let b = m.add_const("b", b).expect("b");
+            let op = Conv {
+                pool_spec: spec(format, k, pad, stride, dil, c, o),
+                kernel_fmt: KernelFormat::OIHW,
+                group,
+                q_params: None,
+            };
+            let y = m.wire_node("conv", op, &[x, kernel, b]).expect("conv")[0];
+            let plan = check(&what, finish(m, y), rng.tensor(&shape), REL);
+            all_on_gpu(&what, &plan);
+        }
+    }
+}
+
+#[test]
+fn matrix_products_match_tract() {
+    let mut rng = Rng::new(2);
+    let cases: &[(&str, &[usize], &[usize])] = &[
+        ("mk,kn->mn", &[1, 1], &[1, 1]),
+        ("mk,kn->mn", &[37, 53], &[53, 29]),
+        ("mk,nk->mn", &[70, 129], &[65, 129]),
+        ("km,kn->mn", &[17, 5], &[17, 300]),
+        ("bmk,bkn->bmn", &[3, 19, 23], &[3, 23, 31]),
+        ("NIHW,OI->NOHW", &[2, 24, 7, 9], &[40, 24]),
+        ("IHW,OI->OHW", &[96, 14, 14], &[24, 96]),
+        ("mkba,nk->mn", &[2, 1024, 1, 1], &[14, 1024]),
+        ("bmk,kn->bmn", &[4, 33, 20], &[20, 18]),
+        ("mk,bkn->bnm", &[9, 16], &[2, 16, 67]),
+    ];
+    for (expr, a, b) in cases {
+        let what = format!("einsum {expr} {a:?}×{b:?}");
+        let mut m = TypedModel::default();
+        let x = source(&mut m, a);
+        let w = m.add_const("w", rng.tensor(b)).expect("w");
+        let op = EinSum::new(expr.parse().expect("axes"), f32::datum_type());
+        let y = m.wire_node("einsum", op, &[x, w]).expect("einsum")[0];
+        let plan = check(&what, finish(m, y), rng.tensor(a), REL);
+        all_on_gpu(&what, &plan);
+    }
+}
+
+#[test]
+fn broadcasting_binary_ops_match_tract() {
+    let mut rng = Rng::new(3);
+    let ops: Vec<(&str, Box<dyn Fn() -> tract_onnx::tract_core::ops::binary::TypedBinOp>)> = vec![
+        ("add", Box::new(math::add)),
+        ("sub", Box::new(math::sub)),
+        ("mul", Box::new(math::mul)),
+        ("div", Box::new(math::div)),
+        ("max", Box::new(math::max)),
+        ("min", Box::new(math::min)),
+    ];
+    let shapes: &[(&[usize], &[usize])] = &[
+        (&[2, 3, 5, 7], &[2, 3, 5, 7]),
+        (&[2, 3, 5, 7], &[1, 3, 1, 1]),
+        (&[2, 1, 5, 1], &[1, 3, 1, 7]),
+        (&[1, 1], &[129, 257]),
+        (&[4, 1, 3, 2, 5, 3], &[1, 2, 3, 1, 5, 1]),
+    ];
+    for (name, op) in &ops {
+        for (a, b) in shapes {
+            let what = format!("{name} {a:?} {b:?}");
+            let mut m = TypedModel::default();
+            let x = source(&mut m, a);
+            // Divisors are kept away from zero.
+            let t = if *name == "div" {
+                rng.tensor_map(b, |v| v.signum() * (v.abs() + 0.5))
+            } else {
+                rng.tensor(b)
+            };
+            let c = m.add_const("c", t).expect("c");
+            let y = m.wire_node(*name, op(), &[x, c]).expect("binop")[0];
+            let plan = check(&what, finish(m, y), rng.tensor(a), REL);
+            all_on_gpu(&what, &plan);
+        }
+    }
+}
+
+#[test]
+fn unary_ops_match_tract() {
+    let mut rng = Rng::new(4);
+    let ops: Vec<(&str, tract_onnx::tract_core::ops::element_wise::ElementWiseOp)> = vec![
+        ("sigmoid", nn::sigmoid()),
+        ("tanh", math::tanh()),
+        ("exp", math::exp()),
+        ("abs", math::abs()),
+        ("neg", math::neg()),
+        ("square", math::square()),
+        ("floor", math::floor()),
+    ];
+    for (name, op) in ops {
+        let what = name.to_string();
+        let mut m = TypedModel::default();
+        let x = source(&mut m, &[3, 5, 67]);
+        let y = m.wire_node(name, op, &[x]).expect("unary")[0];
+        let input = rng.tensor_map(&[3, 5, 67], |v| v * 8.0);
+        let plan = check(&what, finish(m, y), input, REL);
+        all_on_gpu(&what, &plan);
+    }
+}
+
+#[test]
+fn pools_and_reductions_match_tract() {
+    let mut rng = Rng::new(5);
+    let shape = [2, 5, 17, 14];
+    let pools: Vec<(&str, Box<dyn TypedOp>)> = vec![
+        (
+            "max 3x3 s2 p1",
+            Box::new(MaxPool {
+                pool_spec: spec(DataFormat::NCHW, [3, 3], [1, 1, 1, 1], [2, 2], [1, 1], 5, 5),
+                with_index_outputs: None,
+            }),
+        ),
+        (
+            "avg 2x2 s2",
+            Box::new(SumPool {
+                pool_spec: spec(DataFormat::NCHW, [2, 2], [0, 0, 0, 0], [2, 2], [1, 1], 5, 5),
+                count_include_pad: false,
+                normalize: true,
+            }),
+        ),
+        (
+            "avg 3x3 p1 excl pad",
+            Box::new(SumPool {
+                pool_spec: spec(DataFormat::NCHW, [3, 3], [1, 1, 1, 1], [1, 1], [1, 1], 5, 5),
+                count_include_pad: false,
+                normalize: true,
+            }),
+        ),
+        (
+            "avg 3x3 p1 incl pad",
+            Box::new(SumPool {
+                pool_spec: spec(DataFormat::NCHW, [3, 3], [1, 1, 1, 1], [1, 1], [1, 1], 5, 5),
+                count_include_pad: true,
+                normalize: true,
+            }),
+        ),
+        (
+            "sum 2x3 s(1,2) dil 2",
+            Box::new(SumPool {
+                pool_spec: spec(DataFormat::NCHW, [2, 3], [0, 1, 0, 1], [1, 2], [2, 2], 5, 5),
+                count_include_pad: false,
+                normalize: false,
+            }),
+        ),
+        ("reduce sum hw", Box::new(Reduce::new(tvec![2, 3], Reducer::Sum))),
+        ("reduce max c", Box::new(Reduce::new(tvec![1], Reducer::Max))),
+        ("reduce min n,w", Box::new(Reduce::new(tvec![0, 3], Reducer::Min))),
+        ("reduce mean of squares", Box::new(Reduce::new(tvec![1, 2], Reducer::MeanOfSquares))),
+    ];
+    for (name, op) in pools {
+        let mut m = TypedModel::default();
+        let x = source(&mut m, &shape);
+        let y = m.wire_node(name, op, &[x]).expect("op")[0];
+        let plan = check(name, finish(m, y), rng.tensor(&shape), REL);
+        all_on_gpu(name, &plan);
+    }
+}
+
+#[test]
+fn concat_moves_and_reshapes_match_tract() {
+    let mut rng = Rng::new(6);
+    let mut m = TypedModel::default();
+    let x = source(&mut m, &[2, 3, 5, 7]);
+    let a = m.add_const("a", rng.tensor(&[2, 4, 5, 7])).expect("a");
+    let b = m.add_const("b", rng.tensor(&[2, 1, 5, 7])).expect("b");
+    let y = m.wire_node("cat", TypedConcat { axis: 1 }, &[a, x, b]).expect("concat")[0];
+    let y = m.wire_node("move", AxisOp::Move(1, 3), &[y]).expect("move")[0];
+    let y = m.wire_node("add_axis", AxisOp::Add(0), &[y]).expect("add")[0];
+    let y = m.wire_node("rm_axis", AxisOp::Rm(0), &[y]).expect("rm")[0];
+    let plan = check("concat/move/reshape", finish(m, y), rng.tensor(&[2, 3, 5, 7]), REL);
+    all_on_gpu("concat/move/reshape", &plan);
+}
+
+/// An op without a kernel runs on the CPU for that node only, the plan says so, and the
+/// result still matches.
+#[test]
+fn an_op_without_a_kernel_falls_back_to_the_cpu_visibly() {
+    let mut rng = Rng::new(7);
+    let mut m = TypedModel::default();
+    let x = source(&mut m, &[2, 10, 6]);
+    let c = m.add_const("c", rng.tensor(&[1, 10, 1])).expect("c");
+    let y = m.wire_node("add", math::add(), &[x, c]).expect("add")[0];
+    let softmax = Softmax { axes: tvec![1], quant_output_dt: None, kind: SoftmaxKind::Softmax };
+    let y = m.wire_node("softmax", softmax, &[y]).expect("softmax")[0];
+    let y = m.wire_node("sig", nn::sigmoid(), &[y]).expect("sigmoid")[0];
+    let plan = check("fallback", finish(m, y), rng.tensor(&[2, 10, 6]), REL);
+    let place = |name: &str| {
+        plan.placements().iter().find(|p| p.node == name).expect("node").placement.clone()
+    };
+    assert!(matches!(place("add"), medinfer_gpu::Placement::Gpu { .. }));
+    match place("softmax") {
+        medinfer_gpu::Placement::Cpu { reason } => assert!(reason.contains("Softmax"), "{reason}"),
+        other => panic!("softmax should fall back, got {other:?}"),
+    }
+    assert!(matches!(place("sig"), medinfer_gpu::Placement::Gpu { .. }));
+}
