@@ -1,6 +1,7 @@
 //! `medinfer`: the native command line over `medinfer-core`, and the native server over
 //! `medinfer-service`.
 
+mod backend;
 mod deid;
 mod models;
 mod serve;
@@ -40,6 +41,10 @@ enum Command {
         /// Images per model run.
         #[arg(long, default_value_t = 8)]
         batch: usize,
+        /// What runs the model: cpu (tract), gpu (wgpu: Vulkan/Metal/DX12) or auto (a
+        /// hardware GPU when present, else the CPU).
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: backend::Backend,
         /// Models folder (default: $MEDINFER_MODELS, else ./models).
         #[arg(long)]
         models_dir: Option<PathBuf>,
@@ -90,6 +95,13 @@ enum Command {
         /// Print JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// What runs the model: cpu (tract), gpu (wgpu: Vulkan/Metal/DX12) or auto (a
+        /// hardware GPU when present, else the CPU).
+        #[arg(long, value_enum, default_value = "cpu")]
+        backend: backend::Backend,
+        /// Images per model run (the image repeated); timings are per run.
+        #[arg(long, default_value_t = 1)]
+        batch: usize,
         /// Models folder (default: $MEDINFER_MODELS, else ./models).
         #[arg(long)]
         models_dir: Option<PathBuf>,
@@ -161,8 +173,8 @@ impl Timer for Clock {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Infer { paths, model, json, frame, batch, models_dir } => {
-            infer(&paths, model.as_deref(), json, frame, batch, models_dir)
+        Command::Infer { paths, model, json, frame, batch, backend, models_dir } => {
+            infer(&paths, model.as_deref(), json, frame, batch, backend, models_dir)
         }
         Command::Models { json, models_dir } => list_models(json, models_dir),
         Command::Inspect { file, json } => inspect(&file, json),
@@ -197,8 +209,8 @@ fn main() -> std::process::ExitCode {
                 true
             })
         }
-        Command::Bench { file, iterations, json, models_dir } => {
-            bench(&file, iterations, json, models_dir)
+        Command::Bench { file, iterations, json, backend, batch, models_dir } => {
+            bench(&file, iterations, json, backend, batch, models_dir)
         }
         Command::Deid { input, output, options, key_file, pixels, models_dir, report } => (|| {
             use medinfer_core::deid::{DeidOptions, PixelCleaning};
@@ -273,11 +285,13 @@ fn infer(
     as_json: bool,
     frame: Option<u32>,
     batch: usize,
+    backend: backend::Backend,
     models_dir: Option<PathBuf>,
 ) -> Result<bool> {
     let files = collect_files(paths)?;
     let dir = models::models_dir(models_dir);
-    let (registry, _) = models::load(&dir, model_id)?;
+    let (mut registry, _) = models::load(&dir, model_id)?;
+    eprintln!("{}", backend::apply(&mut registry, backend)?);
     let model = registry.resolve(model_id)?;
     let clock = Clock(Instant::now());
     let limits = Limits::default();
@@ -321,6 +335,7 @@ fn infer(
                         "file": path.display().to_string(),
                         "model_id": model.manifest().id,
                         "model_version": model.manifest().version,
+                        "backend": model.backend(),
                         "format": d.format,
                         "transfer_syntax": d.dicom.as_ref().map(|i| &i.transfer_syntax),
                         "predictions": p.predictions,
@@ -500,31 +515,44 @@ fn bench(
     file: &Path,
     iterations: usize,
     as_json: bool,
+    backend: backend::Backend,
+    batch: usize,
     models_dir: Option<PathBuf>,
 ) -> Result<bool> {
     let bytes = std::fs::read(file)?;
     let dir = models::models_dir(models_dir);
-    let (registry, load_ms) = models::load(&dir, None)?;
+    let (mut registry, load_ms) = models::load(&dir, None)?;
+    let backend_line = backend::apply(&mut registry, backend)?;
+    eprintln!("{backend_line}");
     let clock = Clock(Instant::now());
     let limits = Limits::default();
+    let batch = batch.max(1);
     let mut rows = Vec::new();
     for model in registry.iter() {
         let id = &model.manifest().id;
-        let run = || {
-            medinfer_core::infer_bytes(model, &bytes, &limits, &DecodeOptions::default(), &clock)
+        // One run: decode, then the image `batch` times through one model run.
+        let run = || -> Result<(f64, f64)> {
+            let t0 = clock.now_ms();
+            let decoded = medinfer_core::decode(&bytes, &limits, &DecodeOptions::default())?;
+            let images = vec![&decoded.pixels; batch];
+            let results = medinfer_core::predict(model, &images, batch, &clock)?;
+            let infer: f64 = results.iter().map(|(_, t)| t.infer_ms).sum();
+            Ok((clock.now_ms() - t0, infer))
         };
-        run()?; // warm-up
+        let (first_run_ms, _) = run()?; // warm-up (builds the GPU plan for this batch size)
         let (mut total, mut infer) = (Vec::new(), Vec::new());
         for _ in 0..iterations.max(1) {
-            let (_, _, t) = run()?;
-            total.push(t.total_ms);
-            infer.push(t.infer_ms);
+            let (t, i) = run()?;
+            total.push(t);
+            infer.push(i);
         }
         let (t50, t90, tmin) = summary(&mut total);
         let (i50, i90, imin) = summary(&mut infer);
         let load = load_ms.iter().find(|(m, _)| m == id).map_or(0.0, |l| l.1);
         rows.push(json!({
-            "model_id": id, "iterations": iterations, "load_ms": load,
+            "model_id": id, "iterations": iterations, "load_ms": load, "batch": batch,
+            "backend": model.backend(), "backend_detail": backend_line,
+            "first_run_ms": first_run_ms,
             "infer_ms": {"median": i50, "p90": i90, "min": imin},
             "total_ms": {"median": t50, "p90": t90, "min": tmin},
         }));
@@ -533,7 +561,12 @@ fn bench(
         println!("{}", serde_json::to_string_pretty(&rows)?);
         return Ok(true);
     }
-    println!("file: {} ({} runs per model, 1 image, threads: 1)", file.display(), iterations);
+    println!(
+        "file: {} ({} runs per model, {} image(s) per run, threads: 1; ms per run)",
+        file.display(),
+        iterations,
+        batch
+    );
     println!(
         "{:<24} {:>9} {:>12} {:>12} {:>12} {:>12}",
         "model", "load ms", "infer p50", "infer p90", "total p50", "total p90"

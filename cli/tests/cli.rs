@@ -171,3 +171,51 @@ fn bench_reports_every_model() {
         assert!(r["load_ms"].as_f64().unwrap() > 0.0);
     }
 }
+
+/// `--backend gpu` (the wgpu executor; Mesa's lavapipe in CI) gives the CPU's predictions on a
+/// batch of real files, says so in each row, and reports where the nodes ran; `auto` declines
+/// a software adapter.
+#[test]
+fn infer_on_the_gpu_backend_matches_the_cpu() {
+    let files = [CHEST, "testdata/dicom/CT_small.dcm", "testdata/dicom/MR_small.dcm"];
+    let run = |backend: &str| {
+        let mut args = vec!["infer", "--json", "--batch", "3", "--model", "mobilenetv2-chexnet"];
+        args.extend(["--backend", backend]);
+        args.extend(files);
+        let (code, out, err) = medinfer(&args);
+        assert_eq!(code, 0, "{backend}: {err}");
+        (serde_json::from_str::<serde_json::Value>(&out).unwrap(), err)
+    };
+    let (cpu, cpu_err) = run("cpu");
+    let (gpu, gpu_err) = run("gpu");
+    assert!(cpu_err.contains("backend: cpu (tract)"), "{cpu_err}");
+    assert!(gpu_err.contains("backend: gpu ("), "{gpu_err}");
+    assert!(gpu_err.contains("mobilenetv2-chexnet 171 nodes on the GPU"), "{gpu_err}");
+    assert!(!gpu_err.contains("on the CPU"), "{gpu_err}");
+    let mut max = 0f64;
+    for (c, g) in cpu.as_array().unwrap().iter().zip(gpu.as_array().unwrap()) {
+        assert_eq!(c["backend"], "cpu");
+        assert_eq!(g["backend"], "gpu");
+        assert_eq!(c["file"], g["file"]);
+        let score = |row: &serde_json::Value, label: &str| {
+            row["predictions"].as_array().unwrap().iter().find(|p| p["label"] == label).unwrap()["score"]
+                .as_f64()
+                .unwrap()
+        };
+        for p in c["predictions"].as_array().unwrap() {
+            let label = p["label"].as_str().unwrap();
+            max = max.max((score(c, label) - score(g, label)).abs());
+        }
+    }
+    println!("max |gpu - cpu| score over {} files: {max:.2e}", files.len());
+    assert!(max <= 1e-3, "scores differ by {max}");
+
+    let (_, auto_err) = run("auto");
+    // lavapipe (CI) is a software adapter: auto keeps the CPU; with a hardware GPU it takes it.
+    let software = gpu_err.contains("llvmpipe") || gpu_err.contains("SwiftShader");
+    if software {
+        assert!(auto_err.contains("backend: cpu (the only GPU adapter"), "{auto_err}");
+    } else {
+        assert!(auto_err.contains("backend: gpu ("), "{auto_err}");
+    }
+}

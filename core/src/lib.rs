@@ -44,7 +44,7 @@ pub use manifest::{
     Activation, Dim, InputSpec, Layout, ModelManifest, ModelStatus, OutputSpec, Preprocess,
     ResizeMode,
 };
-pub use model::{LoadedModel, Prediction, Score, sha256_hex};
+pub use model::{Executor, LoadedModel, Prediction, Score, sha256_hex};
 pub use pipeline::{
     DecodeOptions, Decoded, NoTimer, Timer, Timings, decode, decode_array, decode_keyed,
     infer_bytes, predict,

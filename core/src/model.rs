@@ -13,6 +13,16 @@ type Plan = Arc<TypedRunnableModel>;
 /// Batch sizes whose optimised plans are kept (batch 1 is built at load).
 const MAX_CACHED_PLANS: usize = 8;
 
+/// Runs a model's decluttered graph instead of tract's optimised plan — the GPU executor
+/// implements it (natively in the CLI, where wgpu is). The CPU plan stays the default.
+pub trait Executor: Send + Sync + std::fmt::Debug {
+    /// What ran, for reports (e.g. "gpu").
+    fn name(&self) -> &str;
+    /// Runs `model` on `batch` images whose inputs are concatenated in `input` (the model's
+    /// layout) and returns the raw outputs, concatenated.
+    fn run(&self, model: &LoadedModel, input: &[f32], batch: usize) -> Result<Vec<f32>>;
+}
+
 /// A model ready to run: manifest + optimised tract plans. Cheap to share (`Arc` inside).
 ///
 /// tract optimises a graph with a symbolic batch dimension into a plan 2–5× slower than one
@@ -27,6 +37,7 @@ pub struct LoadedModel {
     plans: Arc<Mutex<BTreeMap<usize, Plan>>>,
     sha256: String,
     output_shape: Vec<String>,
+    executor: Option<Arc<dyn Executor>>,
 }
 
 /// One label and its score.
@@ -103,6 +114,7 @@ impl LoadedModel {
             plans: Arc::default(),
             sha256,
             output_shape,
+            executor: None,
         };
         loaded.plan(1)?;
         Ok(loaded)
@@ -139,6 +151,16 @@ impl LoadedModel {
         self.typed.set_symbols(&subs).map_err(|e| Error::ModelLoad { reason: format!("{e:#}") })
     }
 
+    /// Runs this model with `executor` instead of tract's plan.
+    pub fn set_executor(&mut self, executor: Arc<dyn Executor>) {
+        self.executor = Some(executor);
+    }
+
+    /// What runs the model: "cpu" (tract's plan) or the executor's name.
+    pub fn backend(&self) -> &str {
+        self.executor.as_ref().map_or("cpu", |e| e.name())
+    }
+
     /// The manifest.
     pub fn manifest(&self) -> &ModelManifest {
         &self.manifest
@@ -169,6 +191,14 @@ impl LoadedModel {
                 reason: "input length does not match the batch".into(),
             });
         }
+        let classes = self.manifest.output.labels.len();
+        if let Some(executor) = &self.executor {
+            let flat = executor.run(self, &input, batch)?;
+            if flat.len() != classes * batch {
+                return Err(Error::Inference { reason: "unexpected output size".into() });
+            }
+            return Ok(flat.chunks_exact(classes).map(<[f32]>::to_vec).collect());
+        }
         let s = &self.manifest.input;
         let (c, h, w) = (s.channels() as usize, s.height() as usize, s.width() as usize);
         let shape = match s.layout {
@@ -184,7 +214,6 @@ impl LoadedModel {
         let out = outputs[0]
             .to_plain_array_view::<f32>()
             .map_err(|e| Error::Inference { reason: format!("{e:#}") })?;
-        let classes = self.manifest.output.labels.len();
         let flat: Vec<f32> = out.iter().copied().collect();
         if flat.len() != classes * batch {
             return Err(Error::Inference { reason: "unexpected output size".into() });

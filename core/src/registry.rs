@@ -32,6 +32,13 @@ impl Registry {
         Ok(self.models.entry(id).or_insert(model))
     }
 
+    /// Runs every model with `executor` (e.g. the GPU) instead of tract's plan.
+    pub fn set_executor(&mut self, executor: std::sync::Arc<dyn crate::Executor>) {
+        for model in self.models.values_mut() {
+            model.set_executor(executor.clone());
+        }
+    }
+
     /// Sets the model used when a request names none.
     pub fn set_default(&mut self, id: &str) -> Result<()> {
         self.get(id)?;

@@ -62,6 +62,7 @@ pub fn run(iterations: usize) -> Result<()> {
             );
         }
     }
+    gpu(iterations)?;
     if Path::new("web/pkg/medinfer_wasm_bg.wasm").exists() {
         println!();
         let status = Command::new("node")
@@ -103,4 +104,46 @@ fn json(cmd: &mut Command) -> Result<Value> {
         bail!("{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
     serde_json::from_slice(&out.stdout).with_context(|| format!("parsing the output of {cmd:?}"))
+}
+
+/// The GPU executor against the CPU plan, batch 1 and 16, same command, same machine.
+fn gpu(iterations: usize) -> Result<()> {
+    // Software adapters (lavapipe) take seconds per DenseNet image: a few runs tell enough.
+    let n = iterations.clamp(1, 3).to_string();
+    let bench = |backend: &str, batch: &str| {
+        json(Command::new("target/release/medinfer").args([
+            "bench", "--json", "--iterations", &n, "--models-dir", "models", "--backend", backend,
+            "--batch", batch,
+        ]))
+    };
+    println!("\n## GPU executor vs the CPU plan (`cargo xtask bench`)\n");
+    let mut rows = vec![];
+    for batch in ["1", "16"] {
+        let gpu = match bench("gpu", batch) {
+            Ok(v) => v,
+            Err(e) => {
+                println!("No GPU adapter here ({e:#}); nothing measured.\n");
+                return Ok(());
+            }
+        };
+        rows.push((batch, bench("cpu", batch)?, gpu));
+    }
+    let detail = rows[0].2[0]["backend_detail"].as_str().unwrap_or_default().to_string();
+    println!("{n} runs per model and batch after a warm-up; ms per model run (the batch in one run). {detail}\n");
+    println!("| model | batch | CPU p50 ms | GPU p50 ms | GPU speed-up (CPU / GPU) | GPU first run ms (plan + upload) |");
+    println!("|---|---|---|---|---|---|");
+    for (batch, cpu, gpu) in &rows {
+        for g in gpu.as_array().context("gpu bench output")? {
+            let id = g["model_id"].as_str().unwrap_or_default();
+            let c = cpu.as_array().context("cpu bench output")?.iter().find(|r| r["model_id"] == id);
+            let cp50 = c.and_then(|c| c["infer_ms"]["median"].as_f64()).unwrap_or(f64::NAN);
+            let gp50 = g["infer_ms"]["median"].as_f64().unwrap_or(f64::NAN);
+            println!(
+                "| {id} | {batch} | {cp50:.1} | {gp50:.1} | {:.2}× | {:.0} |",
+                cp50 / gp50,
+                g["first_run_ms"].as_f64().unwrap_or(f64::NAN)
+            );
+        }
+    }
+    Ok(())
 }
