@@ -22,10 +22,11 @@ pub(crate) struct Kernels {
 }
 
 const COMMON: &str = include_str!("shaders/common.wgsl");
+const TILE: &str = include_str!("shaders/tile.wgsl");
 
 impl Kernels {
     pub(crate) fn compile(device: &wgpu::Device, tile: u32, flat: u32) -> Kernels {
-        let ts = tile.to_string();
+        let tiling = TILE.replace("{{TS}}", &tile.to_string());
         let sources: [(Kernel, &str, String); 8] = [
             (Kernel::Binary, "binary", format!("{COMMON}{}", include_str!("shaders/binary.wgsl"))),
             (Kernel::Unary, "unary", format!("{COMMON}{}", include_str!("shaders/unary.wgsl"))),
@@ -37,8 +38,8 @@ impl Kernels {
                 "depthwise",
                 format!("{COMMON}{}", include_str!("shaders/depthwise.wgsl")),
             ),
-            (Kernel::Gemm, "gemm", include_str!("shaders/gemm.wgsl").replace("{{TS}}", &ts)),
-            (Kernel::Conv, "conv", include_str!("shaders/conv.wgsl").replace("{{TS}}", &ts)),
+            (Kernel::Gemm, "gemm", format!("{tiling}{}", include_str!("shaders/gemm.wgsl"))),
+            (Kernel::Conv, "conv", format!("{tiling}{}", include_str!("shaders/conv.wgsl"))),
         ];
         let flat_constants = [("WG", f64::from(flat))];
         let pipelines = sources

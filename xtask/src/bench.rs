@@ -112,8 +112,16 @@ fn gpu(iterations: usize) -> Result<()> {
     let n = iterations.clamp(1, 3).to_string();
     let bench = |backend: &str, batch: &str| {
         json(Command::new("target/release/medinfer").args([
-            "bench", "--json", "--iterations", &n, "--models-dir", "models", "--backend", backend,
-            "--batch", batch,
+            "bench",
+            "--json",
+            "--iterations",
+            &n,
+            "--models-dir",
+            "models",
+            "--backend",
+            backend,
+            "--batch",
+            batch,
         ]))
     };
     println!("\n## GPU executor vs the CPU plan (`cargo xtask bench`)\n");
@@ -129,13 +137,18 @@ fn gpu(iterations: usize) -> Result<()> {
         rows.push((batch, bench("cpu", batch)?, gpu));
     }
     let detail = rows[0].2[0]["backend_detail"].as_str().unwrap_or_default().to_string();
-    println!("{n} runs per model and batch after a warm-up; ms per model run (the batch in one run). {detail}\n");
-    println!("| model | batch | CPU p50 ms | GPU p50 ms | GPU speed-up (CPU / GPU) | GPU first run ms (plan + upload) |");
+    println!(
+        "{n} runs per model and batch after a warm-up; ms per model run (the batch in one run). {detail}\n"
+    );
+    println!(
+        "| model | batch | CPU p50 ms | GPU p50 ms | GPU speed-up (CPU / GPU) | GPU first run ms (plan + upload) |"
+    );
     println!("|---|---|---|---|---|---|");
     for (batch, cpu, gpu) in &rows {
         for g in gpu.as_array().context("gpu bench output")? {
             let id = g["model_id"].as_str().unwrap_or_default();
-            let c = cpu.as_array().context("cpu bench output")?.iter().find(|r| r["model_id"] == id);
+            let c =
+                cpu.as_array().context("cpu bench output")?.iter().find(|r| r["model_id"] == id);
             let cp50 = c.and_then(|c| c["infer_ms"]["median"].as_f64()).unwrap_or(f64::NAN);
             let gp50 = g["infer_ms"]["median"].as_f64().unwrap_or(f64::NAN);
             println!(

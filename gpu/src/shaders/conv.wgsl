@@ -1,23 +1,14 @@
 // 2-D convolution as an implicit GEMM (NCHW input, OIHW weights, groups, stride, dilation,
 // padding): per image and group, OUT[m, n] = Σ_k W[m, k] · X̂[k, n] + bias[m], with m an output
 // channel, n an output pixel and k = (input channel, ky, kx). X̂ (im2col) is never stored: the
-// B tile is gathered from the input as it is staged in workgroup memory. Same tiling as gemm.
+// B tile is gathered from the input as it is staged in workgroup memory. Tiled as in tile.wgsl.
 // p: [M=O/G, N=OH·OW, K=C/G·KH·KW, G, C, H, W, OH, OW, KH, KW, sy, sx, dy, dx, pad_top,
 //     pad_left, bias_len, O]
-const TS: u32 = {{TS}}u;
-const R: u32 = 4u;
-const BM: u32 = TS * R;
-const BK: u32 = 16u;
-const LOADS: u32 = (BM * BK) / (TS * TS);
-
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> wt: array<f32>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> y: array<f32>;
 @group(0) @binding(4) var<storage, read> p: array<u32>;
-
-var<workgroup> As: array<f32, BK * BM>;
-var<workgroup> Bs: array<f32, BK * BM>;
 
 @compute @workgroup_size(TS, TS)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>,
@@ -62,15 +53,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: 
             Bs[kb * BM + nn] = vb;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk++) {
-            var ar: array<f32, R>;
-            var br: array<f32, R>;
-            for (var i = 0u; i < R; i++) { ar[i] = As[kk * BM + l.y + i * TS]; }
-            for (var j = 0u; j < R; j++) { br[j] = Bs[kk * BM + l.x + j * TS]; }
-            for (var i = 0u; i < R; i++) {
-                for (var j = 0u; j < R; j++) { acc[i][j] = fma(ar[i], br[j], acc[i][j]); }
-            }
-        }
+        accumulate(&acc, l);
         workgroupBarrier();
     }
     for (var i = 0u; i < R; i++) {

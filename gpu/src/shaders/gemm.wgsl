@@ -1,23 +1,12 @@
 // Batched matrix product with arbitrary strides: C[z, m, n] = Σ_k A[z, m, k] · B[z, k, n] + bias.
-// Register-blocked tiling: a TS×TS workgroup computes a BM×BN tile (R×R outputs per
-// invocation), staging BK-deep slices of A and B in workgroup memory. TS comes from the
-// adapter's limits (substituted before compilation).
+// Tiled as in tile.wgsl (prepended at compilation).
 // p: [M, N, K, a_z, a_m, a_k, b_z, b_k, b_n, c_z, c_m, c_n, a_kfast, b_nfast, bias_mode]
 // bias_mode: 0 none, 1 one value, 2 one per row m, 3 one per column n.
-const TS: u32 = {{TS}}u;
-const R: u32 = 4u;
-const BM: u32 = TS * R;
-const BK: u32 = 16u;
-const LOADS: u32 = (BM * BK) / (TS * TS);
-
 @group(0) @binding(0) var<storage, read> a: array<f32>;
 @group(0) @binding(1) var<storage, read> b: array<f32>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
 @group(0) @binding(3) var<storage, read_write> c: array<f32>;
 @group(0) @binding(4) var<storage, read> p: array<u32>;
-
-var<workgroup> As: array<f32, BK * BM>;
-var<workgroup> Bs: array<f32, BK * BM>;
 
 @compute @workgroup_size(TS, TS)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: vec3<u32>,
@@ -44,15 +33,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: 
             Bs[kb * BM + nn] = vb;
         }
         workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk++) {
-            var ar: array<f32, R>;
-            var br: array<f32, R>;
-            for (var i = 0u; i < R; i++) { ar[i] = As[kk * BM + l.y + i * TS]; }
-            for (var j = 0u; j < R; j++) { br[j] = Bs[kk * BM + l.x + j * TS]; }
-            for (var i = 0u; i < R; i++) {
-                for (var j = 0u; j < R; j++) { acc[i][j] = fma(ar[i], br[j], acc[i][j]); }
-            }
-        }
+        accumulate(&acc, l);
         workgroupBarrier();
     }
     for (var i = 0u; i < R; i++) {
