@@ -40,7 +40,9 @@ async function start() {
     navigator.serviceWorker.register('sw.js').catch(() => {});
   }
   try {
-    medinfer = await Medinfer.create({ base: new URL('./', location.href) });
+    // ?backend=cpu|gpu|auto forces a backend; auto picks WebGPU when the browser has it.
+    const backend = new URLSearchParams(location.search).get('backend') ?? 'auto';
+    medinfer = await Medinfer.create({ base: new URL('./', location.href), backend });
     $('version').textContent = medinfer.info.version;
     catalog = await medinfer.catalog();
     const select = $('model');
@@ -66,8 +68,25 @@ async function loadModel(id) {
   $('model-note').textContent = entry?.disclaimer ?? '';
   $('disclaimer').textContent = entry?.disclaimer ?? '';
   const info = await medinfer.loadModel(id);
+  showBackend(await medinfer.backend());
   setStatus(`Ready · model loaded in ${Math.round(info.load_ms)} ms`, 'ok');
   return info;
+}
+
+// The badge says what runs the model: WebGPU (with the adapter, and any op left on the
+// CPU) or WebAssembly SIMD (with the reason when WebGPU was not taken).
+function showBackend(info) {
+  const badge = $('backend');
+  badge.dataset.backend = info.backend;
+  if (info.backend === 'gpu') {
+    const fallback = [...new Set(info.models.flatMap((m) => m.cpu_ops))];
+    badge.textContent = 'GPU · WebGPU';
+    badge.title = `${info.adapter ?? 'WebGPU'}; ` + info.models.map((m) => `${m.model_id}: ${m.gpu_nodes} nodes on the GPU`).join(', ') +
+      (fallback.length ? `; on the CPU: ${fallback.join(', ')}` : '');
+  } else {
+    badge.textContent = 'CPU · WebAssembly SIMD';
+    badge.title = info.reason ? `WebGPU not used: ${info.reason}` : 'Where the model runs';
+  }
 }
 
 async function changeModel(id) {

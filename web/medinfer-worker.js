@@ -11,6 +11,9 @@ import init, { Engine } from './pkg/medinfer_wasm.js';
 
 let engine = null;
 let modelsBase = null;
+// 'auto' | 'gpu' | 'cpu', from Medinfer.create; the engine settles it after each model load.
+let backendMode = 'auto';
+let backendInfo = { backend: 'cpu', adapter: null, reason: 'no model loaded yet', models: [] };
 let modelIndex = null;
 const loaded = new Map(); // model id -> ModelInfo
 const queue = [];
@@ -18,11 +21,19 @@ const cancelled = new Set();
 let pumping = false;
 
 const ops = {
-  async init({ base, deidKey }) {
+  async init({ base, deidKey, backend }) {
     modelsBase = new URL('models/', base);
     await init({ module_or_path: new URL('pkg/medinfer_wasm_bg.wasm', base) });
     engine = new Engine(deidKey ? { deidKey } : undefined);
-    return { version: Engine.version() };
+    if (backend !== undefined && !['auto', 'gpu', 'cpu'].includes(backend)) {
+      throw medinferError('input.options', 'backend is auto, gpu or cpu');
+    }
+    backendMode = backend ?? 'auto';
+    return { version: Engine.version(), backendMode };
+  },
+
+  backend() {
+    return backendInfo;
   },
 
   async catalog() {
@@ -40,6 +51,8 @@ const ops = {
       fetchBytes(new URL(entry.onnx, modelsBase)),
     ]);
     const info = engine.loadModel(manifest, onnx);
+    // Re-plan every loaded model on the chosen backend (WebGPU when it can, for 'auto').
+    backendInfo = await engine.useGpu(backendMode);
     loaded.set(modelId, info);
     return info;
   },
@@ -68,7 +81,7 @@ const ops = {
 
   async infer({ bytes, options }) {
     if (options?.modelId) await ops.loadModel({ modelId: options.modelId });
-    return engine.infer(bytes, options);
+    return engine.inferAsync(bytes, options);
   },
 
   // Runs the batch a chunk at a time, yielding between chunks so that a cancel can arrive.
@@ -78,7 +91,23 @@ const ops = {
     const t0 = performance.now();
     let batchId;
     const items = [];
-    for (let start = 0; start < files.length; start += chunk) {
+    if (engine.backend === 'gpu') {
+      // WebGPU: one image per run (the plans are batch-1), awaited, same item shapes.
+      batchId = options.batchId ?? crypto.randomUUID();
+      for (let index = 0; index < files.length; index++) {
+        if (cancelled.has(id)) throw medinferError('cancelled', 'the batch was cancelled');
+        let item;
+        try {
+          item = { index, ...(await engine.inferAsync(files[index], { ...options, batchId })) };
+        } catch (e) {
+          if (e?.name !== 'MedinferError') throw e;
+          item = { index, error: { code: e.code, message: e.message } };
+        }
+        items.push(item);
+        self.postMessage({ id, progress: { done: items.length, total: files.length, item } });
+      }
+    }
+    for (let start = 0; engine.backend !== 'gpu' && start < files.length; start += chunk) {
       if (cancelled.has(id)) throw medinferError('cancelled', 'the batch was cancelled');
       const part = engine.inferBatch(files.slice(start, start + chunk), { ...options, chunk, batchId }, undefined);
       batchId = part.batch_id;

@@ -1,13 +1,13 @@
 // Types of the worker client (medinfer.js). The result types are those of the wasm bundle
 // (pkg/medinfer_wasm.d.ts, generated from the Rust API by wasm-bindgen).
 import type {
-  BatchItem, BatchProgress, BatchResult, DeidentifyOptions, Deidentified, FileInfo,
-  InferenceResult, ModelInfo, Preview, RenderOptions,
+  BackendInfo, BatchItem, BatchProgress, BatchResult, DeidentifyOptions, Deidentified, FileInfo,
+  InferenceResult, ModelInfo, ModelPlacement, Preview, RenderOptions,
 } from './pkg/medinfer_wasm.js';
 
 export type {
-  BatchItem, BatchProgress, BatchResult, DeidentifyOptions, Deidentified, FileInfo,
-  InferenceResult, ModelInfo, Preview, RenderOptions,
+  BackendInfo, BatchItem, BatchProgress, BatchResult, DeidentifyOptions, Deidentified, FileInfo,
+  InferenceResult, ModelInfo, ModelPlacement, Preview, RenderOptions,
 };
 
 /** Anything holding a file's bytes; always copied, never transferred or detached. */
@@ -43,7 +43,16 @@ export interface Catalog {
 
 export class Medinfer {
   /** Starts the worker and the wasm module from `base` (default: where medinfer.js is). */
-  static create(options?: { base?: URL | string; deidKey?: Uint8Array; signal?: AbortSignal }): Promise<Medinfer>;
+  /** `backend`: 'auto' (default: WebGPU when the browser gives an adapter and the models
+   *  plan on it, else WebAssembly SIMD), 'gpu' (WebGPU or an error) or 'cpu'. */
+  static create(options?: {
+    base?: URL | string;
+    deidKey?: Uint8Array;
+    backend?: 'auto' | 'gpu' | 'cpu';
+    signal?: AbortSignal;
+  }): Promise<Medinfer>;
+  /** What runs the models (settled after each model load). */
+  backend(call?: CallOptions): Promise<BackendInfo>;
   readonly info: { version: string };
   catalog(options?: CallOptions): Promise<Catalog>;
   loadModel(modelId: string, options?: CallOptions): Promise<ModelInfo>;

@@ -25,11 +25,11 @@ export class Medinfer {
   #pending = new Map();
 
   /** Starts the worker and the wasm module. `base`: where the bundle lives (default: here). */
-  static async create({ base = new URL('./', import.meta.url), deidKey, signal } = {}) {
+  static async create({ base = new URL('./', import.meta.url), deidKey, backend, signal } = {}) {
     const worker = new Worker(new URL('medinfer-worker.js', base), { type: 'module', name: 'medinfer' });
     const client = new Medinfer(worker);
     try {
-      client.info = await client.#call('init', { base: String(base), deidKey }, { signal });
+      client.info = await client.#call('init', { base: String(base), deidKey, backend }, { signal });
     } catch (e) {
       worker.terminate();
       throw e;
@@ -86,6 +86,12 @@ export class Medinfer {
   }
 
   /** One InferenceResult. options: {modelId, frame}. */
+  /** What runs the models: WebGPU or the CPU, the adapter, and per model the nodes on the
+   *  GPU and the ops left on the CPU. Settled after each model load. */
+  async backend({ signal } = {}) {
+    return this.#call('backend', {}, { signal });
+  }
+
   async infer(input, options = {}, { signal } = {}) {
     return this.#call('infer', { bytes: await bytesOf(input), options }, { signal });
   }

@@ -78,6 +78,10 @@ impl Gpu {
             .max_compute_invocations_per_workgroup
             .min(limits.max_compute_workgroup_size_x)
             .min(256);
+        // WebGPU reports shader errors asynchronously: wait for them here, so that a device
+        // that cannot compile the kernels is refused now (and `auto` falls back to the CPU)
+        // rather than failing the first inference.
+        let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
         let kernels = Kernels::compile(&device, tile, flat);
         let dummy = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("unused binding"),
@@ -85,6 +89,9 @@ impl Gpu {
             usage: wgpu::BufferUsages::STORAGE,
             mapped_at_creation: false,
         });
+        if let Some(e) = scope.pop().await {
+            return Err(Error::Device(format!("the kernels do not compile here: {e}")));
+        }
         let gpu = Gpu {
             device,
             queue,

@@ -219,6 +219,22 @@ fn nchw(
     }
 }
 
+/// (batch, channels, [h, w]) and the element strides of (n, c, y, x) for any 2-D layout.
+fn layout(
+    format: DataFormat,
+    shape: &[usize],
+) -> std::result::Result<(usize, usize, [usize; 2], [u32; 4]), String> {
+    let s = contiguous(shape);
+    let (n, c, hw, st) = match (format, shape) {
+        (DataFormat::NCHW, &[n, c, h, w]) => (n, c, [h, w], [s[0], s[1], s[2], s[3]]),
+        (DataFormat::NHWC, &[n, h, w, c]) => (n, c, [h, w], [s[0], s[3], s[1], s[2]]),
+        (DataFormat::CHW, &[c, h, w]) => (1, c, [h, w], [0, s[0], s[1], s[2]]),
+        (DataFormat::HWC, &[h, w, c]) => (1, c, [h, w], [0, s[2], s[0], s[1]]),
+        _ => return Err(format!("{format:?} data with shape {shape:?} (2-D only)")),
+    };
+    Ok((n, c, hw, [u(st[0])?, u(st[1])?, u(st[2])?, u(st[3])?]))
+}
+
 /// Spatial geometry shared by convolution and pooling: [kh, kw, sy, sx, dy, dx, pt, pl].
 fn geometry(spec: &PoolSpec, hw: [usize; 2]) -> std::result::Result<[u32; 8], String> {
     if spec.kernel_shape.len() != 2 {
@@ -262,8 +278,8 @@ fn conv(op: &Conv, inputs: &[&[usize]], output: &[usize], t: &Target<'_>) -> Low
         return Err(format!("{:?} kernels (OIHW only)", op.kernel_fmt));
     }
     let spec = &op.pool_spec;
-    let (_, c, hw) = nchw(spec.data_format, inputs[0])?;
-    let (n, o, [oh, ow]) = nchw(spec.data_format, output)?;
+    let (_, c, hw, in_strides) = layout(spec.data_format, inputs[0])?;
+    let (n, o, [oh, ow], out_strides) = layout(spec.data_format, output)?;
     let g = geometry(spec, hw)?;
     let groups = op.group;
     let cg = c / groups;
@@ -283,6 +299,8 @@ fn conv(op: &Conv, inputs: &[&[usize]], output: &[usize], t: &Target<'_>) -> Low
         let mut params = vec![u(total)?, u(o)?, u(hw[0])?, u(hw[1])?, u(oh)?, u(ow)?];
         params.extend(g);
         params.extend([u(bias)?, u(c)?, u(og)?]);
+        params.extend(in_strides);
+        params.extend(out_strides);
         return Ok(vec![Launch {
             kernel: Kernel::Depthwise,
             reads,
@@ -290,6 +308,8 @@ fn conv(op: &Conv, inputs: &[&[usize]], output: &[usize], t: &Target<'_>) -> Low
             groups: flat_groups(total, t)?,
         }]);
     }
+    // The implicit GEMM reads NCHW/CHW only.
+    nchw(spec.data_format, inputs[0])?;
     let k = cg * (g[0] * g[1]) as usize;
     let tile = t.kernels.tile_outputs as usize;
     let grid = [(oh * ow).div_ceil(tile), og.div_ceil(tile), n * groups];

@@ -6,8 +6,11 @@
 //! `performance.now`, `Date` and `crypto.getRandomValues`).
 //!
 //! One [`Engine`] holds the loaded models, the text detector used by Clean Pixel Data and the
-//! session's de-identification key. Every method is synchronous: run it in a Web Worker (the
-//! bundle's `medinfer-worker.js` does) so the page never freezes.
+//! session's de-identification key. Every method but `useGpu` and `inferAsync` is
+//! synchronous: run it in a Web Worker (the bundle's `medinfer-worker.js` does) so the page
+//! never freezes. `useGpu("auto")` opens WebGPU (medinfer's wgpu executor) when
+//! `navigator.gpu` gives an adapter and every loaded model plans on it; `inferAsync` then runs
+//! the model there, else on the SIMD CPU path.
 //!
 //! Errors are JavaScript `Error`s named `MedinferError` whose `code` is the server's stable
 //! code (`input.dimensions`, `decode.dicom`, `model.not_found`, …). Messages never quote the
@@ -24,6 +27,10 @@ use medinfer_core::{
     Registry, Timer, Window, decode_keyed, decode_raster, predict, round_timings, sniff,
 };
 use serde::{Deserialize, Serialize};
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
+use std::sync::Arc;
 use wasm_bindgen::prelude::*;
 
 #[wasm_bindgen(typescript_custom_section)]
@@ -100,7 +107,14 @@ export interface Preview {
   frame: number;
   frames: number;
 }
-export interface InferOptions { modelId?: string; frame?: number }
+export interface InferOptions { modelId?: string; frame?: number; batchId?: string }
+export interface ModelPlacement { model_id: string; gpu_nodes: number; cpu_ops: string[]; fallbacks: string[] }
+export interface BackendInfo {
+  backend: "gpu" | "cpu";
+  adapter: string | null;
+  reason: string | null;
+  models: ModelPlacement[];
+}
 export interface BatchOptions {
   modelId?: string;
   frame?: number;
@@ -265,6 +279,77 @@ pub struct Engine {
     detector: Option<TextDetector>,
     key: DeidKey,
     limits: Limits,
+    gpu: Rc<RefCell<Option<Rc<GpuState>>>>,
+}
+
+/// The WebGPU device and one plan per model (batch 1), built on first use.
+struct GpuState {
+    gpu: Arc<medinfer_gpu::Gpu>,
+    plans: RefCell<HashMap<String, Rc<medinfer_gpu::GpuModel>>>,
+}
+
+impl GpuState {
+    fn plan(
+        &self,
+        model: &LoadedModel,
+    ) -> Result<Rc<medinfer_gpu::GpuModel>, medinfer_core::Error> {
+        if let Some(plan) = self.plans.borrow().get(model.sha256()) {
+            return Ok(plan.clone());
+        }
+        let typed = model.typed_for_batch(1)?;
+        let plan = medinfer_gpu::GpuModel::new(self.gpu.clone(), &typed)
+            .map_err(|e| medinfer_core::Error::Inference { reason: e.to_string() })?;
+        let plan = Rc::new(plan);
+        self.plans.borrow_mut().insert(model.sha256().to_string(), plan.clone());
+        Ok(plan)
+    }
+}
+
+/// What `useGpu` settled on.
+#[derive(Serialize)]
+struct BackendInfo {
+    backend: &'static str,
+    adapter: Option<String>,
+    reason: Option<String>,
+    models: Vec<ModelPlacement>,
+}
+
+#[derive(Serialize)]
+struct ModelPlacement {
+    model_id: String,
+    gpu_nodes: usize,
+    cpu_ops: Vec<String>,
+    /// "node (op): reason" for each node left on the CPU.
+    fallbacks: Vec<String>,
+}
+
+fn placement(model: &LoadedModel, plan: &medinfer_gpu::GpuModel) -> ModelPlacement {
+    use medinfer_gpu::Placement;
+    let mut cpu_ops: Vec<String> = plan
+        .placements()
+        .iter()
+        .filter(|p| matches!(p.placement, Placement::Cpu { .. }))
+        .map(|p| p.op.clone())
+        .collect();
+    cpu_ops.dedup();
+    let fallbacks = plan
+        .placements()
+        .iter()
+        .filter_map(|p| match &p.placement {
+            Placement::Cpu { reason } => Some(format!("{} ({}): {reason}", p.node, p.op)),
+            _ => None,
+        })
+        .collect();
+    ModelPlacement {
+        fallbacks,
+        model_id: model.manifest().id.clone(),
+        gpu_nodes: plan
+            .placements()
+            .iter()
+            .filter(|p| matches!(p.placement, Placement::Gpu { .. }))
+            .count(),
+        cpu_ops,
+    }
 }
 
 impl std::fmt::Debug for Engine {
@@ -299,6 +384,7 @@ impl Engine {
             detector: None,
             key,
             limits: Limits::default(),
+            gpu: Rc::default(),
         })
     }
 
@@ -479,6 +565,135 @@ impl Engine {
         to_js(&results.remove(0))
     }
 
+    /// Chooses the backend: `"cpu"` (WebAssembly SIMD), `"gpu"` (WebGPU; rejects with
+    /// `gpu.unavailable` when there is no adapter or a loaded model cannot be planned) or
+    /// `"auto"` (WebGPU when possible, else the CPU). Resolves to `BackendInfo`: the backend,
+    /// the adapter and, per loaded model, the nodes on the GPU and the ops left on the CPU.
+    #[wasm_bindgen(js_name = useGpu, unchecked_return_type = "Promise<BackendInfo>")]
+    pub fn use_gpu(&self, mode: &str) -> js_sys::Promise {
+        let mode = mode.to_string();
+        let slot = self.gpu.clone();
+        let registry = self.registry.clone();
+        wasm_bindgen_futures::future_to_promise(async move {
+            let cpu = |reason: Option<String>| BackendInfo {
+                backend: "cpu",
+                adapter: None,
+                reason,
+                models: vec![],
+            };
+            slot.borrow_mut().take();
+            if mode == "cpu" {
+                return to_js(&cpu(None));
+            }
+            if mode != "gpu" && mode != "auto" {
+                return Err(js_error("input.options", "the backend is cpu, gpu or auto"));
+            }
+            let refuse = |reason: String| -> Result<JsValue, JsValue> {
+                if mode == "auto" {
+                    to_js(&cpu(Some(reason)))
+                } else {
+                    Err(js_error("gpu.unavailable", &reason))
+                }
+            };
+            // Without navigator.gpu (no WebGPU, or not enabled) there is nothing to ask.
+            let has_webgpu = Reflect::get(&js_sys::global(), &"navigator".into())
+                .and_then(|n| Reflect::get(&n, &"gpu".into()))
+                .is_ok_and(|g| !g.is_undefined() && !g.is_null());
+            if !has_webgpu {
+                return refuse("this browser exposes no WebGPU (navigator.gpu)".into());
+            }
+            // GpuModel holds its device in an Arc on every target; here (one thread, WebGPU
+            // objects are neither Send nor Sync) the Arc is only shared, never sent.
+            #[allow(clippy::arc_with_non_send_sync)]
+            let gpu = match medinfer_gpu::Gpu::new().await {
+                Ok(gpu) => Arc::new(gpu),
+                Err(e) => return refuse(e.to_string()),
+            };
+            let adapter = gpu.adapter().name.clone();
+            let state = Rc::new(GpuState { gpu, plans: RefCell::default() });
+            let mut models = vec![];
+            for model in registry.iter() {
+                match state.plan(model) {
+                    Ok(plan) => models.push(placement(model, &plan)),
+                    Err(e) => return refuse(format!("{}: {e}", model.manifest().id)),
+                }
+            }
+            *slot.borrow_mut() = Some(state);
+            to_js(&BackendInfo { backend: "gpu", adapter: Some(adapter), reason: None, models })
+        })
+    }
+
+    /// The backend `infer`/`inferAsync` use now: `"gpu"` or `"cpu"`.
+    #[wasm_bindgen(getter)]
+    pub fn backend(&self) -> String {
+        if self.gpu.borrow().is_some() { "gpu" } else { "cpu" }.into()
+    }
+
+    /// `infer` on the chosen backend: WebGPU after a successful `useGpu`, else the CPU.
+    /// Same result shape, same errors. One GPU run at a time per model.
+    #[wasm_bindgen(js_name = inferAsync, unchecked_return_type = "Promise<InferenceResult>")]
+    pub fn infer_async(
+        &self,
+        bytes: &[u8],
+        #[wasm_bindgen(unchecked_param_type = "InferOptions | undefined")] options: JsValue,
+    ) -> js_sys::Promise {
+        let reject = |e: JsValue| js_sys::Promise::reject(&e);
+        let opts: InferOptions = match parse_options(options, INFER_OPTIONS) {
+            Ok(o) => o,
+            Err(e) => return reject(e),
+        };
+        let model = match self.registry.resolve(opts.model_id.as_deref()) {
+            Ok(m) => m.clone(),
+            Err(e) => return reject(core_error(&e)),
+        };
+        let (decoded, decode_ms) = match self.decode(bytes, opts.frame) {
+            Ok(d) => d,
+            Err(e) => return reject(core_error(&e)),
+        };
+        let Some(state) = self.gpu.borrow().clone() else {
+            let result = self.run(&model, &[(decoded, decode_ms)], opts.batch_id.as_deref());
+            return match result.map_err(|e| core_error(&e)).and_then(|mut r| to_js(&r.remove(0))) {
+                Ok(v) => js_sys::Promise::resolve(&v),
+                Err(e) => reject(e),
+            };
+        };
+        wasm_bindgen_futures::future_to_promise(async move {
+            let fail = |e: medinfer_core::Error| core_error(&e);
+            let t0 = performance_now();
+            let mut input = vec![0f32; model.input_len()];
+            medinfer_core::preprocess::preprocess_into(
+                &decoded.pixels,
+                model.manifest(),
+                &mut input,
+            );
+            let t1 = performance_now();
+            let plan = state.plan(&model).map_err(fail)?;
+            let tensor = tract_onnx::prelude::Tensor::from_shape(plan.input_shape(), &input)
+                .map_err(|e| js_error("inference.failed", &format!("{e:#}")))?;
+            let outputs = plan
+                .run(&tensor)
+                .await
+                .map_err(|e| js_error("inference.failed", &e.to_string()))?;
+            let raw: Vec<f32> = outputs[0]
+                .to_plain_array_view::<f32>()
+                .map_err(|e| js_error("inference.failed", &format!("{e:#}")))?
+                .iter()
+                .copied()
+                .collect();
+            let t2 = performance_now();
+            let timing = medinfer_core::Timings {
+                decode_ms,
+                preprocess_ms: t1 - t0,
+                infer_ms: t2 - t1,
+                total_ms: decode_ms + (t2 - t0),
+            };
+            let result =
+                seal(&model, &decoded, model.postprocess(&raw), timing, opts.batch_id.as_deref())
+                    .map_err(fail)?;
+            to_js(&result)
+        })
+    }
+
     /// Classifies many files with one model: decoded one by one (a bad file is an item
     /// error, never the batch's), run `chunk` (default 8) images per model run. After each
     /// chunk `onProgress({done, total, item})` is called once per item; returning `false`
@@ -615,32 +830,40 @@ impl Engine {
         }
         let pixels: Vec<&Pixels> = images.iter().map(|(d, _)| &d.pixels).collect();
         let predictions = predict(model, &pixels, pixels.len(), &PerfTimer)?;
-        let created_at = js_sys::Date::new_0().to_iso_string().as_string().unwrap_or_default();
         let mut out = Vec::with_capacity(images.len());
         for ((decoded, decode_ms), (prediction, mut t)) in images.iter().zip(predictions) {
             t.decode_ms = *decode_ms;
             t.total_ms += decode_ms;
-            out.push(
-                InferenceResult {
-                    inference_id: uuid_v4().map_err(|_| medinfer_core::Error::Inference {
-                        reason: "no secure random source".into(),
-                    })?,
-                    batch_id: batch_id.map(str::to_string),
-                    model_id: model.manifest().id.clone(),
-                    model_version: model.manifest().version.clone(),
-                    patient_id: decoded.patient_pseudonym.clone(),
-                    predictions: prediction.predictions,
-                    top_label: prediction.top_label,
-                    confidence_score: prediction.confidence_score,
-                    created_at: created_at.clone(),
-                    timing_ms: round_timings(t),
-                    record_hash: String::new(),
-                }
-                .seal(),
-            );
+            out.push(seal(model, decoded, prediction, t, batch_id)?);
         }
         Ok(out)
     }
+}
+
+/// The sealed InferenceResult for one decoded image (the server's shape).
+fn seal(
+    model: &LoadedModel,
+    decoded: &Decoded,
+    prediction: medinfer_core::Prediction,
+    timing: medinfer_core::Timings,
+    batch_id: Option<&str>,
+) -> medinfer_core::Result<InferenceResult> {
+    Ok(InferenceResult {
+        inference_id: uuid_v4().map_err(|_| medinfer_core::Error::Inference {
+            reason: "no secure random source".into(),
+        })?,
+        batch_id: batch_id.map(str::to_string),
+        model_id: model.manifest().id.clone(),
+        model_version: model.manifest().version.clone(),
+        patient_id: decoded.patient_pseudonym.clone(),
+        predictions: prediction.predictions,
+        top_label: prediction.top_label,
+        confidence_score: prediction.confidence_score,
+        created_at: js_sys::Date::new_0().to_iso_string().as_string().unwrap_or_default(),
+        timing_ms: round_timings(timing),
+        record_hash: String::new(),
+    }
+    .seal())
 }
 
 fn set(obj: &Object, key: &str, value: &JsValue) -> Result<(), JsValue> {

@@ -204,3 +204,36 @@ fn batches_keep_order_isolate_errors_and_can_be_cancelled() {
     let err = e.infer_batch(files, JsValue::UNDEFINED, Some(stop)).unwrap_err();
     assert_eq!(code(err), "cancelled");
 }
+
+/// WebGPU (Chromium's SwiftShader with --enable-unsafe-webgpu, see webdriver.json):
+/// `useGpu("gpu")` plans MobileNetV2 with every node on the GPU, and `inferAsync` there
+/// matches the CPU path (`infer`) within 1e-3 with the same sealed result shape.
+#[wasm_bindgen_test]
+async fn webgpu_runs_the_model_with_parity() {
+    use wasm_bindgen_futures::JsFuture;
+    let e = engine(None);
+    let info = JsFuture::from(e.use_gpu("gpu")).await.unwrap();
+    let info: serde_json::Value = serde_json::from_str(&json(&info)).unwrap();
+    assert_eq!(info["backend"], "gpu", "{info}");
+    assert_eq!(info["models"][0]["cpu_ops"], serde_json::json!([]), "{info}");
+    assert!(info["models"][0]["gpu_nodes"].as_u64().unwrap() > 100, "{info}");
+    assert_eq!(e.backend(), "gpu");
+
+    let cpu = result(&e.infer(CT, JsValue::UNDEFINED).unwrap());
+    let gpu = result(&JsFuture::from(e.infer_async(CT, JsValue::UNDEFINED)).await.unwrap());
+    assert_eq!(gpu.record_hash, gpu.compute_hash());
+    assert_eq!(gpu.patient_id, cpu.patient_id);
+    let mut worst = 0f32;
+    for p in &cpu.predictions {
+        let g = gpu.predictions.iter().find(|q| q.label == p.label).unwrap();
+        worst = worst.max((g.score - p.score).abs());
+    }
+    assert!(worst <= 1e-3, "WebGPU vs CPU: {worst}");
+
+    // Errors keep their codes on the async path; "cpu" switches back; a typo is refused.
+    let bad = JsFuture::from(e.infer_async(&[1, 2, 3], JsValue::UNDEFINED)).await.unwrap_err();
+    assert_eq!(code(bad), "input.unsupported_format");
+    JsFuture::from(e.use_gpu("cpu")).await.unwrap();
+    assert_eq!(e.backend(), "cpu");
+    assert_eq!(code(JsFuture::from(e.use_gpu("gpus")).await.unwrap_err()), "input.options");
+}

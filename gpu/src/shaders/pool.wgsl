@@ -18,7 +18,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let plane = i / (ow * oh);
     let base = plane * p[2] * p[3];
     var acc: f32 = 0.0;
-    if (mode == 0u) { acc = -3.4028235e38; }
+    if (mode == 0u) { acc = bitcast<f32>(0xff7fffffu); }
     var valid = 0u;
     for (var ky = 0u; ky < p[6]; ky++) {
         let iy = i32(oy * p[8] + ky * p[10]) - i32(p[12]);

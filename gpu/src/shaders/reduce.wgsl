@@ -22,8 +22,8 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let count = p[14];
     var acc: f32;
     switch op {
-        case 1u: { acc = -3.4028235e38; }
-        case 2u: { acc = 3.4028235e38; }
+        case 1u: { acc = bitcast<f32>(0xff7fffffu); }
+        case 2u: { acc = bitcast<f32>(0x7f7fffffu); }
         case 3u: { acc = 1.0; }
         default: { acc = 0.0; }
     }
