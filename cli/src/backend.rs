@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 
 use anyhow::{Result, bail};
 use medinfer_core::{Error, Executor, LoadedModel, Registry};
-use medinfer_gpu::{Gpu, GpuModel, Placement, block_on};
+use medinfer_gpu::{Gpu, GpuModel, block_on};
 use tract_onnx::prelude::Tensor;
 
 /// Which executor runs the models.
@@ -83,17 +83,8 @@ pub fn apply(registry: &mut Registry, backend: Backend) -> Result<String> {
     for model in registry.iter() {
         match executor.plan(model, 1) {
             Ok(plan) => {
-                let count = |f: fn(&Placement) -> bool| {
-                    plan.placements().iter().filter(|p| f(&p.placement)).count()
-                };
-                let on_gpu = count(|p| matches!(p, Placement::Gpu { .. }));
-                let mut fallback: Vec<&str> = plan
-                    .placements()
-                    .iter()
-                    .filter(|p| matches!(p.placement, Placement::Cpu { .. }))
-                    .map(|p| p.op.as_str())
-                    .collect();
-                fallback.dedup();
+                let on_gpu = plan.gpu_nodes();
+                let fallback = plan.cpu_ops();
                 let cpu = if fallback.is_empty() {
                     String::new()
                 } else {

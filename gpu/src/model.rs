@@ -356,6 +356,24 @@ impl GpuModel {
         &self.placements
     }
 
+    /// How many nodes run on the GPU.
+    pub fn gpu_nodes(&self) -> usize {
+        self.placements.iter().filter(|p| matches!(p.placement, Placement::Gpu { .. })).count()
+    }
+
+    /// The operators left on the CPU, sorted, each once (empty: the whole model is on the GPU).
+    pub fn cpu_ops(&self) -> Vec<&str> {
+        let mut ops: Vec<&str> = self
+            .placements
+            .iter()
+            .filter(|p| matches!(p.placement, Placement::Cpu { .. }))
+            .map(|p| p.op.as_str())
+            .collect();
+        ops.sort_unstable();
+        ops.dedup();
+        ops
+    }
+
     /// The shape the input must have.
     pub fn input_shape(&self) -> &[usize] {
         &self.values[self.input].shape

@@ -325,13 +325,7 @@ struct ModelPlacement {
 
 fn placement(model: &LoadedModel, plan: &medinfer_gpu::GpuModel) -> ModelPlacement {
     use medinfer_gpu::Placement;
-    let mut cpu_ops: Vec<String> = plan
-        .placements()
-        .iter()
-        .filter(|p| matches!(p.placement, Placement::Cpu { .. }))
-        .map(|p| p.op.clone())
-        .collect();
-    cpu_ops.dedup();
+    let cpu_ops = plan.cpu_ops().into_iter().map(str::to_string).collect();
     let fallbacks = plan
         .placements()
         .iter()

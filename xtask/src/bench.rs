@@ -20,14 +20,7 @@ pub fn run(iterations: usize) -> Result<()> {
     cargo(&["build", "--release", "-p", "medinfer-cli"])?;
     ensure_onnxruntime()?;
     let n = iterations.to_string();
-    let ours = json(Command::new("target/release/medinfer").args([
-        "bench",
-        "--json",
-        "--iterations",
-        &n,
-        "--models-dir",
-        "models",
-    ]))?;
+    let ours = medinfer_bench(&n, &[])?;
     let ort = json(Command::new("python3").args([
         "bench/ort_native.py",
         "models",
@@ -106,24 +99,19 @@ fn json(cmd: &mut Command) -> Result<Value> {
     serde_json::from_slice(&out.stdout).with_context(|| format!("parsing the output of {cmd:?}"))
 }
 
+/// `medinfer bench --json` over the bundled models, `n` runs, plus `extra` arguments.
+fn medinfer_bench(n: &str, extra: &[&str]) -> Result<Value> {
+    let mut args = vec!["bench", "--json", "--iterations", n, "--models-dir", "models"];
+    args.extend(extra);
+    json(Command::new("target/release/medinfer").args(args))
+}
+
 /// The GPU executor against the CPU plan, batch 1 and 16, same command, same machine.
 fn gpu(iterations: usize) -> Result<()> {
     // Software adapters (lavapipe) take seconds per DenseNet image: a few runs tell enough.
     let n = iterations.clamp(1, 3).to_string();
-    let bench = |backend: &str, batch: &str| {
-        json(Command::new("target/release/medinfer").args([
-            "bench",
-            "--json",
-            "--iterations",
-            &n,
-            "--models-dir",
-            "models",
-            "--backend",
-            backend,
-            "--batch",
-            batch,
-        ]))
-    };
+    let bench =
+        |backend: &str, batch: &str| medinfer_bench(&n, &["--backend", backend, "--batch", batch]);
     println!("\n## GPU executor vs the CPU plan (`cargo xtask bench`)\n");
     let mut rows = vec![];
     for batch in ["1", "16"] {
