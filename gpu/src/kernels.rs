@@ -14,7 +14,8 @@ pub(crate) enum Kernel {
 }
 
 pub(crate) struct Kernels {
-    pipelines: Vec<(Kernel, wgpu::ComputePipeline)>,
+    /// Indexed by `Kernel as usize` (the sources below are in declaration order).
+    pipelines: Vec<wgpu::ComputePipeline>,
     /// Invocations per workgroup of the flat (one value per invocation) kernels.
     pub(crate) flat: u32,
     /// Outputs per side of a gemm/conv workgroup tile (4 per invocation per side).
@@ -44,7 +45,8 @@ impl Kernels {
         let flat_constants = [("WG", f64::from(flat))];
         let pipelines = sources
             .into_iter()
-            .map(|(kernel, name, source)| {
+            .enumerate()
+            .map(|(index, (kernel, name, source))| {
                 let module = device.create_shader_module(wgpu::ShaderModuleDescriptor {
                     label: Some(name),
                     source: wgpu::ShaderSource::Wgsl(source.into()),
@@ -65,18 +67,14 @@ impl Kernels {
                     },
                     cache: None,
                 });
-                (kernel, pipeline)
+                debug_assert_eq!(kernel as usize, index);
+                pipeline
             })
             .collect();
         Kernels { pipelines, flat, tile_outputs: tile * 4 }
     }
 
     pub(crate) fn pipeline(&self, kernel: Kernel) -> &wgpu::ComputePipeline {
-        &self
-            .pipelines
-            .iter()
-            .find(|(k, _)| *k == kernel)
-            .expect("every Kernel variant is compiled in Kernels::compile")
-            .1
+        &self.pipelines[kernel as usize]
     }
 }

@@ -414,7 +414,8 @@ impl GpuModel {
         if let Some(s) = self.values[self.input].storage {
             gpu.queue.write_buffer(&self.buffers[s], 0, &f32_bytes(input)?);
         }
-        let mut on_cpu: HashMap<usize, TValue> = self.consts.clone();
+        // Values a CPU node produced this run (constants are looked up in place, not copied).
+        let mut on_cpu: HashMap<usize, TValue> = HashMap::new();
         on_cpu.insert(self.input, input.clone().into_tvalue());
         for step in &self.steps {
             match step {
@@ -434,7 +435,7 @@ impl GpuModel {
                 Step::Cpu(node) => {
                     let mut inputs = tvec![];
                     for &v in &node.inputs {
-                        inputs.push(match on_cpu.get(&v) {
+                        inputs.push(match on_cpu.get(&v).or_else(|| self.consts.get(&v)) {
                             Some(t) => t.clone(),
                             None => self.read(v).await?.into_tvalue(),
                         });
@@ -457,7 +458,7 @@ impl GpuModel {
         }
         let mut results = tvec![];
         for &v in &self.outputs {
-            results.push(match on_cpu.remove(&v) {
+            results.push(match on_cpu.remove(&v).or_else(|| self.consts.get(&v).cloned()) {
                 Some(t) => t.into_tensor(),
                 None => self.read(v).await?,
             });
