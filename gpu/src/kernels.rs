@@ -11,6 +11,8 @@ pub(crate) enum Kernel {
     Depthwise,
     Gemm,
     Conv,
+    Softmax,
+    Deconv,
 }
 
 pub(crate) struct Kernels {
@@ -28,7 +30,7 @@ const TILE: &str = include_str!("shaders/tile.wgsl");
 impl Kernels {
     pub(crate) fn compile(device: &wgpu::Device, tile: u32, flat: u32) -> Kernels {
         let tiling = TILE.replace("{{TS}}", &tile.to_string());
-        let sources: [(Kernel, &str, String); 8] = [
+        let sources: [(Kernel, &str, String); 10] = [
             (Kernel::Binary, "binary", format!("{COMMON}{}", include_str!("shaders/binary.wgsl"))),
             (Kernel::Unary, "unary", format!("{COMMON}{}", include_str!("shaders/unary.wgsl"))),
             (Kernel::Copy, "copy", format!("{COMMON}{}", include_str!("shaders/copy.wgsl"))),
@@ -41,6 +43,12 @@ impl Kernels {
             ),
             (Kernel::Gemm, "gemm", format!("{tiling}{}", include_str!("shaders/gemm.wgsl"))),
             (Kernel::Conv, "conv", format!("{tiling}{}", include_str!("shaders/conv.wgsl"))),
+            (
+                Kernel::Softmax,
+                "softmax",
+                format!("{COMMON}{}", include_str!("shaders/softmax.wgsl")),
+            ),
+            (Kernel::Deconv, "deconv", format!("{COMMON}{}", include_str!("shaders/deconv.wgsl"))),
         ];
         let flat_constants = [("WG", f64::from(flat))];
         let pipelines = sources

@@ -5,10 +5,12 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::array::TypedConcat;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
-use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PoolSpec, SumPool};
+use tract_onnx::tract_core::ops::cnn::{Conv, Deconv, KernelFormat, MaxPool, PoolSpec, SumPool};
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::element_wise::ElementWiseOp;
-use tract_onnx::tract_core::ops::nn::{DataFormat, Reduce, Reducer};
+use tract_onnx::tract_core::ops::nn::{
+    DataFormat, LeakyRelu, NearestUpsample, Reduce, Reducer, Softmax, SoftmaxKind,
+};
 
 use crate::kernels::{Kernel, Kernels};
 
@@ -77,8 +79,14 @@ pub(crate) fn lower(
             (true, false) => 3,
         };
         pool(&op.pool_spec, mode, inputs[0], output, t)
+    } else if let Some(op) = op.downcast_ref::<Deconv>() {
+        deconv(op, inputs, output, t)
     } else if let Some(op) = op.downcast_ref::<Reduce>() {
         reduce(op, inputs[0], t)
+    } else if let Some(op) = op.downcast_ref::<Softmax>() {
+        softmax(op, inputs[0], t)
+    } else if let Some(op) = op.downcast_ref::<NearestUpsample>() {
+        upsample(&op.scales, inputs[0], t)
     } else if let Some(op) = op.downcast_ref::<TypedConcat>() {
         concat(op.axis, inputs, output, t)
     } else if let Some(op) = op.downcast_ref::<AxisOp>() {
@@ -196,13 +204,22 @@ fn unary(op: &ElementWiseOp, output: &[usize], t: &Target<'_>) -> Lower {
         "Floor" => 10,
         "Ceil" => 11,
         "HardSwish" => 12,
+        "LeakyRelu" => 13,
+        "Silu" => 14,
+        "Erf" => 15,
+        "GeluExact" => 16,
+        "Sin" => 17,
+        "Cos" => 18,
+        "Round" => 19,
+        "RoundHalfToEven" => 20,
         other => return Err(format!("no GPU kernel for the element-wise op {other}")),
     };
+    let alpha = op.0.downcast_ref::<LeakyRelu>().map_or(0.0, |l| l.alpha);
     let total: usize = output.iter().product();
     Ok(vec![Launch {
         kernel: Kernel::Unary,
         reads: vec![Read::Input(0)],
-        params: vec![u(total)?, code],
+        params: vec![u(total)?, code, alpha.to_bits()],
         groups: flat_groups(total, t)?,
     }])
 }
@@ -457,10 +474,44 @@ fn reduce(op: &Reduce, input: &[usize], t: &Target<'_>) -> Lower {
         Reducer::MeanOfSquares => 4,
         other => return Err(format!("no GPU kernel for the {other:?} reduction")),
     };
+    let (total, params) = split_axes(input, &op.axes, code)?;
+    Ok(vec![Launch {
+        kernel: Kernel::Reduce,
+        reads: vec![Read::Input(0)],
+        params,
+        groups: flat_groups(total, t)?,
+    }])
+}
+
+fn softmax(op: &Softmax, input: &[usize], t: &Target<'_>) -> Lower {
+    if op.quant_output_dt.is_some() {
+        return Err("quantized softmax".into());
+    }
+    let log = match op.kind {
+        SoftmaxKind::Softmax => 0,
+        SoftmaxKind::LogSoftmax => 1,
+    };
+    let (total, params) = split_axes(input, &op.axes, log)?;
+    Ok(vec![Launch {
+        kernel: Kernel::Softmax,
+        reads: vec![Read::Input(0)],
+        params,
+        groups: flat_groups(total, t)?,
+    }])
+}
+
+/// Parameters of the kernels that walk some `axes` of `input` per position of the others
+/// (reduce, softmax): [kept count, code, kept shape/strides, reduced count, reduced
+/// shape/strides]. Returns the kept count too (one invocation each).
+fn split_axes(
+    input: &[usize],
+    axes: &[usize],
+    code: u32,
+) -> std::result::Result<(usize, Vec<u32>), String> {
     let strides = contiguous(input);
     let (mut kept, mut kept_strides, mut red, mut red_strides) = (vec![], vec![], vec![], vec![]);
     for (axis, (&dim, &stride)) in input.iter().zip(&strides).enumerate() {
-        if op.axes.contains(&axis) {
+        if axes.contains(&axis) {
             red.push(dim);
             red_strides.push(stride);
         } else {
@@ -478,12 +529,7 @@ fn reduce(op: &Reduce, input: &[usize], t: &Target<'_>) -> Lower {
     params.push(u(count)?);
     params.extend(rs);
     params.extend(rst);
-    Ok(vec![Launch {
-        kernel: Kernel::Reduce,
-        reads: vec![Read::Input(0)],
-        params,
-        groups: flat_groups(total, t)?,
-    }])
+    Ok((total, params))
 }
 
 fn copy(
@@ -538,4 +584,66 @@ fn transpose(from: usize, to: usize, input: &[usize], t: &Target<'_>) -> Lower {
         dst[a] = out_contig[j];
     }
     Ok(vec![copy(0, input, (0, &contiguous(input)), (0, &dst), t)?])
+}
+
+/// Nearest-neighbour upsampling by integer factors as a strided copy: each scaled axis d is
+/// split into (d, s) with source strides (stride, 0), so every input value is repeated.
+fn upsample(scales: &[usize], input: &[usize], t: &Target<'_>) -> Lower {
+    if scales.len() != input.len() || scales.contains(&0) {
+        return Err(format!("scales {scales:?} for shape {input:?}"));
+    }
+    let src = contiguous(input);
+    let (mut shape, mut strides) = (vec![], vec![]);
+    for ((&d, &s), &st) in input.iter().zip(scales).zip(&src) {
+        shape.push(d);
+        strides.push(st);
+        if s > 1 {
+            shape.push(s);
+            strides.push(0);
+        }
+    }
+    Ok(vec![copy(0, &shape, (0, &strides), (0, &contiguous(&shape)), t)?])
+}
+
+fn deconv(op: &Deconv, inputs: &[&[usize]], output: &[usize], t: &Target<'_>) -> Lower {
+    if op.kernel_format != KernelFormat::OIHW {
+        return Err(format!("{:?} kernels (OIHW only)", op.kernel_format));
+    }
+    let spec = &op.pool_spec;
+    let (_, c, hw) = nchw(spec.data_format, inputs[0])?;
+    let (n, o, [oh, ow]) = nchw(spec.data_format, output)?;
+    if spec.kernel_shape.len() != 2 {
+        return Err("only 2-D windows".into());
+    }
+    let groups = op.group;
+    let (cg, og) = (c / groups, o / groups);
+    let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
+    if inputs.get(1).copied() != Some(&[o, cg, kh, kw][..]) {
+        return Err(format!("kernel shape {:?}", inputs.get(1)));
+    }
+    let strides = spec.strides();
+    let dilations = spec.dilations();
+    let padding = spec
+        .padding
+        .compute_for_deconv(&hw, &spec.kernel_shape, &dilations, &strides, &op.adjustments)
+        .map_err(|e| format!("{e:#}"))?;
+    if [padding[0].deconvoluted, padding[1].deconvoluted] != [oh, ow] {
+        return Err("output size disagrees with the padding".into());
+    }
+    let bias: usize = inputs.get(2).map_or(0, |s| s.iter().product());
+    if bias != 0 && bias != 1 && bias != o {
+        return Err(format!("bias of {bias} values for {o} channels"));
+    }
+    let total = n * o * oh * ow;
+    let mut params = vec![u(total)?, u(o)?, u(hw[0])?, u(hw[1])?, u(oh)?, u(ow)?, u(kh)?, u(kw)?];
+    params.extend([u(strides[0])?, u(strides[1])?, u(dilations[0])?, u(dilations[1])?]);
+    params.extend([u(padding[0].pad_before)?, u(padding[1].pad_before)?]);
+    params.extend([u(bias)?, u(c)?, u(og)?, u(cg)?]);
+    let bias_read = if bias == 0 { Read::Nothing } else { Read::Input(2) };
+    Ok(vec![Launch {
+        kernel: Kernel::Deconv,
+        reads: vec![Read::Input(0), Read::Input(1), bias_read],
+        params,
+        groups: flat_groups(total, t)?,
+    }])
 }

@@ -11,11 +11,13 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::array::TypedConcat;
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
 use tract_onnx::tract_core::ops::cnn::{
-    Conv, KernelFormat, MaxPool, PaddingSpec, PoolSpec, SumPool,
+    Conv, Deconv, KernelFormat, MaxPool, PaddingSpec, PoolSpec, SumPool,
 };
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::math;
-use tract_onnx::tract_core::ops::nn::{self, DataFormat, Reduce, Reducer, Softmax, SoftmaxKind};
+use tract_onnx::tract_core::ops::nn::{
+    self, DataFormat, NearestUpsample, Reduce, Reducer, Softmax, SoftmaxKind,
+};
 
 const REL: f32 = 1e-4;
 
@@ -193,13 +195,24 @@ fn unary_ops_match_tract() {
         ("neg", math::neg()),
         ("square", math::square()),
         ("floor", math::floor()),
+        ("leaky relu", nn::leaky_relu(0.1)),
+        ("silu", nn::silu::silu()),
+        ("erf", math::erf()),
+        ("gelu", nn::gelu_exact::gelu_exact()),
+        ("sin", math::sin()),
+        ("cos", math::cos()),
+        ("round", math::round()),
+        ("round half to even", math::round_half_to_even()),
     ];
     for (name, op) in ops {
         let what = name.to_string();
         let mut m = TypedModel::default();
         let x = source(&mut m, &[3, 5, 67]);
         let y = m.wire_node(name, op, &[x]).expect("unary")[0];
-        let input = rng.tensor_map(&[3, 5, 67], |v| v * 8.0);
+        // Multiples of 0.25 among them, so the rounding modes meet exact halves.
+        let input = rng.tensor_map(&[3, 5, 67], |v| {
+            if name.starts_with("round") { (v * 32.0).round() / 4.0 } else { v * 8.0 }
+        });
         let plan = check(&what, finish(m, y), input, REL);
         all_on_gpu(&what, &plan);
     }
@@ -278,6 +291,97 @@ fn concat_moves_and_reshapes_match_tract() {
     all_on_gpu("concat/move/reshape", &plan);
 }
 
+#[test]
+fn softmax_matches_tract() {
+    let mut rng = Rng::new(8);
+    let shape = [2, 7, 5, 3];
+    let cases: &[(&[usize], SoftmaxKind)] = &[
+        (&[1], SoftmaxKind::Softmax),
+        (&[3], SoftmaxKind::Softmax),
+        (&[2, 3], SoftmaxKind::Softmax),
+        (&[1], SoftmaxKind::LogSoftmax),
+    ];
+    for (axes, kind) in cases {
+        let what = format!("softmax {axes:?} {kind:?}");
+        let mut m = TypedModel::default();
+        let x = source(&mut m, &shape);
+        let op =
+            Softmax { axes: axes.iter().copied().collect(), quant_output_dt: None, kind: *kind };
+        let y = m.wire_node("softmax", op, &[x]).expect("softmax")[0];
+        // Large logits: a kernel that skipped the max subtraction would overflow.
+        let plan = check(&what, finish(m, y), rng.tensor_map(&shape, |v| v * 60.0), REL);
+        all_on_gpu(&what, &plan);
+    }
+}
+
+#[test]
+fn nearest_upsampling_matches_tract() {
+    let mut rng = Rng::new(9);
+    for (shape, scales) in [
+        ([1, 3, 5, 7], [1, 1, 2, 2]),
+        ([2, 4, 3, 6], [1, 1, 4, 4]),
+        ([2, 2, 5, 3], [1, 1, 3, 1]),
+        ([1, 5, 4, 3], [2, 1, 1, 2]),
+    ] {
+        let what = format!("upsample {shape:?} by {scales:?}");
+        let mut m = TypedModel::default();
+        let x = source(&mut m, &shape);
+        let op = NearestUpsample { scales: scales.into_iter().collect() };
+        let y = m.wire_node("up", op, &[x]).expect("upsample")[0];
+        let plan = check(&what, finish(m, y), rng.tensor(&shape), REL);
+        all_on_gpu(&what, &plan);
+    }
+}
+
+#[test]
+fn transposed_convolutions_match_tract() {
+    let mut rng = Rng::new(10);
+    // (n, c, h, w, o, k, stride, pad, dilation, adjustments, group, bias 0/1/2)
+    #[allow(clippy::type_complexity)]
+    let cases: &[(
+        usize,
+        usize,
+        usize,
+        usize,
+        usize,
+        [usize; 2],
+        [usize; 2],
+        [usize; 4],
+        [usize; 2],
+        [usize; 2],
+        usize,
+        u8,
+    )] = &[
+        (1, 8, 5, 6, 4, [2, 2], [2, 2], [0, 0, 0, 0], [1, 1], [0, 0], 1, 2),
+        (2, 6, 7, 5, 9, [4, 4], [2, 2], [1, 1, 1, 1], [1, 1], [0, 0], 3, 1),
+        (1, 5, 6, 9, 7, [3, 3], [2, 2], [1, 1, 1, 1], [1, 1], [1, 1], 1, 0),
+        (1, 4, 5, 5, 3, [3, 2], [1, 3], [0, 1, 2, 0], [2, 1], [0, 2], 1, 2),
+        (2, 16, 9, 11, 16, [2, 2], [2, 2], [0, 0, 0, 0], [1, 1], [0, 0], 1, 2),
+    ];
+    for (i, &(n, c, h, w, o, k, stride, pad, dil, adj, group, bias)) in cases.iter().enumerate() {
+        let what = format!("deconv case {i}");
+        let mut m = TypedModel::default();
+        let shape = [n, c, h, w];
+        let x = source(&mut m, &shape);
+        let kernel = m.add_const("w", rng.tensor(&[o, c / group, k[0], k[1]])).expect("w");
+        let b = match bias {
+            2 => rng.tensor(&[o]),
+            1 => tensor0(rng.f()),
+            _ => tensor0(0f32),
+        };
+        let b = m.add_const("b", b).expect("b");
+        let op = Deconv {
+            pool_spec: spec(DataFormat::NCHW, k, pad, stride, dil, c, o),
+            kernel_format: KernelFormat::OIHW,
+            adjustments: adj.into_iter().collect(),
+            group,
+        };
+        let y = m.wire_node("deconv", op, &[x, kernel, b]).expect("deconv")[0];
+        let plan = check(&what, finish(m, y), rng.tensor(&shape), REL);
+        all_on_gpu(&what, &plan);
+    }
+}
+
 /// An op without a kernel runs on the CPU for that node only, the plan says so, and the
 /// result still matches.
 #[test]
@@ -287,17 +391,16 @@ fn an_op_without_a_kernel_falls_back_to_the_cpu_visibly() {
     let x = source(&mut m, &[2, 10, 6]);
     let c = m.add_const("c", rng.tensor(&[1, 10, 1])).expect("c");
     let y = m.wire_node("add", math::add(), &[x, c]).expect("add")[0];
-    let softmax = Softmax { axes: tvec![1], quant_output_dt: None, kind: SoftmaxKind::Softmax };
-    let y = m.wire_node("softmax", softmax, &[y]).expect("softmax")[0];
+    let y = m.wire_node("tan", math::tan(), &[y]).expect("tan")[0];
     let y = m.wire_node("sig", nn::sigmoid(), &[y]).expect("sigmoid")[0];
     let plan = check("fallback", finish(m, y), rng.tensor(&[2, 10, 6]), REL);
     let place = |name: &str| {
         plan.placements().iter().find(|p| p.node == name).expect("node").placement.clone()
     };
     assert!(matches!(place("add"), medinfer_gpu::Placement::Gpu { .. }));
-    match place("softmax") {
-        medinfer_gpu::Placement::Cpu { reason } => assert!(reason.contains("Softmax"), "{reason}"),
-        other => panic!("softmax should fall back, got {other:?}"),
+    match place("tan") {
+        medinfer_gpu::Placement::Cpu { reason } => assert!(reason.contains("Tan"), "{reason}"),
+        other => panic!("tan should fall back, got {other:?}"),
     }
     assert!(matches!(place("sig"), medinfer_gpu::Placement::Gpu { .. }));
 }
