@@ -126,6 +126,10 @@ enum Command {
         /// Requests computed at once (default: the number of cores).
         #[arg(long)]
         workers: Option<usize>,
+        /// What runs the models: tract's CPU plan, the GPU (wgpu: Vulkan/Metal/DX12;
+        /// preprocessing there too), or the GPU when a hardware adapter takes every model.
+        #[arg(long, value_enum, default_value_t = backend::Backend::Cpu)]
+        backend: backend::Backend,
         /// Requests that may wait for a worker before the server answers 503.
         #[arg(long, default_value_t = 64)]
         queue: usize,
@@ -185,6 +189,7 @@ fn main() -> std::process::ExitCode {
             config,
             models_dir,
             workers,
+            backend,
             queue,
             stop_on_stdin_eof,
         } => {
@@ -197,6 +202,7 @@ fn main() -> std::process::ExitCode {
                 sources,
                 models_dir: models::models_dir(models_dir),
                 workers,
+                backend,
                 queue,
                 stop_on_stdin_eof,
             })

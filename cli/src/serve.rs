@@ -153,6 +153,8 @@ pub struct ServeOptions {
     pub models_dir: PathBuf,
     /// Requests computing at once.
     pub workers: usize,
+    /// What runs the models.
+    pub backend: crate::backend::Backend,
     /// Requests waiting for a worker before the server answers 503.
     pub queue: usize,
     /// Also shut down when standard input closes.
@@ -195,8 +197,11 @@ pub fn serve(options: ServeOptions) -> Result<()> {
     let store_path = options.sources.data_dir.join("medinfer.redb");
     let kv = RedbKv::open(&store_path)
         .with_context(|| format!("cannot open the store {}", store_path.display()))?;
+    let mut registry = loaded.registry;
+    let backend = crate::backend::apply(&mut registry, options.backend)?;
+    tracing::info!(backend = %backend, "models placed");
     let service =
-        Service::new(config, loaded.registry, loaded.failures, Box::new(SystemPlatform::default()));
+        Service::new(config, registry, loaded.failures, Box::new(SystemPlatform::default()));
     let app = Arc::new(App {
         service,
         kv,

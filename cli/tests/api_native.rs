@@ -22,6 +22,37 @@ fn public_key_tokens_and_key_confusion() {
     api::public_key_tokens_and_key_confusion(Target::Native);
 }
 
+/// `serve --backend gpu` (lavapipe in CI): the models run on the wgpu executor, preprocessing
+/// included, and answer as the CPU oracle does.
+#[test]
+fn the_server_runs_the_models_on_the_gpu_backend() {
+    let server = Server::start_with(
+        Target::Native,
+        &temp_dir("gpu"),
+        &api::settings(),
+        &["--backend", "gpu"],
+    );
+    let c = server.client();
+    let op = api::bearer("operator");
+    let dicom = api::file(api::CHEST);
+    let png = api::chest_raster(medinfer_core::image::ImageFormat::Png);
+    let mut max = 0f64;
+    for (content_type, bytes) in [("application/dicom", &dicom), ("image/png", &png)] {
+        let r = c.post(&format!("/infer?model_id={}", api::FAST), content_type, bytes, Some(&op));
+        assert_eq!(r.status, 200, "{content_type}: {}", r.text());
+        let got = r.json()["predictions"].as_object().unwrap().clone();
+        let expected = api::oracle(bytes, api::FAST);
+        assert_eq!(got.len(), expected.len());
+        for (label, score) in &expected {
+            max = max.max((got[label].as_f64().unwrap() - score).abs());
+        }
+    }
+    println!("serve --backend gpu vs the CPU oracle: max |Δ| {max:.2e}");
+    assert!(max <= 1e-3, "max |Δ| {max}");
+    let log = server.log();
+    assert!(log.contains("backend: gpu"), "{log}");
+}
+
 /// The seed's Python example (50 chest X-rays, batch with priority, results by batch_id)
 /// and its curl example, verbatim apart from URL and token, against default limits.
 #[test]

@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use sha2::{Digest, Sha256};
 use tract_onnx::prelude::*;
 
-use crate::{Activation, Error, ModelManifest, Result};
+use crate::{Activation, Error, ModelManifest, Pixels, Result};
 
 type Plan = Arc<TypedRunnableModel>;
 
@@ -21,6 +21,14 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     /// Runs `model` on `batch` images whose inputs are concatenated in `input` (the model's
     /// layout) and returns the raw outputs, concatenated.
     fn run(&self, model: &LoadedModel, input: &[f32], batch: usize) -> Result<Vec<f32>>;
+    /// Preprocesses `images` (as [`crate::preprocess::preprocess_into`] would) and runs the
+    /// model on them, where the executor can do both (the GPU: the image is uploaded once and
+    /// resized, converted and normalised where the model runs). `None`: it cannot for these
+    /// images, and the caller preprocesses on the CPU and calls [`Executor::run`].
+    fn run_images(&self, model: &LoadedModel, images: &[&Pixels]) -> Option<Result<Vec<f32>>> {
+        let _ = (model, images);
+        None
+    }
 }
 
 /// A model ready to run: manifest + optimised tract plans. Cheap to share (`Arc` inside).
@@ -180,6 +188,19 @@ impl LoadedModel {
     pub fn input_len(&self) -> usize {
         let s = &self.manifest.input;
         (s.channels() * s.height() * s.width()) as usize
+    }
+
+    /// Preprocesses and runs `images` in the executor when it can ([`Executor::run_images`]);
+    /// `None` otherwise (tract's plan, or images the executor leaves to the CPU).
+    pub fn run_images(&self, images: &[&Pixels]) -> Option<Result<Vec<Vec<f32>>>> {
+        let flat = self.executor.as_ref()?.run_images(self, images)?;
+        let classes = self.manifest.output.labels.len();
+        Some(flat.and_then(|flat| {
+            if images.is_empty() || flat.len() != classes * images.len() {
+                return Err(Error::Inference { reason: "unexpected output size".into() });
+            }
+            Ok(flat.chunks_exact(classes).map(<[f32]>::to_vec).collect())
+        }))
     }
 
     /// Runs the model on `batch` images whose preprocessed inputs are concatenated in `input`

@@ -104,7 +104,8 @@ pub struct Timings {
 
 /// Runs `model` on `images` in chunks of at most `max_batch` (one tract run per chunk) and
 /// returns one prediction per image, with the preprocess and inference time of each chunk
-/// divided evenly among its images.
+/// divided evenly among its images. When the model's executor preprocesses too (the GPU),
+/// `preprocess_ms` is 0 and `infer_ms` includes it.
 pub fn predict(
     model: &LoadedModel,
     images: &[&Pixels],
@@ -115,6 +116,14 @@ pub fn predict(
     let mut out = Vec::with_capacity(images.len());
     for chunk in images.chunks(max_batch.max(1)) {
         let t0 = timer.now_ms();
+        let n = chunk.len() as f64;
+        if let Some(raw) = model.run_images(chunk) {
+            let raw = raw?;
+            let ms = (timer.now_ms() - t0) / n;
+            let timing = Timings { decode_ms: 0.0, preprocess_ms: 0.0, infer_ms: ms, total_ms: ms };
+            out.extend(raw.iter().map(|r| (model.postprocess(r), timing)));
+            continue;
+        }
         let mut input = vec![0f32; per * chunk.len()];
         for (px, dst) in chunk.iter().zip(input.chunks_exact_mut(per)) {
             preprocess_into(px, model.manifest(), dst);
@@ -122,7 +131,6 @@ pub fn predict(
         let t1 = timer.now_ms();
         let raw = model.run_raw(input, chunk.len())?;
         let t2 = timer.now_ms();
-        let n = chunk.len() as f64;
         for r in raw {
             let timing = Timings {
                 decode_ms: 0.0,

@@ -14,7 +14,7 @@ pub fn resize(px: &Pixels, width: u32, height: u32) -> Pixels {
     let c = px.channels as usize;
     let (iw, ih, ow, oh) = (px.width as usize, px.height as usize, width as usize, height as usize);
     // Horizontal pass: ih rows of ow pixels.
-    let hx = coefficients(iw, ow);
+    let hx = resample_weights(iw, ow);
     let mut tmp = vec![0f32; ih * ow * c];
     for y in 0..ih {
         let row = &px.data[y * iw * c..(y + 1) * iw * c];
@@ -29,7 +29,7 @@ pub fn resize(px: &Pixels, width: u32, height: u32) -> Pixels {
         }
     }
     // Vertical pass.
-    let hy = coefficients(ih, oh);
+    let hy = resample_weights(ih, oh);
     let mut out = vec![0f32; oh * ow * c];
     for (y, (start, weights)) in hy.iter().enumerate() {
         let dst = &mut out[y * ow * c..(y + 1) * ow * c];
@@ -43,8 +43,10 @@ pub fn resize(px: &Pixels, width: u32, height: u32) -> Pixels {
     Pixels { width, height, channels: px.channels, data: out }
 }
 
-/// For each output index: the first input index and the normalised weights.
-fn coefficients(input: usize, output: usize) -> Vec<(usize, Vec<f32>)> {
+/// The resampling filter of [`resize`] along one axis of `input` samples resized to `output`:
+/// for each output index, the first input index and the normalised weights. Public so that
+/// the GPU executor resamples with exactly these weights.
+pub fn resample_weights(input: usize, output: usize) -> Vec<(usize, Vec<f32>)> {
     let scale = input as f64 / output as f64;
     let filter_scale = scale.max(1.0);
     let support = filter_scale; // triangle filter radius 1, widened when downscaling
@@ -116,15 +118,25 @@ pub fn preprocess_into(px: &Pixels, manifest: &ModelManifest, out: &mut [f32]) {
     }
 }
 
+/// Where an image of `width × height` lands in the model's `w × h` input: its resized size and
+/// its offset (`resize` mode: stretched over all of it; `letterbox`: aspect kept, centred).
+pub fn placement(width: u32, height: u32, w: u32, h: u32, mode: ResizeMode) -> [u32; 4] {
+    match mode {
+        ResizeMode::Stretch => [w, h, 0, 0],
+        ResizeMode::Letterbox => {
+            let s = (f64::from(w) / f64::from(width)).min(f64::from(h) / f64::from(height));
+            let sw = ((f64::from(width) * s).round() as u32).clamp(1, w);
+            let sh = ((f64::from(height) * s).round() as u32).clamp(1, h);
+            [sw, sh, (w - sw) / 2, (h - sh) / 2]
+        }
+    }
+}
+
 fn letterbox(px: &Pixels, w: u32, h: u32) -> Pixels {
-    let s = (w as f64 / px.width as f64).min(h as f64 / px.height as f64);
-    let (sw, sh) = (
-        ((px.width as f64 * s).round() as u32).clamp(1, w),
-        ((px.height as f64 * s).round() as u32).clamp(1, h),
-    );
+    let [sw, sh, ox, oy] = placement(px.width, px.height, w, h, ResizeMode::Letterbox);
     let small = resize(px, sw, sh);
     let c = px.channels as usize;
-    let (ox, oy) = (((w - sw) / 2) as usize, ((h - sh) / 2) as usize);
+    let (ox, oy) = (ox as usize, oy as usize);
     let mut data = vec![0f32; w as usize * h as usize * c];
     for y in 0..sh as usize {
         let src = &small.data[y * sw as usize * c..(y + 1) * sw as usize * c];

@@ -13,6 +13,8 @@ pub(crate) enum Kernel {
     Conv,
     Softmax,
     Deconv,
+    ResizeH,
+    Fit,
 }
 
 pub(crate) struct Kernels {
@@ -30,7 +32,7 @@ const TILE: &str = include_str!("shaders/tile.wgsl");
 impl Kernels {
     pub(crate) fn compile(device: &wgpu::Device, tile: u32, flat: u32) -> Kernels {
         let tiling = TILE.replace("{{TS}}", &tile.to_string());
-        let sources: [(Kernel, &str, String); 10] = [
+        let sources: [(Kernel, &str, String); 12] = [
             (Kernel::Binary, "binary", format!("{COMMON}{}", include_str!("shaders/binary.wgsl"))),
             (Kernel::Unary, "unary", format!("{COMMON}{}", include_str!("shaders/unary.wgsl"))),
             (Kernel::Copy, "copy", format!("{COMMON}{}", include_str!("shaders/copy.wgsl"))),
@@ -49,6 +51,12 @@ impl Kernels {
                 format!("{COMMON}{}", include_str!("shaders/softmax.wgsl")),
             ),
             (Kernel::Deconv, "deconv", format!("{COMMON}{}", include_str!("shaders/deconv.wgsl"))),
+            (
+                Kernel::ResizeH,
+                "resize_h",
+                format!("{COMMON}{}", include_str!("shaders/resize_h.wgsl")),
+            ),
+            (Kernel::Fit, "fit", format!("{COMMON}{}", include_str!("shaders/fit.wgsl"))),
         ];
         let flat_constants = [("WG", f64::from(flat))];
         let pipelines = sources

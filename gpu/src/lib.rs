@@ -4,22 +4,29 @@
 //!
 //! [`GpuModel::new`] walks a decluttered, concrete-shaped [`TypedModel`] and lowers every node
 //! it has a kernel for (convolution incl. grouped/depthwise, EinSum/matmul, broadcasting
-//! binary ops, unary activations, reductions, max/sum/average pooling, concat, axis moves and
-//! reshapes) to WGSL dispatches; intermediates stay in GPU buffers, reused across nodes by a
+//! binary ops, unary activations, reductions, softmax, max/sum/average pooling, transposed
+//! convolution, nearest upsampling, concat, axis moves and reshapes) to WGSL dispatches; intermediates stay in GPU buffers, reused across nodes by a
 //! liveness plan and across runs. A node without a kernel runs on the CPU through tract, with
 //! its inputs read back and its outputs uploaded — and the [`GpuModel::placements`] report says
-//! so, node by node. Running is `async` (WebGPU maps buffers asynchronously); natively
-//! [`block_on`] drives it.
+//! so, node by node. [`GpuModel::run_images`] preprocesses on the GPU too (resize, channels,
+//! normalisation, layout, with `core`'s filter weights). Running is `async` (WebGPU maps
+//! buffers asynchronously); natively [`block_on`] drives it, and [`GpuExecutor`] plugs it
+//! into `core` as an `Executor`.
 //!
 //! [`TypedModel`]: tract_onnx::prelude::TypedModel
 
 mod device;
+#[cfg(not(target_arch = "wasm32"))]
+mod executor;
 mod kernels;
 mod lower;
 mod model;
+mod preprocess;
 mod sync;
 
 pub use device::{AdapterSummary, Gpu};
+#[cfg(not(target_arch = "wasm32"))]
+pub use executor::GpuExecutor;
 pub use model::{GpuModel, NodePlacement, Placement};
 #[cfg(not(target_arch = "wasm32"))]
 pub use sync::block_on;

@@ -108,7 +108,7 @@ fn u(v: usize) -> std::result::Result<u32, String> {
 }
 
 /// Workgroups for `total` one-value-per-invocation work, folded into x·y.
-fn flat_groups(total: usize, t: &Target<'_>) -> std::result::Result<[u32; 3], String> {
+pub(crate) fn flat_groups(total: usize, t: &Target<'_>) -> std::result::Result<[u32; 3], String> {
     let groups = total.div_ceil(t.kernels.flat as usize).max(1);
     let x = groups.min(t.max_groups as usize);
     let y = groups.div_ceil(x);

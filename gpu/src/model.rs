@@ -1,7 +1,9 @@
 //! A model planned for the GPU: buffers, bind groups and the ordered steps of a run.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use medinfer_core::{ModelManifest, Pixels};
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::konst::Const;
@@ -9,6 +11,7 @@ use tract_onnx::tract_core::ops::source::TypedSource;
 
 use crate::kernels::Kernel;
 use crate::lower::{Lowered, Read, Target, lower};
+use crate::preprocess::{Fit, Scratch};
 use crate::sync::oneshot;
 use crate::{Error, Gpu, Result};
 
@@ -73,7 +76,9 @@ pub struct GpuModel {
     input: usize,
     outputs: Vec<usize>,
     placements: Vec<NodePlacement>,
-    running: Mutex<()>,
+    /// Held by a run (buffers are shared by every run of the plan), with the preprocessing
+    /// scratch buffers it reuses.
+    running: Mutex<Scratch>,
 }
 
 impl std::fmt::Debug for GpuModel {
@@ -347,7 +352,7 @@ impl GpuModel {
             input,
             outputs,
             placements,
-            running: Mutex::new(()),
+            running: Mutex::default(),
         })
     }
 
@@ -390,7 +395,7 @@ impl GpuModel {
     }
 
     /// Runs the model on `input` (f32, [`Self::input_shape`]) and returns its outputs.
-    #[allow(clippy::await_holding_lock)] // deliberate: see the comment on the lock
+    #[allow(clippy::await_holding_lock)] // deliberate: see `lock`
     pub async fn run(&self, input: &Tensor) -> Result<TVec<Tensor>> {
         if input.shape() != self.input_shape() || input.datum_type() != f32::datum_type() {
             return Err(Error::Execution(format!(
@@ -400,23 +405,55 @@ impl GpuModel {
                 self.input_shape()
             )));
         }
-        // Buffers are shared by every run of the plan: one at a time. Natively a second caller
-        // blocks here (each run is driven to completion on its own thread by `block_on`); in
-        // the browser's single thread waiting would never end, so a concurrent run is refused.
+        let _running = self.lock()?;
+        if let Some(s) = self.values[self.input].storage {
+            self.gpu.queue.write_buffer(&self.buffers[s], 0, &f32_bytes(input)?);
+        }
+        self.execute(Some(input.clone().into_tvalue())).await
+    }
+
+    /// Preprocesses `images` on the GPU as `manifest` says (resize, channels, normalisation,
+    /// layout: the same definition and weights as `core`'s CPU path) straight into the input
+    /// buffer, then runs the model — one upload per image, at its decoded size. The plan's
+    /// batch must be `images.len()`. [`Error::Limits`] when an image exceeds the adapter's
+    /// buffer limits (then preprocess on the CPU and call [`Self::run`]).
+    #[allow(clippy::await_holding_lock)] // deliberate: see `lock`
+    pub async fn run_images(
+        &self,
+        images: &[&Pixels],
+        manifest: &ModelManifest,
+    ) -> Result<TVec<Tensor>> {
+        let fit = Fit::new(manifest, self.input_shape(), images.len())?;
+        let mut scratch = self.lock()?;
+        let storage = self.values[self.input]
+            .storage
+            .ok_or_else(|| Error::Execution("the input is not on the GPU".into()))?;
+        fit.encode(&self.gpu, &mut scratch, images, &self.buffers[storage])?;
+        self.execute(None).await
+    }
+
+    /// Buffers are shared by every run of the plan: one at a time. Natively a second caller
+    /// blocks here (each run is driven to completion on its own thread by `block_on`); in
+    /// the browser's single thread waiting would never end, so a concurrent run is refused.
+    fn lock(&self) -> Result<MutexGuard<'_, Scratch>> {
         #[cfg(not(target_arch = "wasm32"))]
-        let _one_at_a_time = self.running.lock().unwrap_or_else(|p| p.into_inner());
+        return Ok(self.running.lock().unwrap_or_else(|p| p.into_inner()));
         #[cfg(target_arch = "wasm32")]
-        let _one_at_a_time = self
+        return self
             .running
             .try_lock()
-            .map_err(|_| Error::Execution("the model is already running".into()))?;
+            .map_err(|_| Error::Execution("the model is already running".into()));
+    }
+
+    /// Runs the steps once the input buffer holds this run's input; `input` is its CPU copy
+    /// when there is one (a CPU node reading the input then needs no read-back).
+    async fn execute(&self, input: Option<TValue>) -> Result<TVec<Tensor>> {
         let gpu = &self.gpu;
-        if let Some(s) = self.values[self.input].storage {
-            gpu.queue.write_buffer(&self.buffers[s], 0, &f32_bytes(input)?);
-        }
         // Values a CPU node produced this run (constants are looked up in place, not copied).
         let mut on_cpu: HashMap<usize, TValue> = HashMap::new();
-        on_cpu.insert(self.input, input.clone().into_tvalue());
+        if let Some(input) = input {
+            on_cpu.insert(self.input, input);
+        }
         for step in &self.steps {
             match step {
                 Step::Gpu(dispatches) => {
@@ -509,7 +546,7 @@ fn f32_bytes(t: &Tensor) -> Result<Vec<u8>> {
     Ok(view.iter().flat_map(|v| v.to_le_bytes()).collect())
 }
 
-fn params_buffer(gpu: &Gpu, params: &[u32]) -> wgpu::Buffer {
+pub(crate) fn params_buffer(gpu: &Gpu, params: &[u32]) -> wgpu::Buffer {
     let bytes: Vec<u8> = params.iter().flat_map(|v| v.to_le_bytes()).collect();
     let buffer = gpu.device.create_buffer(&wgpu::BufferDescriptor {
         label: Some("params"),

@@ -654,32 +654,38 @@ impl Engine {
         wasm_bindgen_futures::future_to_promise(async move {
             let fail = |e: medinfer_core::Error| core_error(&e);
             let t0 = performance_now();
-            let mut input = vec![0f32; model.input_len()];
-            medinfer_core::preprocess::preprocess_into(
-                &decoded.pixels,
-                model.manifest(),
-                &mut input,
-            );
-            let t1 = performance_now();
             let plan = state.plan(&model).map_err(fail)?;
-            let tensor = tract_onnx::prelude::Tensor::from_shape(plan.input_shape(), &input)
-                .map_err(|e| js_error("inference.failed", &format!("{e:#}")))?;
-            let outputs = plan
-                .run(&tensor)
-                .await
-                .map_err(|e| js_error("inference.failed", &e.to_string()))?;
+            // Preprocessing runs on the GPU too (the decoded image is uploaded once); only an
+            // image beyond the adapter's buffer limits is preprocessed here instead.
+            let outputs = match plan.run_images(&[&decoded.pixels], model.manifest()).await {
+                Err(medinfer_gpu::Error::Limits(_)) => {
+                    let mut input = vec![0f32; model.input_len()];
+                    medinfer_core::preprocess::preprocess_into(
+                        &decoded.pixels,
+                        model.manifest(),
+                        &mut input,
+                    );
+                    let tensor =
+                        tract_onnx::prelude::Tensor::from_shape(plan.input_shape(), &input)
+                            .map_err(|e| js_error("inference.failed", &format!("{e:#}")))?;
+                    plan.run(&tensor).await
+                }
+                other => other,
+            }
+            .map_err(|e| js_error("inference.failed", &e.to_string()))?;
             let raw: Vec<f32> = outputs[0]
                 .to_plain_array_view::<f32>()
                 .map_err(|e| js_error("inference.failed", &format!("{e:#}")))?
                 .iter()
                 .copied()
                 .collect();
-            let t2 = performance_now();
+            let t1 = performance_now();
+            // On the GPU, preprocessing is part of the model run's time.
             let timing = medinfer_core::Timings {
                 decode_ms,
-                preprocess_ms: t1 - t0,
-                infer_ms: t2 - t1,
-                total_ms: decode_ms + (t2 - t0),
+                preprocess_ms: 0.0,
+                infer_ms: t1 - t0,
+                total_ms: decode_ms + (t1 - t0),
             };
             let result =
                 seal(&model, &decoded, model.postprocess(&raw), timing, opts.batch_id.as_deref())

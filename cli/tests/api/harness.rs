@@ -38,6 +38,16 @@ impl Server {
     /// Starts `target` with `settings` (service configuration names and values), keeping its
     /// state in `data_dir`.
     pub fn start(target: Target, data_dir: &Path, settings: &[(&str, String)]) -> Server {
+        Server::start_with(target, data_dir, settings, &[])
+    }
+
+    /// [`Server::start`] with extra command-line arguments.
+    pub fn start_with(
+        target: Target,
+        data_dir: &Path,
+        settings: &[(&str, String)],
+        args: &[&str],
+    ) -> Server {
         std::fs::create_dir_all(data_dir).unwrap();
         let root = super::root();
         let log = std::fs::File::create(data_dir.join("server.log")).unwrap();
@@ -68,6 +78,7 @@ impl Server {
                 cmd
             }
         };
+        cmd.args(args);
         // Never inherit configuration from the developer's shell.
         for (k, _) in std::env::vars() {
             if k.starts_with("MEDINFER_") && k != "MEDINFER_LOG" {
