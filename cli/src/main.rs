@@ -20,6 +20,15 @@ use serde_json::json;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Threads for the models' matrix products and convolutions on the CPU (default: the
+    /// machine's cores; 1: the calling thread only).
+    #[arg(long, global = true)]
+    threads: Option<usize>,
+}
+
+/// The thread count `--threads` asks for, else the machine's.
+fn threads(cli: Option<usize>) -> usize {
+    cli.unwrap_or_else(|| std::thread::available_parallelism().map(usize::from).unwrap_or(1)).max(1)
 }
 
 #[derive(Subcommand, Debug)]
@@ -176,6 +185,8 @@ impl Timer for Clock {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let threads = threads(cli.threads);
+    medinfer_core::set_threads(threads);
     let result = match cli.command {
         Command::Infer { paths, model, json, frame, batch, backend, models_dir } => {
             infer(&paths, model.as_deref(), json, frame, batch, backend, models_dir)
@@ -216,7 +227,7 @@ fn main() -> std::process::ExitCode {
             })
         }
         Command::Bench { file, iterations, json, backend, batch, models_dir } => {
-            bench(&file, iterations, json, backend, batch, models_dir)
+            bench(&file, iterations, json, backend, batch, threads, models_dir)
         }
         Command::Deid { input, output, options, key_file, pixels, models_dir, report } => (|| {
             use medinfer_core::deid::{DeidOptions, PixelCleaning};
@@ -523,6 +534,7 @@ fn bench(
     as_json: bool,
     backend: backend::Backend,
     batch: usize,
+    threads: usize,
     models_dir: Option<PathBuf>,
 ) -> Result<bool> {
     let bytes = std::fs::read(file)?;
@@ -557,6 +569,7 @@ fn bench(
         let load = load_ms.iter().find(|(m, _)| m == id).map_or(0.0, |l| l.1);
         rows.push(json!({
             "model_id": id, "iterations": iterations, "load_ms": load, "batch": batch,
+            "threads": threads,
             "backend": model.backend(), "backend_detail": backend_line,
             "first_run_ms": first_run_ms,
             "infer_ms": {"median": i50, "p90": i90, "min": imin},

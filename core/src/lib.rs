@@ -58,3 +58,16 @@ pub use validate::{DType, Limits, validate_samples};
 
 /// Re-exported so that leaves can name the image crate's types without a second version.
 pub use image;
+
+/// Runs tract's matrix products (convolutions included) on `threads` threads of a dedicated
+/// pool from now on; 0 or 1: on the calling thread only (the default). Native builds with the
+/// `threads` feature; one process-wide setting.
+#[cfg(feature = "threads")]
+pub fn set_threads(threads: usize) {
+    use tract_linalg::multithread::{Executor, set_default_executor};
+    set_default_executor(if threads <= 1 {
+        Executor::SingleThread
+    } else {
+        Executor::multithread(threads)
+    });
+}

@@ -32,11 +32,13 @@ fn test_vector() -> Vec<f32> {
     bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect()
 }
 
-fn classifier(id: &str) {
+/// `id` at each of `batches` against the CPU; with `rerun`, a second run reuses the buffers
+/// and must be bit-identical.
+fn classifier(id: &str, batches: &[usize], rerun: bool) {
     let model = load(id);
     let input = test_vector();
     let per = input.len() / 2;
-    for batch in [1, 2] {
+    for &batch in batches {
         let data = input[..per * batch].to_vec();
         let cpu = model.run_raw(data.clone(), batch).expect("cpu run").concat();
         let typed = model.typed_for_batch(batch).expect("typed");
@@ -51,20 +53,24 @@ fn classifier(id: &str) {
             plan.gpu_bytes() >> 20
         );
         assert!(d <= TOL, "{id} batch {batch}: max |Δ| {d} > {TOL}");
-        // A second run reuses every buffer and gives the same answer.
-        let again = block_on(plan.run(&tensor)).expect("second run");
-        assert_eq!(diff(&again[0], &out[0]).0, 0.0, "{id}: runs differ");
+        if rerun {
+            let again = block_on(plan.run(&tensor)).expect("second run");
+            assert_eq!(diff(&again[0], &out[0]).0, 0.0, "{id}: runs differ");
+        }
     }
 }
 
 #[test]
 fn mobilenetv2_runs_fully_on_the_gpu_with_parity() {
-    classifier("mobilenetv2-chexnet");
+    classifier("mobilenetv2-chexnet", &[1, 2], true);
 }
 
 #[test]
 fn densenet121_runs_fully_on_the_gpu_with_parity() {
-    classifier("densenet121-chexnet");
+    // Batch 2 only, one run: DenseNet is the slowest model on lavapipe (CI's CPU-side
+    // Vulkan). Its batch-1 plan uses the same kernels with the batch as an outer index, which
+    // MobileNetV2 covers at batch 1 and 2, buffer reuse included.
+    classifier("densenet121-chexnet", &[2], false);
 }
 
 #[test]
