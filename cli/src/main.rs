@@ -108,9 +108,13 @@ enum Command {
         /// hardware GPU when present, else the CPU).
         #[arg(long, value_enum, default_value = "cpu")]
         backend: backend::Backend,
-        /// Images per model run (the image repeated); timings are per run.
+        /// Images per timed run, each decoded from the file (end to end: decode, preprocess,
+        /// model, result); timings are per run.
         #[arg(long, default_value_t = 1)]
         batch: usize,
+        /// Images per model run within a batch (default: the whole batch, at most 16).
+        #[arg(long)]
+        chunk: Option<usize>,
         /// Models folder (default: $MEDINFER_MODELS, else ./models).
         #[arg(long)]
         models_dir: Option<PathBuf>,
@@ -226,8 +230,10 @@ fn main() -> std::process::ExitCode {
                 true
             })
         }
-        Command::Bench { file, iterations, json, backend, batch, models_dir } => {
-            bench(&file, iterations, json, backend, batch, threads, models_dir)
+        Command::Bench { file, iterations, json, backend, batch, chunk, models_dir } => {
+            let batch = batch.max(1);
+            let chunk = chunk.unwrap_or(batch.min(16)).clamp(1, batch);
+            bench(&file, iterations, json, backend, [batch, chunk, threads], models_dir)
         }
         Command::Deid { input, output, options, key_file, pixels, models_dir, report } => (|| {
             use medinfer_core::deid::{DeidOptions, PixelCleaning};
@@ -533,8 +539,7 @@ fn bench(
     iterations: usize,
     as_json: bool,
     backend: backend::Backend,
-    batch: usize,
-    threads: usize,
+    [batch, chunk, threads]: [usize; 3],
     models_dir: Option<PathBuf>,
 ) -> Result<bool> {
     let bytes = std::fs::read(file)?;
@@ -544,16 +549,17 @@ fn bench(
     eprintln!("{backend_line}");
     let clock = Clock(Instant::now());
     let limits = Limits::default();
-    let batch = batch.max(1);
     let mut rows = Vec::new();
     for model in registry.iter() {
         let id = &model.manifest().id;
-        // One run: decode, then the image `batch` times through one model run.
+        // One run: `batch` images, each decoded, then through the model `chunk` at a time.
         let run = || -> Result<(f64, f64)> {
             let t0 = clock.now_ms();
-            let decoded = medinfer_core::decode(&bytes, &limits, &DecodeOptions::default())?;
-            let images = vec![&decoded.pixels; batch];
-            let results = medinfer_core::predict(model, &images, batch, &clock)?;
+            let decoded = (0..batch)
+                .map(|_| medinfer_core::decode(&bytes, &limits, &DecodeOptions::default()))
+                .collect::<medinfer_core::Result<Vec<_>>>()?;
+            let images: Vec<_> = decoded.iter().map(|d| &d.pixels).collect();
+            let results = medinfer_core::predict(model, &images, chunk, &clock)?;
             let infer: f64 = results.iter().map(|(_, t)| t.infer_ms).sum();
             Ok((clock.now_ms() - t0, infer))
         };
@@ -569,7 +575,7 @@ fn bench(
         let load = load_ms.iter().find(|(m, _)| m == id).map_or(0.0, |l| l.1);
         rows.push(json!({
             "model_id": id, "iterations": iterations, "load_ms": load, "batch": batch,
-            "threads": threads,
+            "chunk": chunk, "threads": threads,
             "backend": model.backend(), "backend_detail": backend_line,
             "first_run_ms": first_run_ms,
             "infer_ms": {"median": i50, "p90": i90, "min": imin},
@@ -581,10 +587,12 @@ fn bench(
         return Ok(true);
     }
     println!(
-        "file: {} ({} runs per model, {} image(s) per run, threads: 1; ms per run)",
+        "file: {} ({} runs per model, {} image(s) per run in model runs of {}, threads: {}; ms per run)",
         file.display(),
         iterations,
-        batch
+        batch,
+        chunk,
+        threads
     );
     println!(
         "{:<24} {:>9} {:>12} {:>12} {:>12} {:>12}",

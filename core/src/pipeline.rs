@@ -102,7 +102,8 @@ pub struct Timings {
     pub total_ms: f64,
 }
 
-/// Runs `model` on `images` in chunks of at most `max_batch` (one tract run per chunk) and
+/// Runs `model` on `images` in chunks of at most `max_batch` (one executor run per chunk on
+/// the GPU; tract's CPU plan takes a chunk image by image, see [`LoadedModel`]) and
 /// returns one prediction per image, with the preprocess and inference time of each chunk
 /// divided evenly among its images. When the model's executor preprocesses too (the GPU),
 /// `preprocess_ms` is 0 and `infer_ms` includes it.
