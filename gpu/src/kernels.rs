@@ -28,6 +28,7 @@ pub(crate) struct Kernels {
 
 const COMMON: &str = include_str!("shaders/common.wgsl");
 const TILE: &str = include_str!("shaders/tile.wgsl");
+const AXES: &str = include_str!("shaders/axes.wgsl");
 
 impl Kernels {
     pub(crate) fn compile(device: &wgpu::Device, tile: u32, flat: u32) -> Kernels {
@@ -36,7 +37,11 @@ impl Kernels {
             (Kernel::Binary, "binary", format!("{COMMON}{}", include_str!("shaders/binary.wgsl"))),
             (Kernel::Unary, "unary", format!("{COMMON}{}", include_str!("shaders/unary.wgsl"))),
             (Kernel::Copy, "copy", format!("{COMMON}{}", include_str!("shaders/copy.wgsl"))),
-            (Kernel::Reduce, "reduce", format!("{COMMON}{}", include_str!("shaders/reduce.wgsl"))),
+            (
+                Kernel::Reduce,
+                "reduce",
+                format!("{COMMON}{AXES}{}", include_str!("shaders/reduce.wgsl")),
+            ),
             (Kernel::Pool, "pool", format!("{COMMON}{}", include_str!("shaders/pool.wgsl"))),
             (
                 Kernel::Depthwise,
@@ -48,7 +53,7 @@ impl Kernels {
             (
                 Kernel::Softmax,
                 "softmax",
-                format!("{COMMON}{}", include_str!("shaders/softmax.wgsl")),
+                format!("{COMMON}{AXES}{}", include_str!("shaders/softmax.wgsl")),
             ),
             (Kernel::Deconv, "deconv", format!("{COMMON}{}", include_str!("shaders/deconv.wgsl"))),
             (

@@ -306,29 +306,9 @@ impl GpuModel {
                                 Read::Nothing => &gpu.dummy,
                             });
                         }
-                        let mut entries: Vec<wgpu::BindGroupEntry<'_>> = buffers_read
-                            .iter()
-                            .enumerate()
-                            .map(|(i, b)| wgpu::BindGroupEntry {
-                                binding: i as u32,
-                                resource: b.as_entire_binding(),
-                            })
-                            .collect();
-                        let k = entries.len() as u32;
-                        entries.push(wgpu::BindGroupEntry {
-                            binding: k,
-                            resource: buffers[out].as_entire_binding(),
-                        });
-                        entries.push(wgpu::BindGroupEntry {
-                            binding: k + 1,
-                            resource: params.as_entire_binding(),
-                        });
-                        let pipeline = gpu.kernels.pipeline(launch.kernel);
-                        let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                            label: None,
-                            layout: &pipeline.get_bind_group_layout(0),
-                            entries: &entries,
-                        });
+                        buffers_read.push(&buffers[out]);
+                        buffers_read.push(&params);
+                        let bind_group = bind(&gpu, launch.kernel, &buffers_read);
                         dispatches.push(Dispatch {
                             kernel: launch.kernel,
                             bind_group,
@@ -544,6 +524,20 @@ impl GpuModel {
 fn f32_bytes(t: &Tensor) -> Result<Vec<u8>> {
     let view = t.to_plain_array_view::<f32>().map_err(|e| Error::Execution(format!("{e:#}")))?;
     Ok(view.iter().flat_map(|v| v.to_le_bytes()).collect())
+}
+
+/// A bind group for `kernel` with `buffers` at bindings 0, 1, 2… (reads, output, params).
+pub(crate) fn bind(gpu: &Gpu, kernel: Kernel, buffers: &[&wgpu::Buffer]) -> wgpu::BindGroup {
+    let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
+        .iter()
+        .enumerate()
+        .map(|(i, b)| wgpu::BindGroupEntry { binding: i as u32, resource: b.as_entire_binding() })
+        .collect();
+    gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
+        label: None,
+        layout: &gpu.kernels.pipeline(kernel).get_bind_group_layout(0),
+        entries: &entries,
+    })
 }
 
 pub(crate) fn params_buffer(gpu: &Gpu, params: &[u32]) -> wgpu::Buffer {

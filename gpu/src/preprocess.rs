@@ -10,7 +10,7 @@ use medinfer_core::{Layout, ModelManifest, Pixels};
 use crate::device::Gpu;
 use crate::kernels::Kernel;
 use crate::lower::{Target, flat_groups};
-use crate::model::params_buffer as words;
+use crate::model::{bind, params_buffer as words};
 use crate::{Error, Result};
 
 /// Buffers kept between runs (the largest image so far decides their size).
@@ -135,19 +135,7 @@ impl Fit {
                 let mut pass = encoder.begin_compute_pass(&Default::default());
                 for (kernel, buffers, g) in &passes {
                     let pipeline = gpu.kernels.pipeline(*kernel);
-                    let entries: Vec<wgpu::BindGroupEntry<'_>> = buffers
-                        .iter()
-                        .enumerate()
-                        .map(|(i, b)| wgpu::BindGroupEntry {
-                            binding: i as u32,
-                            resource: b.as_entire_binding(),
-                        })
-                        .collect();
-                    let bind_group = gpu.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: Some("preprocess"),
-                        layout: &pipeline.get_bind_group_layout(0),
-                        entries: &entries,
-                    });
+                    let bind_group = bind(gpu, *kernel, buffers);
                     pass.set_pipeline(pipeline);
                     pass.set_bind_group(0, &bind_group, &[]);
                     pass.dispatch_workgroups(g[0], g[1], g[2]);

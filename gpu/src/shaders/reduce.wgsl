@@ -10,14 +10,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         @builtin(local_invocation_index) lid: u32) {
     let i = flat_index(wid, nwg, lid);
     if (i >= p[0]) { return; }
-    var rem = i;
-    var base = 0u;
-    for (var d = 0u; d < 6u; d++) {
-        let axis = 5u - d;
-        let dim = p[2u + axis];
-        base += (rem % dim) * p[8u + axis];
-        rem = rem / dim;
-    }
+    let base = kept_base(i);
     let op = p[1];
     let count = p[14];
     var acc: f32;
@@ -28,15 +21,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         default: { acc = 0.0; }
     }
     for (var j = 0u; j < count; j++) {
-        var r = j;
-        var off = base;
-        for (var d = 0u; d < 6u; d++) {
-            let axis = 5u - d;
-            let dim = p[15u + axis];
-            off += (r % dim) * p[21u + axis];
-            r = r / dim;
-        }
-        let v = x[off];
+        let v = x[reduced_offset(base, j)];
         switch op {
             case 1u: { acc = max(acc, v); }
             case 2u: { acc = min(acc, v); }

@@ -6,46 +6,27 @@
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 @group(0) @binding(2) var<storage, read> p: array<u32>;
 
-fn offset(base: u32, j: u32) -> u32 {
-    var r = j;
-    var off = base;
-    for (var d = 0u; d < 6u; d++) {
-        let axis = 5u - d;
-        let dim = p[15u + axis];
-        off += (r % dim) * p[21u + axis];
-        r = r / dim;
-    }
-    return off;
-}
-
 @compute @workgroup_size(WG)
 fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) lid: u32) {
     let i = flat_index(wid, nwg, lid);
     if (i >= p[0]) { return; }
-    var rem = i;
-    var base = 0u;
-    for (var d = 0u; d < 6u; d++) {
-        let axis = 5u - d;
-        let dim = p[2u + axis];
-        base += (rem % dim) * p[8u + axis];
-        rem = rem / dim;
-    }
+    let base = kept_base(i);
     let count = p[14];
     var hi = bitcast<f32>(0xff7fffffu);
-    for (var j = 0u; j < count; j++) { hi = max(hi, x[offset(base, j)]); }
+    for (var j = 0u; j < count; j++) { hi = max(hi, x[reduced_offset(base, j)]); }
     var sum = 0.0;
-    for (var j = 0u; j < count; j++) { sum += exp(x[offset(base, j)] - hi); }
+    for (var j = 0u; j < count; j++) { sum += exp(x[reduced_offset(base, j)] - hi); }
     if (p[1] == 1u) {
         let log_sum = log(sum);
         for (var j = 0u; j < count; j++) {
-            let o = offset(base, j);
+            let o = reduced_offset(base, j);
             y[o] = x[o] - hi - log_sum;
         }
     } else {
         let inv = 1.0 / sum;
         for (var j = 0u; j < count; j++) {
-            let o = offset(base, j);
+            let o = reduced_offset(base, j);
             y[o] = exp(x[o] - hi) * inv;
         }
     }
