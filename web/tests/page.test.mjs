@@ -254,7 +254,14 @@ print(d.PatientID, d.PatientIdentityRemoved, str(d.PatientName))
   assert.equal(await page.evaluate(() => document.body.dataset.ready), 'true', 'the page starts offline');
   await page.setInputFiles('#file-input', files['CT_small.dcm']);
   await settled(page, 1);
-  assert.equal(server.log.length, offlineAt, `nothing was requested offline: ${JSON.stringify(server.log.slice(offlineAt))}`);
+  // One request may reach the server here that no page code makes: Chromium's own update
+  // check of the service worker on navigation (a body-less GET of /sw.js marked
+  // `service-worker: script`), which Playwright's offline emulation does not cover. On a
+  // really cut network it fails and the installed worker keeps serving. Anything else fails.
+  const browserUpdateCheck = (r) =>
+    r.method === 'GET' && r.url === '/sw.js' && r.headers['service-worker'] === 'script' && r.body.length === 0;
+  const offlineRequests = server.log.slice(offlineAt).filter((r) => !browserUpdateCheck(r));
+  assert.deepEqual(offlineRequests, [], `nothing was requested offline: ${JSON.stringify(offlineRequests)}`);
   await chromium.context.setOffline(false);
   assert.deepEqual(errors.map(String), []);
   await page.close();
