@@ -17,13 +17,24 @@ const TYPES = {
   '.onnx': 'application/octet-stream', '.toml': 'text/plain; charset=utf-8', '.dcm': 'application/dicom',
 };
 
-/** Serves `web/` on 127.0.0.1; `log` gets {method, url, headers, body} for every request. */
+/**
+ * Serves `web/` on 127.0.0.1; `log` gets {method, url, headers, body, cut} for every request.
+ * `cut(true)` cuts the network the way a pulled cable looks to the browser: every request is
+ * still logged (so a test sees what the page tried to send) but its connection is dropped
+ * with no response, so the browser's fetch fails. This covers every requester — the page,
+ * its workers and the service worker alike — where browser offline emulation does not.
+ */
 export async function serve() {
   const log = [];
+  let cut = false;
   const server = createServer(async (req, res) => {
     const chunks = [];
     for await (const c of req) chunks.push(c);
-    log.push({ method: req.method, url: req.url, headers: req.headers, body: Buffer.concat(chunks) });
+    log.push({ method: req.method, url: req.url, headers: req.headers, body: Buffer.concat(chunks), cut });
+    if (cut) {
+      req.socket.destroy();
+      return;
+    }
     const path = normalize(decodeURIComponent(new URL(req.url, 'http://x').pathname)).replace(/^(\.\.[/\\])+/, '');
     const file = join(WEB, path.endsWith('/') ? `${path}index.html` : path);
     if (req.method !== 'GET' || !file.startsWith(WEB)) {
@@ -40,7 +51,16 @@ export async function serve() {
   });
   await new Promise((r) => server.listen(0, '127.0.0.1', r));
   const url = `http://127.0.0.1:${server.address().port}/`;
-  return { url, log, close: () => new Promise((r) => server.close(r)) };
+  return {
+    url,
+    log,
+    cut(on) {
+      cut = on;
+      // Kept-alive connections too: a cut network has none.
+      if (on) server.closeIdleConnections();
+    },
+    close: () => new Promise((r) => { server.closeAllConnections(); server.close(r); }),
+  };
 }
 
 export const CHROMIUM_ARGS = [
