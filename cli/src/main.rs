@@ -190,7 +190,10 @@ impl Timer for Clock {
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let threads = threads(cli.threads);
-    medinfer_core::set_threads(threads);
+    if let Err(e) = medinfer_core::set_threads(threads) {
+        eprintln!("error: --threads {threads}: {e}");
+        return std::process::ExitCode::from(2);
+    }
     let result = match cli.command {
         Command::Infer { paths, model, json, frame, batch, backend, models_dir } => {
             infer(&paths, model.as_deref(), json, frame, batch, backend, models_dir)

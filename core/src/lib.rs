@@ -61,13 +61,21 @@ pub use image;
 
 /// Runs tract's matrix products (convolutions included) on `threads` threads of a dedicated
 /// pool from now on; 0 or 1: on the calling thread only (the default). Native builds with the
-/// `threads` feature; one process-wide setting.
+/// `threads` feature; one process-wide setting. An error (and the setting unchanged) when the
+/// system refuses the threads.
 #[cfg(feature = "threads")]
-pub fn set_threads(threads: usize) {
+pub fn set_threads(threads: usize) -> std::result::Result<(), String> {
     use tract_linalg::multithread::{Executor, set_default_executor};
-    set_default_executor(if threads <= 1 {
+    let executor = if threads <= 1 {
         Executor::SingleThread
     } else {
-        Executor::multithread(threads)
-    });
+        let pool = rayon::ThreadPoolBuilder::new()
+            .thread_name(|n| format!("medinfer-mm-{n}"))
+            .num_threads(threads)
+            .build()
+            .map_err(|e| format!("cannot start {threads} threads: {e}"))?;
+        Executor::MultiThread(std::sync::Arc::new(pool))
+    };
+    set_default_executor(executor);
+    Ok(())
 }
