@@ -347,7 +347,7 @@ fn infer(
             decoded.push((path, result, clock.now_ms() - t0));
         }
         let ok: Vec<_> =
-            decoded.iter().filter_map(|(_, r, _)| r.as_ref().ok()).map(|d| &d.pixels).collect();
+            decoded.iter().filter_map(|(_, r, _)| r.as_ref().ok()).map(|d| &d.image).collect();
         let mut predictions = medinfer_core::predict(model, &ok, batch, &clock)?.into_iter();
         for (path, result, decode_ms) in decoded {
             let row = match result {
@@ -561,7 +561,7 @@ fn bench(
             let decoded = (0..batch)
                 .map(|_| medinfer_core::decode(&bytes, &limits, &DecodeOptions::default()))
                 .collect::<medinfer_core::Result<Vec<_>>>()?;
-            let images: Vec<_> = decoded.iter().map(|d| &d.pixels).collect();
+            let images: Vec<_> = decoded.iter().map(|d| &d.image).collect();
             let results = medinfer_core::predict(model, &images, chunk, &clock)?;
             let infer: f64 = results.iter().map(|(_, t)| t.infer_ms).sum();
             Ok((clock.now_ms() - t0, infer))

@@ -17,8 +17,9 @@
 //!     &[128u8; 64 * 64], 64, 64, image::ExtendedColorType::L8,
 //! ).unwrap();
 //! let decoded = decode(&png, &Limits::default(), &DecodeOptions::default()).unwrap();
-//! assert_eq!((decoded.pixels.width, decoded.pixels.channels), (64, 1));
-//! assert!((decoded.pixels.data[0] - 128.0 / 255.0).abs() < 1e-6);
+//! let pixels = decoded.image.display();
+//! assert_eq!((pixels.width, pixels.channels), (64, 1));
+//! assert!((pixels.data[0] - 128.0 / 255.0).abs() < 1e-6);
 //! ```
 #![deny(missing_docs)]
 
@@ -38,7 +39,7 @@ mod sniff;
 mod validate;
 
 pub use array::ArrayInput;
-pub use dicom::{DicomImage, DicomInfo, Frame, VoiFunction, Window};
+pub use dicom::{DicomImage, DicomInfo, Frame, Voi, VoiFunction, Window};
 pub use error::{Error, Result};
 pub use manifest::{
     Activation, Dim, InputSpec, Layout, ModelManifest, ModelStatus, OutputSpec, Preprocess,
@@ -49,7 +50,7 @@ pub use pipeline::{
     DecodeOptions, Decoded, NoTimer, Timer, Timings, decode, decode_array, decode_keyed,
     infer_bytes, predict,
 };
-pub use pixels::Pixels;
+pub use pixels::{Image, Modality, Pixels};
 pub use raster::decode_raster;
 pub use registry::Registry;
 pub use result::{InferenceResult, round_timings, uuid_v4};

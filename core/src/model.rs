@@ -6,7 +6,7 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use tract_onnx::prelude::*;
 
-use crate::{Activation, Error, ModelManifest, Pixels, Result};
+use crate::{Activation, Error, Image, ModelManifest, Result};
 
 type Plan = Arc<TypedRunnableModel>;
 
@@ -18,11 +18,12 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
     /// Runs `model` on `batch` images whose inputs are concatenated in `input` (the model's
     /// layout) and returns the raw outputs, concatenated.
     fn run(&self, model: &LoadedModel, input: &[f32], batch: usize) -> Result<Vec<f32>>;
-    /// Preprocesses `images` (as [`crate::preprocess::preprocess_into`] would) and runs the
-    /// model on them, where the executor can do both (the GPU: the image is uploaded once and
-    /// resized, converted and normalised where the model runs). `None`: it cannot for these
+    /// Preprocesses `images` (as [`crate::Image::display`] then
+    /// [`crate::preprocess::preprocess_into`] would) and runs the model on them, where the
+    /// executor can do both (the GPU: the image is uploaded once and windowed, resized,
+    /// converted and normalised where the model runs). `None`: it cannot for these
     /// images, and the caller preprocesses on the CPU and calls [`Executor::run`].
-    fn run_images(&self, model: &LoadedModel, images: &[&Pixels]) -> Option<Result<Vec<f32>>> {
+    fn run_images(&self, model: &LoadedModel, images: &[&Image]) -> Option<Result<Vec<f32>>> {
         let _ = (model, images);
         None
     }
@@ -174,7 +175,7 @@ impl LoadedModel {
 
     /// Preprocesses and runs `images` in the executor when it can ([`Executor::run_images`]);
     /// `None` otherwise (tract's plan, or images the executor leaves to the CPU).
-    pub fn run_images(&self, images: &[&Pixels]) -> Option<Result<Vec<Vec<f32>>>> {
+    pub fn run_images(&self, images: &[&Image]) -> Option<Result<Vec<Vec<f32>>>> {
         let flat = self.executor.as_ref()?.run_images(self, images)?;
         let classes = self.manifest.output.labels.len();
         Some(flat.and_then(|flat| {

@@ -1,9 +1,9 @@
-//! The end-to-end pipeline: bytes or arrays → [`Pixels`] → model input → [`Prediction`].
+//! The end-to-end pipeline: bytes or arrays → [`Image`] → model input → [`Prediction`].
 
 use crate::deid::{DeidKey, patient_pseudonym};
 use crate::{
-    ArrayInput, DicomImage, DicomInfo, Format, Limits, LoadedModel, Pixels, Prediction, Result,
-    Window, preprocess::preprocess_into, raster::decode_raster, sniff,
+    ArrayInput, DicomImage, DicomInfo, Format, Image, Limits, LoadedModel, Pixels, Prediction,
+    Result, Window, preprocess::preprocess_into, raster::decode_raster, sniff,
 };
 
 /// A monotonic clock in milliseconds, supplied by the caller (`core` reads no clock).
@@ -34,8 +34,9 @@ pub struct DecodeOptions {
 /// A decoded input and what it was.
 #[derive(Debug, Clone)]
 pub struct Decoded {
-    /// The image in 0..=1.
-    pub pixels: Pixels,
+    /// The image: display values, or a grayscale DICOM frame's modality values with its VOI
+    /// stage still to apply ([`Image::display`] applies it).
+    pub image: Image,
     /// The detected format.
     pub format: Format,
     /// For DICOM: structural facts (no PHI).
@@ -63,7 +64,7 @@ pub fn decode_keyed(
     let format = sniff(bytes)?;
     match format {
         Format::Png | Format::Jpeg => Ok(Decoded {
-            pixels: decode_raster(bytes, format, limits)?,
+            image: Image::Display(decode_raster(bytes, format, limits)?),
             format,
             dicom: None,
             patient_pseudonym: None,
@@ -75,7 +76,7 @@ pub fn decode_keyed(
             let patient_pseudonym = key.and_then(|k| patient_pseudonym(image.object(), k));
             let frame = image.frame(options.frame.unwrap_or(0))?;
             Ok(Decoded {
-                pixels: frame.to_pixels(options.window),
+                image: frame.into_image(options.window),
                 format,
                 dicom: Some(info),
                 patient_pseudonym,
@@ -105,11 +106,12 @@ pub struct Timings {
 /// Runs `model` on `images` in chunks of at most `max_batch` (one executor run per chunk on
 /// the GPU; tract's CPU plan takes a chunk image by image, see [`LoadedModel`]) and
 /// returns one prediction per image, with the preprocess and inference time of each chunk
-/// divided evenly among its images. When the model's executor preprocesses too (the GPU),
-/// `preprocess_ms` is 0 and `infer_ms` includes it.
+/// divided evenly among its images. When the model's executor preprocesses too (the GPU:
+/// windowing, resize, channels, normalisation), `preprocess_ms` is 0 and `infer_ms` includes
+/// it; on the CPU, `preprocess_ms` includes the VOI stage of [`Image::Modality`] images.
 pub fn predict(
     model: &LoadedModel,
-    images: &[&Pixels],
+    images: &[&Image],
     max_batch: usize,
     timer: &dyn Timer,
 ) -> Result<Vec<(Prediction, Timings)>> {
@@ -126,8 +128,8 @@ pub fn predict(
             continue;
         }
         let mut input = vec![0f32; per * chunk.len()];
-        for (px, dst) in chunk.iter().zip(input.chunks_exact_mut(per)) {
-            preprocess_into(px, model.manifest(), dst);
+        for (image, dst) in chunk.iter().zip(input.chunks_exact_mut(per)) {
+            preprocess_into(&image.display(), model.manifest(), dst);
         }
         let t1 = timer.now_ms();
         let raw = model.run_raw(input, chunk.len())?;
@@ -156,7 +158,7 @@ pub fn infer_bytes(
     let t0 = timer.now_ms();
     let decoded = decode(bytes, limits, options)?;
     let decode_ms = timer.now_ms() - t0;
-    let mut results = predict(model, &[&decoded.pixels], 1, timer)?;
+    let mut results = predict(model, &[&decoded.image], 1, timer)?;
     let (prediction, mut timing) = results.remove(0);
     timing.decode_ms = decode_ms;
     timing.total_ms += decode_ms;

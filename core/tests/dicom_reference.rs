@@ -4,7 +4,7 @@
 //! intended error.
 mod common;
 
-use medinfer_core::{DicomImage, Frame};
+use medinfer_core::{DicomImage, Frame, Image};
 use serde_json::Value;
 
 /// Transfer syntaxes whose decoders may legitimately differ (lossy JPEG / JPEG 2000: IDCT,
@@ -84,6 +84,11 @@ fn every_shared_file_matches_pydicom() {
             check_frame(name, i, &frame, fr, lossy, info.columns as usize);
             if let Some(display) = r.get("display_stats") {
                 let px = frame.to_pixels(None);
+                // What the model takes: a grayscale frame keeps its VOI stage pending, and
+                // applying it gives the same display values.
+                let image = frame.clone().into_image(None);
+                assert_eq!(matches!(image, Image::Modality(_)), samples == 1, "{name}");
+                assert!(*image.display() == px, "{name} frame {i}: Image::display");
                 check_frame_pixels(
                     name,
                     i,

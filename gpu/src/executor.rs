@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
-use medinfer_core::{Error as CoreError, Executor, LoadedModel, Pixels};
+use medinfer_core::{Error as CoreError, Executor, Image, LoadedModel};
 use tract_onnx::prelude::Tensor;
 
 use crate::{Error, Gpu, GpuModel, block_on};
@@ -69,7 +69,7 @@ impl Executor for GpuExecutor {
     fn run_images(
         &self,
         model: &LoadedModel,
-        images: &[&Pixels],
+        images: &[&Image],
     ) -> Option<medinfer_core::Result<Vec<f32>>> {
         let plan = match self.plan(model, images.len()) {
             Ok(plan) => plan,

@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use medinfer_core::{ModelManifest, Pixels};
+use medinfer_core::{Image, ModelManifest};
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::konst::Const;
@@ -392,15 +392,16 @@ impl GpuModel {
         self.execute(Some(input.clone().into_tvalue())).await
     }
 
-    /// Preprocesses `images` on the GPU as `manifest` says (resize, channels, normalisation,
-    /// layout: the same definition and weights as `core`'s CPU path) straight into the input
+    /// Preprocesses `images` on the GPU as `manifest` says (a grayscale DICOM frame's VOI
+    /// stage, resize, channels, normalisation, layout: the same definition and weights as
+    /// `core`'s CPU path) straight into the input
     /// buffer, then runs the model — one upload per image, at its decoded size. The plan's
     /// batch must be `images.len()`. [`Error::Limits`] when an image exceeds the adapter's
     /// buffer limits (then preprocess on the CPU and call [`Self::run`]).
     #[allow(clippy::await_holding_lock)] // deliberate: see `lock`
     pub async fn run_images(
         &self,
-        images: &[&Pixels],
+        images: &[&Image],
         manifest: &ModelManifest,
     ) -> Result<TVec<Tensor>> {
         let fit = Fit::new(manifest, self.input_shape(), images.len())?;

@@ -1,11 +1,13 @@
-//! Preprocessing on the GPU: the decoded image is uploaded once and resized (core's
-//! antialiased triangle filter, same weights), converted to the model's channels, normalised
-//! and laid out straight into the model's input buffer — the CPU never touches the resized
-//! tensor. Two passes per image: horizontal resampling (`resize_h.wgsl`), then vertical
-//! resampling fused with everything else (`fit.wgsl`).
+//! Preprocessing on the GPU: the decoded image is uploaded once, windowed (a grayscale DICOM
+//! frame's VOI stage, per source sample), resized (core's antialiased triangle filter, same
+//! weights), converted to the model's channels, normalised and laid out straight into the
+//! model's input buffer — the CPU never touches the resized tensor. Two passes per image:
+//! windowing fused with horizontal resampling (`resize_h.wgsl`: the VOI clamps, so it must
+//! come before the filter), then vertical resampling fused with everything else
+//! (`fit.wgsl`).
 
 use medinfer_core::preprocess::{placement, resample_weights};
-use medinfer_core::{Layout, ModelManifest, Pixels};
+use medinfer_core::{Image, Layout, ModelManifest, Voi, VoiFunction};
 
 use crate::device::Gpu;
 use crate::kernels::Kernel;
@@ -74,7 +76,7 @@ impl Fit {
         &self,
         gpu: &Gpu,
         scratch: &mut Scratch,
-        images: &[&Pixels],
+        images: &[&Image],
         input: &wgpu::Buffer,
     ) -> Result<()> {
         let limits = &gpu.limits;
@@ -85,30 +87,37 @@ impl Fit {
         };
         let groups = |total: usize| flat_groups(total, &target).map_err(Error::Limits);
         let per = (self.channels * self.width * self.height) as usize;
-        for (b, px) in images.iter().enumerate() {
-            let c = u32::from(px.channels);
-            if !(c == 1 || c == 3) || px.data.len() != (px.width * px.height * c) as usize {
+        for (b, image) in images.iter().enumerate() {
+            let (width, height) = (image.width(), image.height());
+            let (data, voi) = match image {
+                Image::Display(px) => (&px.data, None),
+                Image::Modality(m) => (&m.values, Some(m.voi)),
+            };
+            let c = u32::from(image.channels());
+            let samples = width as usize * height as usize * c as usize;
+            if !(c == 1 || c == 3) || data.len() != samples {
                 return Err(Error::Unsupported(format!("an image of {c} channel(s)")));
             }
-            let [sw, sh, ox, oy] =
-                placement(px.width, px.height, self.width, self.height, self.mode);
-            let src_bytes = px.data.len() as u64 * 4;
-            let tmp_len = (px.height * sw * c) as usize;
+            let [sw, sh, ox, oy] = placement(width, height, self.width, self.height, self.mode);
+            let src_bytes = samples as u64 * 4;
+            let tmp_len = height as usize * sw as usize * c as usize;
             let tmp_bytes = tmp_len as u64 * 4;
             if src_bytes.max(tmp_bytes) > max {
                 return Err(Error::Limits(format!(
-                    "a {}×{} image needs a {}-byte buffer, above the adapter's {max}",
-                    px.width,
-                    px.height,
+                    "a {width}×{height} image needs a {}-byte buffer, above the adapter's {max}",
                     src_bytes.max(tmp_bytes)
                 )));
             }
             let src = grown(gpu, &mut scratch.src, src_bytes);
             let tmp = grown(gpu, &mut scratch.tmp, tmp_bytes);
-            gpu.queue.write_buffer(&src, 0, &f32_slice_bytes(&px.data));
-            let h_tab = table(gpu, px.width as usize, sw as usize)?;
-            let v_tab = table(gpu, px.height as usize, sh as usize)?;
-            let h_params = words(gpu, &[tmp_len as u32, px.width, sw, c]);
+            gpu.queue.write_buffer(&src, 0, &f32_slice_bytes(data));
+            let h_tab = table(gpu, width as usize, sw as usize)?;
+            let v_tab = table(gpu, height as usize, sh as usize)?;
+            let tmp_len =
+                u32::try_from(tmp_len).map_err(|_| Error::Limits("image too large".into()))?;
+            let mut h = vec![tmp_len, width, sw, c];
+            h.extend(voi_words(voi));
+            let h_params = words(gpu, &h);
             let mut fit = vec![
                 per as u32,
                 sw,
@@ -127,7 +136,7 @@ impl Fit {
             fit.extend(self.std.map(f32::to_bits));
             let v_params = words(gpu, &fit);
             let passes = [
-                (Kernel::ResizeH, [&src, &h_tab, &tmp, &h_params], groups(tmp_len)?),
+                (Kernel::ResizeH, [&src, &h_tab, &tmp, &h_params], groups(tmp_len as usize)?),
                 (Kernel::Fit, [&tmp, &v_tab, input, &v_params], groups(per)?),
             ];
             let mut encoder = gpu.device.create_command_encoder(&Default::default());
@@ -145,6 +154,19 @@ impl Fit {
         }
         Ok(())
     }
+}
+
+/// The VOI stage as `resize_h.wgsl` reads it: [function (0: none, 1: linear, 2: linear
+/// exact, 3: sigmoid), centre, width, inverted], centre and width as f32 bits.
+fn voi_words(voi: Option<Voi>) -> [u32; 4] {
+    let Some(voi) = voi else { return [0; 4] };
+    let function = match voi.function {
+        VoiFunction::Linear => 1,
+        VoiFunction::LinearExact => 2,
+        VoiFunction::Sigmoid => 3,
+    };
+    let [center, width] = [voi.window.center, voi.window.width].map(|v| (v as f32).to_bits());
+    [function, center, width, u32::from(voi.invert)]
 }
 
 /// The scratch buffer in `slot`, replaced by a bigger one when it is smaller than `bytes`.

@@ -1,7 +1,8 @@
-//! Preprocessing on the GPU (resize with core's filter weights, channel conversion, letterbox,
-//! normalisation, layout) against core's CPU `preprocess_into`, image by image and in a batch
-//! of differently sized images; and a real model fed from decoded DICOM pixels through the
-//! GPU path against the CPU pipeline. Tolerance: max |Δ| ≤ 1e-4 × max |reference|.
+//! Preprocessing on the GPU (a grayscale frame's VOI stage, resize with core's filter
+//! weights, channel conversion, letterbox, normalisation, layout) against core's CPU path
+//! (`Image::display` then `preprocess_into`), image by image and in a batch of differently
+//! sized images; and a real model fed from decoded DICOM files through the GPU path against
+//! the CPU pipeline. Tolerance: max |Δ| ≤ 1e-4 × max |reference|.
 
 #![allow(clippy::disallowed_methods)]
 
@@ -9,7 +10,7 @@ mod common;
 
 use common::{Rng, diff, gpu};
 use medinfer_core::preprocess::preprocess_into;
-use medinfer_core::{ModelManifest, Pixels};
+use medinfer_core::{Image, Modality, ModelManifest, Pixels, Voi, VoiFunction, Window};
 use medinfer_gpu::{GpuModel, block_on};
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::math;
@@ -69,12 +70,25 @@ fn identity(shape: &[usize]) -> TypedModel {
     m
 }
 
-fn image(rng: &mut Rng, w: u32, h: u32, c: u8) -> Pixels {
+fn image(rng: &mut Rng, w: u32, h: u32, c: u8) -> Image {
     let data = (0..w * h * u32::from(c)).map(|_| rng.f() * 0.5 + 0.5).collect();
-    Pixels { width: w, height: h, channels: c, data }
+    Image::Display(Pixels { width: w, height: h, channels: c, data })
 }
 
-fn check(what: &str, manifest: &ModelManifest, images: &[&Pixels]) {
+/// A grayscale frame of CT-like modality values (-1200..3000 HU) with a VOI stage pending.
+fn modality(
+    rng: &mut Rng,
+    w: u32,
+    h: u32,
+    function: VoiFunction,
+    window: Window,
+    invert: bool,
+) -> Image {
+    let values = (0..w * h).map(|_| rng.f() * 2100.0 + 900.0).collect();
+    Image::Modality(Modality { width: w, height: h, values, voi: Voi { window, function, invert } })
+}
+
+fn check(what: &str, manifest: &ModelManifest, images: &[&Image]) {
     let spec = &manifest.input;
     let per = (spec.channels() * spec.height() * spec.width()) as usize;
     let mut shape = vec![images.len()];
@@ -88,8 +102,8 @@ fn check(what: &str, manifest: &ModelManifest, images: &[&Pixels]) {
     let plan = GpuModel::new(gpu(), &identity(&shape)).expect("plan");
     let got = block_on(plan.run_images(images, manifest)).unwrap_or_else(|e| panic!("{what}: {e}"));
     let mut expected = vec![0f32; per * images.len()];
-    for (px, out) in images.iter().zip(expected.chunks_exact_mut(per)) {
-        preprocess_into(px, manifest, out);
+    for (image, out) in images.iter().zip(expected.chunks_exact_mut(per)) {
+        preprocess_into(&image.display(), manifest, out);
     }
     let expected = Tensor::from_shape(&shape, &expected).expect("shape");
     let (d, r) = diff(&got[0], &expected);
@@ -116,10 +130,42 @@ fn preprocessing_on_the_gpu_matches_core() {
     check("batch of 4", &imagenet, &[&gray_big, &rgb_small, &rgb_tiny, &gray_exact]);
 }
 
-/// Real files end to end: DICOM decoded by core, then MobileNetV2 with preprocessing on the GPU
+/// The VOI stage on the GPU, before resampling: every function, narrow windows that clamp most
+/// samples (applying the window after the filter would differ), a width-1 step, MONOCHROME1
+/// inversion, and a batch mixing windowed frames with display images.
+#[test]
+fn dicom_windowing_on_the_gpu_matches_core() {
+    let mut rng = Rng::new(23);
+    let brain = Window { center: 40.0, width: 80.0 };
+    let bone = Window { center: 500.0, width: 2000.0 };
+    let step = Window { center: 0.5, width: 1.0 };
+    let imagenet = manifest(3, 224, 224, "NCHW", "stretch", 1.0);
+    let gray = manifest(1, 64, 64, "NHWC", "letterbox", 255.0);
+    let cases = [
+        ("linear, brain window", VoiFunction::Linear, brain, false),
+        ("linear, bone window, MONOCHROME1", VoiFunction::Linear, bone, true),
+        ("linear, width-1 step", VoiFunction::Linear, step, false),
+        ("linear exact", VoiFunction::LinearExact, brain, false),
+        ("sigmoid, MONOCHROME1", VoiFunction::Sigmoid, bone, true),
+    ];
+    let mut frames = vec![];
+    for (what, function, window, invert) in cases {
+        let frame = modality(&mut rng, 300, 217, function, window, invert);
+        check(&format!("{what} → RGB 224² (downscale)"), &imagenet, &[&frame]);
+        check(&format!("{what} → gray 64² letterbox ×255"), &gray, &[&frame]);
+        frames.push(frame);
+    }
+    let small = modality(&mut rng, 40, 23, VoiFunction::Linear, brain, false);
+    check("linear → RGB 224² (upscale)", &imagenet, &[&small]);
+    let rgb = image(&mut rng, 100, 61, 3);
+    check("batch: windowed, display, windowed", &imagenet, &[&frames[0], &rgb, &frames[4]]);
+}
+
+/// Real files end to end: DICOM decoded by core, then MobileNetV2 with windowing and
+/// preprocessing on the GPU
 /// vs the CPU pipeline (tract's plan, CPU preprocessing).
 #[test]
-fn mobilenet_on_decoded_dicom_through_gpu_preprocessing_matches_the_cpu() {
+fn mobilenet_on_decoded_dicom_through_gpu_windowing_and_preprocessing_matches_the_cpu() {
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let dir = root.join("models/mobilenetv2-chexnet");
     let toml = std::fs::read_to_string(dir.join("model.toml")).expect("manifest");
@@ -128,14 +174,19 @@ fn mobilenet_on_decoded_dicom_through_gpu_preprocessing_matches_the_cpu() {
     let model = medinfer_core::LoadedModel::load(manifest, &onnx).expect("load");
     let limits = medinfer_core::Limits::default();
     let mut images = vec![];
-    for name in ["CT_small.dcm", "MR_small.dcm", "693_J2KR.dcm"] {
+    // Grayscale frames (windowed on the GPU: a CT, an MR, MONOCHROME1 chest CR) and colour.
+    let files = ["CT_small.dcm", "MR_small.dcm", "693_J2KR.dcm", "RG1_J2KI.dcm", "US1_J2KI.dcm"];
+    for name in files {
         let bytes = std::fs::read(root.join("testdata/dicom").join(name)).expect("dicom");
         let decoded = medinfer_core::decode(&bytes, &limits, &Default::default()).expect("decode");
-        images.push(decoded.pixels);
+        let grayscale = decoded.image.channels() == 1;
+        assert_eq!(matches!(decoded.image, Image::Modality(_)), grayscale, "{name}");
+        images.push(decoded.image);
     }
-    let refs: Vec<&Pixels> = images.iter().collect();
-    let cpu = medinfer_core::predict(&model, &refs, 3, &medinfer_core::NoTimer).expect("cpu");
-    let plan = GpuModel::new(gpu(), &model.typed_for_batch(3).expect("typed")).expect("plan");
+    let n = images.len();
+    let refs: Vec<&Image> = images.iter().collect();
+    let cpu = medinfer_core::predict(&model, &refs, n, &medinfer_core::NoTimer).expect("cpu");
+    let plan = GpuModel::new(gpu(), &model.typed_for_batch(n).expect("typed")).expect("plan");
     let out = block_on(plan.run_images(&refs, model.manifest())).expect("gpu");
     let raw = out[0].to_plain_array_view::<f32>().expect("f32");
     let raw: Vec<f32> = raw.iter().copied().collect();
@@ -147,6 +198,8 @@ fn mobilenet_on_decoded_dicom_through_gpu_preprocessing_matches_the_cpu() {
             max = max.max((a.score - b.score).abs());
         }
     }
-    println!("MobileNetV2, 3 DICOM files, GPU preprocessing + GPU run vs CPU: max |Δ| {max:.2e}");
+    println!(
+        "MobileNetV2, {n} DICOM files, GPU windowing/preprocessing + GPU run vs CPU: max |Δ| {max:.2e}"
+    );
     assert!(max <= 1e-3, "max |Δ| {max}");
 }

@@ -4,7 +4,7 @@ use http::header::{self, HeaderValue};
 use http::{Method, Response, StatusCode, request::Parts};
 use medinfer_core::deid::DeidKey;
 use medinfer_core::{
-    DecodeOptions, LoadedModel, Pixels, Timer, Timings, decode_array, decode_keyed, predict,
+    DecodeOptions, Image, LoadedModel, Timer, Timings, decode_array, decode_keyed, predict,
 };
 use serde::Serialize;
 
@@ -469,7 +469,7 @@ impl Service {
         })
     }
 
-    /// Decodes one image request: model, pixels, pseudonym, decode time.
+    /// Decodes one image request: model, image, pseudonym, decode time.
     fn decode<'a>(&'a self, request: ImageRequest) -> Result<Prepared<'a>, Failure> {
         let model_id = request.model_id.clone();
         let fail = |e: ApiError| Failure { error: e, model_id: model_id.clone() };
@@ -486,20 +486,20 @@ impl Service {
             .map_err(fail)?;
         let limits = self.input_limits;
         let t0 = self.platform.monotonic_ms();
-        let (pixels, from_file) = match request.source {
+        let (image, from_file) = match request.source {
             Source::Array(array) => {
-                (decode_array(&array, &limits).map_err(|e| fail(e.into()))?, None)
+                (Image::Display(decode_array(&array, &limits).map_err(|e| fail(e.into()))?), None)
             }
             Source::File(bytes) => {
                 let options = DecodeOptions { frame: request.frame, window: None };
                 let decoded = decode_keyed(&bytes, &limits, &options, Some(&self.config.deid_key))
                     .map_err(|e| fail(e.into()))?;
-                (decoded.pixels, decoded.patient_pseudonym)
+                (decoded.image, decoded.patient_pseudonym)
             }
         };
         let decode_ms = ms(self.platform.monotonic_ms() - t0);
         // A DICOM file's own patient wins over a supplied identifier.
-        Ok(Prepared { model, pixels, patient_id: from_file.or(supplied), decode_ms })
+        Ok(Prepared { model, image, patient_id: from_file.or(supplied), decode_ms })
     }
 
     fn result(
@@ -540,7 +540,7 @@ impl Service {
             .and_then(|request| self.decode(request))
             .and_then(|prepared| {
                 let timer = PlatformTimer(&*self.platform);
-                let mut out = predict(prepared.model, &[&prepared.pixels], 1, &timer)
+                let mut out = predict(prepared.model, &[&prepared.image], 1, &timer)
                     .map_err(|e| Failure { error: e.into(), model_id: prepared.model_id() })?;
                 let (prediction, timings) = out.remove(0);
                 Ok(self.result(&prepared, prediction, timings, None))
@@ -615,8 +615,8 @@ impl Service {
                 let ready: Vec<&Prepared<'_>> =
                     part.iter().filter_map(|&i| prepared[i].as_ref().ok()).collect();
                 let model = ready[0].model;
-                let pixels: Vec<&Pixels> = ready.iter().map(|p| &p.pixels).collect();
-                match predict(model, &pixels, chunk, &timer) {
+                let images: Vec<&Image> = ready.iter().map(|p| &p.image).collect();
+                match predict(model, &images, chunk, &timer) {
                     Ok(out) => {
                         for ((&i, p), (prediction, t)) in part.iter().zip(&ready).zip(out) {
                             outcomes[i] = Some(Ok(self.result(p, prediction, t, Some(&batch_id))));
@@ -820,7 +820,7 @@ struct BatchItem {
 /// A decoded image ready for its model.
 struct Prepared<'a> {
     model: &'a LoadedModel,
-    pixels: Pixels,
+    image: Image,
     patient_id: Option<String>,
     decode_ms: f64,
 }

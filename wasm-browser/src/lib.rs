@@ -23,8 +23,8 @@ mod libc;
 use js_sys::{Function, Object, Reflect, Uint8Array, Uint8ClampedArray};
 use medinfer_core::deid::{DeidKey, DeidOptions, PixelCleaning, TextDetector, deidentify};
 use medinfer_core::{
-    DecodeOptions, Decoded, DicomImage, Format, InferenceResult, Limits, LoadedModel, Pixels,
-    Registry, Timer, Window, decode_keyed, decode_raster, predict, round_timings, sniff,
+    DecodeOptions, Decoded, DicomImage, Format, Image, InferenceResult, Limits, LoadedModel,
+    Pixels, Registry, Timer, Window, decode_keyed, decode_raster, predict, round_timings, sniff,
 };
 use serde::{Deserialize, Serialize};
 use std::cell::RefCell;
@@ -655,13 +655,13 @@ impl Engine {
             let fail = |e: medinfer_core::Error| core_error(&e);
             let t0 = performance_now();
             let plan = state.plan(&model).map_err(fail)?;
-            // Preprocessing runs on the GPU too (the decoded image is uploaded once); only an
-            // image beyond the adapter's buffer limits is preprocessed here instead.
-            let outputs = match plan.run_images(&[&decoded.pixels], model.manifest()).await {
+            // Windowing and preprocessing run on the GPU too (the decoded image is uploaded
+            // once); only an image beyond the adapter's buffer limits is preprocessed here.
+            let outputs = match plan.run_images(&[&decoded.image], model.manifest()).await {
                 Err(medinfer_gpu::Error::Limits(_)) => {
                     let mut input = vec![0f32; model.input_len()];
                     medinfer_core::preprocess::preprocess_into(
-                        &decoded.pixels,
+                        &decoded.image.display(),
                         model.manifest(),
                         &mut input,
                     );
@@ -828,8 +828,8 @@ impl Engine {
         if images.is_empty() {
             return Ok(Vec::new());
         }
-        let pixels: Vec<&Pixels> = images.iter().map(|(d, _)| &d.pixels).collect();
-        let predictions = predict(model, &pixels, pixels.len(), &PerfTimer)?;
+        let decoded: Vec<&Image> = images.iter().map(|(d, _)| &d.image).collect();
+        let predictions = predict(model, &decoded, decoded.len(), &PerfTimer)?;
         let mut out = Vec::with_capacity(images.len());
         for ((decoded, decode_ms), (prediction, mut t)) in images.iter().zip(predictions) {
             t.decode_ms = *decode_ms;

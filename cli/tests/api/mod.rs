@@ -62,7 +62,7 @@ pub fn chest_raster(format: medinfer_core::image::ImageFormat) -> Vec<u8> {
         &medinfer_core::DecodeOptions::default(),
     )
     .unwrap();
-    let px = decoded.pixels;
+    let px = decoded.image.display();
     let gray = GrayImage::from_fn(px.width, px.height, |x, y| {
         let v = px.data[(y * px.width + x) as usize * px.channels as usize];
         medinfer_core::image::Luma([(v * 255.0).round() as u8])

@@ -17,7 +17,7 @@ use dicom_object::{DefaultDicomObject, InMemDicomObject};
 use dicom_pixeldata::PixelDecoder;
 use dicom_transfer_syntax_registry::TransferSyntaxRegistry;
 
-use crate::{Error, Pixels, Result};
+use crate::{Error, Image, Modality, Pixels, Result};
 
 mod jpeg12;
 mod rle;
@@ -106,22 +106,39 @@ impl Frame {
     /// frame's min/max; MONOCHROME1 inverted so that 0 is black. Colour is normalised by its
     /// maximum sample value.
     pub fn to_pixels(&self, window: Option<Window>) -> Pixels {
-        let data = if self.samples == 3 {
-            let max = self.color_max.max(1.0);
-            self.values.iter().map(|v| (v / max).clamp(0.0, 1.0)).collect()
-        } else {
-            let window = window.or(self.window).unwrap_or_else(|| self.min_max_window());
-            let invert = self.inverted;
-            let f = self.voi_function;
-            self.values
-                .iter()
-                .map(|&v| {
-                    let y = voi(f64::from(v), window, f);
-                    (if invert { 1.0 - y } else { y }) as f32
-                })
-                .collect()
-        };
-        Pixels { width: self.columns, height: self.rows, channels: self.samples, data }
+        match self.voi(window) {
+            Some(voi) => voi.pixels(self.columns, self.rows, &self.values),
+            None => {
+                let max = self.color_max.max(1.0);
+                let data = self.values.iter().map(|v| (v / max).clamp(0.0, 1.0)).collect();
+                Pixels { width: self.columns, height: self.rows, channels: self.samples, data }
+            }
+        }
+    }
+
+    /// The frame as the model takes it: a grayscale frame keeps its modality values and the
+    /// VOI transform that [`Frame::to_pixels`] would apply ([`Image::Modality`]), so that an
+    /// executor can window where the model runs; colour is [`Frame::to_pixels`]'s.
+    pub fn into_image(self, window: Option<Window>) -> Image {
+        match self.voi(window) {
+            Some(voi) => Image::Modality(Modality {
+                width: self.columns,
+                height: self.rows,
+                values: self.values,
+                voi,
+            }),
+            None => Image::Display(self.to_pixels(None)),
+        }
+    }
+
+    /// The grayscale VOI stage: the given window, else the file's, else min/max. `None` for
+    /// colour.
+    fn voi(&self, window: Option<Window>) -> Option<Voi> {
+        (self.samples == 1).then(|| Voi {
+            window: window.or(self.window).unwrap_or_else(|| self.min_max_window()),
+            function: self.voi_function,
+            invert: self.inverted,
+        })
     }
 
     /// A window spanning exactly the frame's value range (LINEAR_EXACT semantics).
@@ -135,6 +152,32 @@ impl Frame {
         } else {
             Window { center: f64::from(lo.max(0.0)), width: 1.0 }
         }
+    }
+}
+
+/// The VOI stage of a grayscale frame: window, function and MONOCHROME1 inversion, mapping
+/// modality values to display values in 0..=1 (0 black).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Voi {
+    /// The window applied.
+    pub window: Window,
+    /// The VOI LUT function.
+    pub function: VoiFunction,
+    /// MONOCHROME1: the windowed value is inverted.
+    pub invert: bool,
+}
+
+impl Voi {
+    /// The display value of modality value `x`.
+    pub fn apply(&self, x: f64) -> f64 {
+        let y = voi(x, self.window, self.function);
+        if self.invert { 1.0 - y } else { y }
+    }
+
+    /// Display pixels for a `width`×`height` grayscale frame of modality `values`.
+    pub fn pixels(&self, width: u32, height: u32, values: &[f32]) -> Pixels {
+        let data = values.iter().map(|&v| self.apply(f64::from(v)) as f32).collect();
+        Pixels { width, height, channels: 1, data }
     }
 }
 
