@@ -3,7 +3,8 @@
 //! What it covers so far (issue 7 grows it): native single-image model runs at 1 and 2
 //! threads against onnxruntime (PyPI, installed on first use) on the same models and input
 //! size, model load, 100 images end to end against a pydicom + Pillow + onnxruntime script,
-//! the GPU executor against the CPU plan, and — when the browser bundle is built
+//! the GPU executor against the CPU plan, `/infer` over HTTP on the native server and the
+//! Spin component under load (`load.rs`: wrk), and — when the browser bundle is built
 //! (`cargo xtask web`) — the bundle against onnxruntime-web in the same headless Chromium
 //! (`web/bench.mjs`). It prints Markdown and writes it into BENCHMARKS.md between two marker
 //! lines (the hand-written context around them stays); it never asserts on time.
@@ -22,7 +23,7 @@ const ORT_VERSION: &str = "1.32.0";
 const BEGIN: &str = "<!-- cargo xtask bench: begin (generated, do not edit by hand) -->";
 const END: &str = "<!-- cargo xtask bench: end -->";
 
-const CHEST: &str = "testdata/dicom/RG1_chest_mono1_uncompressed_s4_DERIVED.dcm";
+pub(crate) const CHEST: &str = "testdata/dicom/RG1_chest_mono1_uncompressed_s4_DERIVED.dcm";
 
 pub fn run(iterations: usize) -> Result<()> {
     cargo(&["build", "--release", "-p", "medinfer-cli"])?;
@@ -32,6 +33,7 @@ pub fn run(iterations: usize) -> Result<()> {
     md += &native(iterations)?;
     md += &end_to_end(iterations)?;
     md += &gpu(iterations)?;
+    md += &crate::load::run(iterations)?;
     if Path::new("web/pkg/medinfer_wasm_bg.wasm").exists() {
         let out = Command::new("node")
             .args(["bench.mjs", "--n", &iterations.to_string()])
@@ -217,7 +219,7 @@ fn json(cmd: &mut Command) -> Result<Value> {
 }
 
 /// `medinfer bench --json` over the bundled models, `n` runs, plus `extra` arguments.
-fn medinfer_bench(n: &str, extra: &[&str]) -> Result<Value> {
+pub(crate) fn medinfer_bench(n: &str, extra: &[&str]) -> Result<Value> {
     let mut args = vec!["bench", "--json", "--iterations", n, "--models-dir", "models"];
     args.extend(extra);
     json(Command::new("target/release/medinfer").args(args))

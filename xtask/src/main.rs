@@ -5,6 +5,7 @@ use std::process::Command;
 use anyhow::{Context, Result, bail};
 
 mod bench;
+mod load;
 mod web;
 
 const USAGE: &str = "usage: cargo xtask <test|lint|web|web-test|wasi-test|spin|bench>
@@ -17,20 +18,32 @@ const USAGE: &str = "usage: cargo xtask <test|lint|web|web-test|wasi-test|spin|b
   web-test   the browser tests: wasm-bindgen-test and Playwright in Debian's Chromium
              (needs `web` built, and target/release/medinfer for the parity reference)
   wasi-test  run core's tests compiled for wasm32-wasip2 under wasmtime (wasm-host run)
-  bench [N]  medinfer vs onnxruntime (native, 1 and 2 threads) and, when `web` is built, the
-             browser bundle vs onnxruntime-web; N timed runs (default 20); prints Markdown";
+  bench [N]  medinfer vs onnxruntime (native, 1 and 2 threads, 100 images end to end), the
+             GPU executor, /infer under load (wrk) on the native server and the Spin
+             component, and, when `web` is built, the browser bundle vs onnxruntime-web;
+             N timed runs (default 20); prints Markdown and rewrites BENCHMARKS.md's
+             generated part";
 
 fn main() -> Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
     match task.as_str() {
         "test" => {
-            lint()?;
-            spin()?;
-            native_tests()?;
-            wasi_tests()?;
-            web::build()?;
-            web::test()?;
-            println!("xtask: all checks passed");
+            let t0 = std::time::Instant::now();
+            let stages: [(&str, Stage); 6] = [
+                ("lint", lint),
+                ("spin", spin),
+                ("native tests", native_tests),
+                ("wasi tests", wasi_tests),
+                ("web build", web::build),
+                ("web tests", web::test),
+            ];
+            for (name, stage) in stages {
+                let t = std::time::Instant::now();
+                stage()?;
+                // Where CI's time goes, in the log.
+                eprintln!("xtask: {name} done in {:.0} s", t.elapsed().as_secs_f64());
+            }
+            println!("xtask: all checks passed in {:.0} s", t0.elapsed().as_secs_f64());
             Ok(())
         }
         "lint" => lint(),
@@ -48,6 +61,9 @@ fn main() -> Result<()> {
         }
     }
 }
+
+/// One step of `cargo xtask test`.
+type Stage = fn() -> Result<()>;
 
 /// Natively the tests also cover JPEG-LS (CharLS; needs cmake and a C++ compiler).
 const NATIVE_FEATURES: &str = "medinfer-core/jpeg-ls";
