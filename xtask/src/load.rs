@@ -160,6 +160,12 @@ fn rows(
             let load = wrk(server, &path, token, dir, connections, SECONDS)?;
             let p50 = load["p50_ms"].as_f64().unwrap_or(f64::NAN);
             let requests = load["requests"].as_u64().unwrap_or(0);
+            if requests == 0 {
+                bail!(
+                    "{name}: no request to {path} finished in {SECONDS} s; see {}",
+                    server.log.display()
+                );
+            }
             let seconds = load["seconds"].as_f64().unwrap_or(f64::NAN);
             let failed =
                 load["non_2xx"].as_u64().unwrap_or(0) + load["socket_errors"].as_u64().unwrap_or(0);
@@ -206,10 +212,16 @@ fn ensure_wrk() -> Result<()> {
         return Ok(());
     }
     eprintln!("xtask: installing wrk (apt) for the HTTP load rows");
-    let ok = Command::new("apt-get")
-        .args(["install", "-y", "-qq", "wrk"])
-        .status()
-        .is_ok_and(|s| s.success());
+    let install = || {
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "wrk"])
+            .status()
+            .is_ok_and(|s| s.success())
+    };
+    // A fresh machine may need the package lists first.
+    let ok = install()
+        || (Command::new("apt-get").args(["update", "-qq"]).status().is_ok_and(|s| s.success())
+            && install());
     if !ok {
         bail!("wrk is needed for the HTTP rows: install it (Debian/Ubuntu: apt-get install wrk)");
     }

@@ -8,7 +8,7 @@ mod bench;
 mod load;
 mod web;
 
-const USAGE: &str = "usage: cargo xtask <test|lint|web|web-test|wasi-test|spin|bench>
+const USAGE: &str = "usage: cargo xtask <test|lint|web|web-test|wasi-test|spin|bench|bench-http>
   test       everything CI runs: lint, the Spin component and host, native tests and the
              API suite on both targets, core's tests on wasip2, the browser bundle and its
              tests in headless Chromium
@@ -22,7 +22,8 @@ const USAGE: &str = "usage: cargo xtask <test|lint|web|web-test|wasi-test|spin|b
              GPU executor, /infer under load (wrk) on the native server and the Spin
              component, and, when `web` is built, the browser bundle vs onnxruntime-web;
              N timed runs (default 20); prints Markdown and rewrites BENCHMARKS.md's
-             generated part";
+             generated part
+  bench-http [N]  only the /infer load rows, printed";
 
 fn main() -> Result<()> {
     let task = std::env::args().nth(1).unwrap_or_default();
@@ -51,15 +52,22 @@ fn main() -> Result<()> {
         "web" => web::build(),
         "web-test" => web::test(),
         "wasi-test" => wasi_tests(),
-        "bench" => {
-            let n = std::env::args().nth(2).map(|n| n.parse()).transpose()?.unwrap_or(20);
-            bench::run(n)
+        "bench" => bench::run(iterations()?),
+        "bench-http" => {
+            // The HTTP rows alone, printed (BENCHMARKS.md is left as it is).
+            print!("{}", load::run(iterations()?)?);
+            Ok(())
         }
         _ => {
             eprintln!("{USAGE}");
             bail!("unknown task {task:?}")
         }
     }
+}
+
+/// `cargo xtask bench N`: N timed runs (default 20).
+fn iterations() -> Result<usize> {
+    Ok(std::env::args().nth(2).map(|n| n.parse()).transpose()?.unwrap_or(20))
 }
 
 /// One step of `cargo xtask test`.

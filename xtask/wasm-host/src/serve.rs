@@ -168,11 +168,7 @@ impl Host {
             Ok(r) => r,
             Err(e) => {
                 eprintln!("wasm-host: request failed: {e:?}");
-                let mut r = http::Response::new(Full::new(Bytes::from_static(
-                    b"{\"error\":{\"code\":\"host.component_failed\",\"message\":\"the component failed\"}}",
-                )));
-                *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
-                r
+                failed_response()
             }
         };
         self.in_flight.fetch_sub(1, Ordering::SeqCst);
@@ -273,7 +269,17 @@ pub fn main(args: &[String]) -> wasmtime::Result<()> {
                     tokio::spawn(async move {
                         let service = hyper::service::service_fn(move |req| {
                             let host = host.clone();
-                            async move { Ok::<_, std::convert::Infallible>(host.handle(req).await) }
+                            // Its own task: a client that hangs up mid-request (a load
+                            // tool stopping, a timeout) drops this future, and the request
+                            // must still finish, return its instance to the pool and leave
+                            // the in-flight count, or the pool shrinks and shutdown waits
+                            // forever.
+                            let handled = tokio::spawn(async move { host.handle(req).await });
+                            async move {
+                                Ok::<_, std::convert::Infallible>(
+                                    handled.await.unwrap_or_else(|_| failed_response()),
+                                )
+                            }
                         });
                         let io = hyper_util::rt::TokioIo::new(stream);
                         let _ = hyper::server::conn::http1::Builder::new().serve_connection(io, service).await;
@@ -288,6 +294,15 @@ pub fn main(args: &[String]) -> wasmtime::Result<()> {
         eprintln!("wasm-host: stopped: in-flight requests finished");
         wasmtime::Result::Ok(())
     })
+}
+
+/// 500 with a stable code when the component traps (or its task dies).
+fn failed_response() -> http::Response<Full<Bytes>> {
+    let mut r = http::Response::new(Full::new(Bytes::from_static(
+        b"{\"error\":{\"code\":\"host.component_failed\",\"message\":\"the component failed\"}}",
+    )));
+    *r.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+    r
 }
 
 async fn shutdown(stop_on_stdin_eof: bool) {
