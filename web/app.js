@@ -41,8 +41,13 @@ async function start() {
   }
   try {
     // ?backend=cpu|gpu|auto forces a backend; auto picks WebGPU when the browser has it.
-    const backend = new URLSearchParams(location.search).get('backend') ?? 'auto';
-    medinfer = await Medinfer.create({ base: new URL('./', location.href), backend });
+    // ?simd=relaxed-simd|simd128 forces a WebAssembly build; auto takes relaxed SIMD if it can.
+    const params = new URLSearchParams(location.search);
+    medinfer = await Medinfer.create({
+      base: new URL('./', location.href),
+      backend: params.get('backend') ?? 'auto',
+      simd: params.get('simd') ?? 'auto',
+    });
     $('version').textContent = medinfer.info.version;
     catalog = await medinfer.catalog();
     const select = $('model');
@@ -74,17 +79,18 @@ async function loadModel(id) {
 }
 
 // The badge says what runs the model: WebGPU (with the adapter, and any op left on the
-// CPU) or WebAssembly SIMD (with the reason when WebGPU was not taken).
+// CPU) or WebAssembly (relaxed) SIMD (with the reason when WebGPU was not taken).
 function showBackend(info) {
   const badge = $('backend');
   badge.dataset.backend = info.backend;
+  badge.dataset.simd = info.simd;
   if (info.backend === 'gpu') {
     const fallback = [...new Set(info.models.flatMap((m) => m.cpu_ops))];
     badge.textContent = 'GPU · WebGPU';
     badge.title = `${info.adapter ?? 'WebGPU'}; ` + info.models.map((m) => `${m.model_id}: ${m.gpu_nodes} nodes on the GPU`).join(', ') +
       (fallback.length ? `; on the CPU: ${fallback.join(', ')}` : '');
   } else {
-    badge.textContent = 'CPU · WebAssembly SIMD';
+    badge.textContent = info.simd === 'relaxed-simd' ? 'CPU · WebAssembly relaxed SIMD' : 'CPU · WebAssembly SIMD';
     badge.title = info.reason ? `WebGPU not used: ${info.reason}` : 'Where the model runs';
   }
 }

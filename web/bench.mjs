@@ -1,5 +1,6 @@
 // Browser numbers for BENCHMARKS.md: bundle size, time to first prediction after page load,
-// and per-image latency for both models, in Debian's headless Chromium (SIMD128, one thread).
+// and per-image latency for both models and both WebAssembly builds (relaxed SIMD, SIMD128),
+// in Debian's headless Chromium (one thread).
 // Run after `cargo xtask web`: `node web/bench.mjs [--n 20]`. Also runs onnxruntime-web
 // (npm, wasm backend, installed here on first use without touching package.json) on the same
 // models in the same browser, and prints the ratio.
@@ -13,10 +14,12 @@ import { join } from 'node:path';
 import { serve, browser, openPage, ROOT, WEB } from './tests/harness.mjs';
 
 const n = Number(process.argv[process.argv.indexOf('--n') + 1]) || 20;
-const wasm = join(WEB, 'pkg/medinfer_wasm_bg.wasm');
-const raw = statSync(wasm).size;
-const gz = gzipSync(readFileSync(wasm), { level: 9 }).length;
-console.log(`bundle: ${(raw / 1e6).toFixed(1)} MB raw, ${(gz / 1e6).toFixed(1)} MB gzip -9`);
+const BUILDS = { 'relaxed-simd': 'pkg/medinfer_wasm_relaxed_bg.wasm', simd128: 'pkg/medinfer_wasm_bg.wasm' };
+for (const [build, file] of Object.entries(BUILDS)) {
+  const bytes = readFileSync(join(WEB, file));
+  const gz = gzipSync(bytes, { level: 9 }).length;
+  console.log(`bundle (${build}): ${(bytes.length / 1e6).toFixed(1)} MB raw, ${(gz / 1e6).toFixed(1)} MB gzip -9`);
+}
 
 if (!existsSync(join(WEB, 'node_modules/onnxruntime-web/package.json'))) {
   execFileSync('npm', ['install', '--no-save', '--no-audit', '--no-fund', `onnxruntime-web@${ORT_VERSION}`], { cwd: WEB, stdio: 'inherit' });
@@ -39,42 +42,44 @@ try {
     })));
     await page.close();
   }
-  console.log(`time to first prediction (MobileNetV2, CT_small, from navigation): ${ttfp.map((t) => t.first.toFixed(0)).join(', ')} ms`);
+  console.log(`time to first prediction (MobileNetV2, CT_small, from navigation, relaxed-SIMD build): ${ttfp.map((t) => t.first.toFixed(0)).join(', ')} ms`);
 
   const { page } = await openPage(chromium.context, server.url);
   const files = ['CT_small.dcm', 'RG1_J2KI.dcm'].map((f) => ({ f, b64: readFileSync(join(ROOT, 'testdata/dicom', f)).toString('base64') }));
-  const out = await page.evaluate(async ({ files, n }) => {
+  const out = await page.evaluate(async ({ files, n, builds }) => {
     const { Medinfer } = await import('./medinfer.js');
-    const m = await Medinfer.create();
     const rows = [];
-    for (const model of ['mobilenetv2-chexnet', 'densenet121-chexnet']) {
-      const t0 = performance.now();
-      const info = await m.loadModel(model);
-      const fetchAndLoad = performance.now() - t0;
-      for (const { f, b64 } of files) {
-        const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-        for (let i = 0; i < 2; i++) await m.infer(bytes, { modelId: model });
-        const wall = [], engine = [], infer = [];
-        for (let i = 0; i < n; i++) {
-          const t = performance.now();
-          const r = await m.infer(bytes, { modelId: model });
-          wall.push(performance.now() - t);
-          engine.push(r.timing_ms.total_ms);
-          infer.push(r.timing_ms.infer_ms);
+    for (const simd of builds) {
+      const m = await Medinfer.create({ simd });
+      for (const model of ['mobilenetv2-chexnet', 'densenet121-chexnet']) {
+        const t0 = performance.now();
+        const info = await m.loadModel(model);
+        const fetchAndLoad = performance.now() - t0;
+        for (const { f, b64 } of files) {
+          const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
+          for (let i = 0; i < 2; i++) await m.infer(bytes, { modelId: model });
+          const wall = [], engine = [], infer = [];
+          for (let i = 0; i < n; i++) {
+            const t = performance.now();
+            const r = await m.infer(bytes, { modelId: model });
+            wall.push(performance.now() - t);
+            engine.push(r.timing_ms.total_ms);
+            infer.push(r.timing_ms.infer_ms);
+          }
+          const q = (a, p) => [...a].sort((x, y) => x - y)[Math.min(a.length - 1, Math.floor(p * a.length))];
+          rows.push({ simd, model, file: f, load_ms: info.load_ms, fetch_load_ms: fetchAndLoad,
+            wall_p50: q(wall, 0.5), wall_p90: q(wall, 0.9), engine_p50: q(engine, 0.5), infer_p50: q(infer, 0.5) });
         }
-        const q = (a, p) => [...a].sort((x, y) => x - y)[Math.min(a.length - 1, Math.floor(p * a.length))];
-        rows.push({ model, file: f, load_ms: info.load_ms, fetch_load_ms: fetchAndLoad,
-          wall_p50: q(wall, 0.5), wall_p90: q(wall, 0.9), engine_p50: q(engine, 0.5), infer_p50: q(infer, 0.5) });
       }
+      m.terminate();
     }
-    m.terminate();
     return rows;
-  }, { files, n });
+  }, { files, n, builds: Object.keys(BUILDS) });
   console.log(`per image, ${n} runs after 2 warm-ups (client round trip through the worker; engine = decode+preprocess+infer):`);
-  console.log('| model | file | load (optimise) ms | fetch+load ms | round trip p50 | p90 | engine total p50 | infer p50 |');
-  console.log('|---|---|---|---|---|---|---|---|');
+  console.log('| build | model | file | load (optimise) ms | fetch+load ms | round trip p50 | p90 | engine total p50 | infer p50 |');
+  console.log('|---|---|---|---|---|---|---|---|---|');
   for (const r of out) {
-    console.log(`| ${r.model} | ${r.file} | ${r.load_ms.toFixed(0)} | ${r.fetch_load_ms.toFixed(0)} | ${r.wall_p50.toFixed(1)} | ${r.wall_p90.toFixed(1)} | ${r.engine_p50.toFixed(1)} | ${r.infer_p50.toFixed(1)} |`);
+    console.log(`| ${r.simd} | ${r.model} | ${r.file} | ${r.load_ms.toFixed(0)} | ${r.fetch_load_ms.toFixed(0)} | ${r.wall_p50.toFixed(1)} | ${r.wall_p90.toFixed(1)} | ${r.engine_p50.toFixed(1)} | ${r.infer_p50.toFixed(1)} |`);
   }
 
   // onnxruntime-web, wasm backend (SIMD; one thread: the page is not cross-origin isolated,
@@ -105,11 +110,11 @@ try {
     return { version: ort.env.versions?.web ?? '', rows: out };
   }, { n });
   console.log(`\nmodel run alone vs onnxruntime-web ${ORT_VERSION} (wasm backend, 1 thread), same browser, ${n} runs:`);
-  console.log('| model | medinfer infer p50 ms | onnxruntime-web p50 ms | p90 | ratio (medinfer / ort) | ort session create ms | medinfer load ms |');
-  console.log('|---|---|---|---|---|---|---|');
-  for (const r of ort.rows) {
-    const ours = out.find((o) => o.model === r.model && o.file === 'CT_small.dcm');
-    console.log(`| ${r.model} | ${ours.infer_p50.toFixed(1)} | ${r.p50.toFixed(1)} | ${r.p90.toFixed(1)} | ${(ours.infer_p50 / r.p50).toFixed(2)}× | ${r.load.toFixed(0)} | ${ours.load_ms.toFixed(0)} |`);
+  console.log('| build | model | medinfer infer p50 ms | onnxruntime-web p50 ms | p90 | ratio (medinfer / ort) | ort session create ms | medinfer load ms |');
+  console.log('|---|---|---|---|---|---|---|---|');
+  for (const ours of out.filter((o) => o.file === 'CT_small.dcm')) {
+    const r = ort.rows.find((x) => x.model === ours.model);
+    console.log(`| ${ours.simd} | ${r.model} | ${ours.infer_p50.toFixed(1)} | ${r.p50.toFixed(1)} | ${r.p90.toFixed(1)} | ${(ours.infer_p50 / r.p50).toFixed(2)}× | ${r.load.toFixed(0)} | ${ours.load_ms.toFixed(0)} |`);
   }
 } finally {
   await chromium.close();

@@ -8,28 +8,45 @@
 // The only network requests this worker makes are GETs of the bundle's own model files.
 
 import init, { Engine } from './pkg/medinfer_wasm.js';
+import './wasm-simd.js';
+
+const { files: WASM_FILE, hasRelaxedSimd, best: bestSimd } = self.medinferWasm;
 
 let engine = null;
 let modelsBase = null;
 // 'auto' | 'gpu' | 'cpu', from Medinfer.create; the engine settles it after each model load.
 let backendMode = 'auto';
-let backendInfo = { backend: 'cpu', adapter: null, reason: 'no model loaded yet', models: [] };
+let backendInfo = { backend: 'cpu', simd: null, adapter: null, reason: 'no model loaded yet', models: [] };
 let modelIndex = null;
+let simd = null; // 'relaxed-simd' | 'simd128': the build this worker runs
 const loaded = new Map(); // model id -> ModelInfo
 const queue = [];
 const cancelled = new Set();
 let pumping = false;
 
 const ops = {
-  async init({ base, deidKey, backend }) {
-    modelsBase = new URL('models/', base);
-    await init({ module_or_path: new URL('pkg/medinfer_wasm_bg.wasm', base) });
-    engine = new Engine(deidKey ? { deidKey } : undefined);
+  async init({ base, deidKey, backend, simd: wanted = 'auto' }) {
     if (backend !== undefined && !['auto', 'gpu', 'cpu'].includes(backend)) {
       throw medinferError('input.options', 'backend is auto, gpu or cpu');
     }
+    if (!['auto', 'relaxed-simd', 'simd128'].includes(wanted)) {
+      throw medinferError('input.options', 'simd is auto, relaxed-simd or simd128');
+    }
+    if (wanted === 'relaxed-simd' && !hasRelaxedSimd()) {
+      throw medinferError('input.options', 'this browser has no WebAssembly relaxed SIMD');
+    }
+    // Two builds of the same code, same JS glue: the relaxed-SIMD one (fused multiply-add in
+    // the matmul kernels) wherever the engine validates relaxed SIMD, else plain SIMD128.
+    simd = wanted === 'auto' ? bestSimd() : wanted;
+    modelsBase = new URL('models/', base);
+    await init({ module_or_path: new URL(WASM_FILE[simd], base) });
+    if (Engine.simd() !== simd) {
+      throw medinferError('internal.error', `the ${WASM_FILE[simd]} build says it is ${Engine.simd()}`);
+    }
+    engine = new Engine(deidKey ? { deidKey } : undefined);
     backendMode = backend ?? 'auto';
-    return { version: Engine.version(), backendMode };
+    backendInfo = { ...backendInfo, simd };
+    return { version: Engine.version(), backendMode, simd };
   },
 
   backend() {

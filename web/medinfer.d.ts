@@ -44,16 +44,20 @@ export interface Catalog {
 export class Medinfer {
   /** Starts the worker and the wasm module from `base` (default: where medinfer.js is). */
   /** `backend`: 'auto' (default: WebGPU when the browser gives an adapter and the models
-   *  plan on it, else WebAssembly SIMD), 'gpu' (WebGPU or an error) or 'cpu'. */
+   *  plan on it, else WebAssembly SIMD), 'gpu' (WebGPU or an error) or 'cpu'.
+   *  `simd`: which WebAssembly build to load: 'auto' (default: relaxed SIMD where the browser
+   *  validates it, else SIMD128), or either one forced ('relaxed-simd' rejects with
+   *  `input.options` on a browser without it). */
   static create(options?: {
     base?: URL | string;
     deidKey?: Uint8Array;
     backend?: 'auto' | 'gpu' | 'cpu';
+    simd?: 'auto' | 'relaxed-simd' | 'simd128';
     signal?: AbortSignal;
   }): Promise<Medinfer>;
   /** What runs the models (settled after each model load). */
   backend(call?: CallOptions): Promise<BackendInfo>;
-  readonly info: { version: string };
+  readonly info: { version: string; backendMode: 'auto' | 'gpu' | 'cpu'; simd: 'relaxed-simd' | 'simd128' };
   catalog(options?: CallOptions): Promise<Catalog>;
   loadModel(modelId: string, options?: CallOptions): Promise<ModelInfo>;
   inspect(input: Input, options?: CallOptions): Promise<FileInfo>;

@@ -1,13 +1,15 @@
 // Offline support: every same-origin GET goes to the network first and falls back to the
 // copy kept from the last successful fetch, so the page, the bundle and any model already
 // used keep working with the network cut. Nothing else is ever fetched or sent.
-const CACHE = 'medinfer-v1';
+const CACHE = 'medinfer-v2';
 
 // The page, the bundle and the default model, so that a reload works offline even after a
 // first visit (whose worker started before this service worker took control); other models
-// are kept as they are used.
+// are kept as they are used. The .wasm is the build the worker will pick on this browser (wasm-simd.js).
+importScripts('wasm-simd.js');
 const SHELL = ['./', 'index.html', 'app.js', 'style.css', 'medinfer.js', 'medinfer-worker.js',
-  'pkg/medinfer_wasm.js', 'pkg/medinfer_wasm_bg.wasm', 'models/index.json'];
+  'wasm-simd.js', 'pkg/medinfer_wasm.js', self.medinferWasm.files[self.medinferWasm.best()],
+  'models/index.json'];
 
 self.addEventListener('install', (event) => {
   event.waitUntil((async () => {
@@ -23,7 +25,11 @@ self.addEventListener('install', (event) => {
     await self.skipWaiting();
   })());
 });
-self.addEventListener('activate', (event) => event.waitUntil(self.clients.claim()));
+self.addEventListener('activate', (event) => event.waitUntil((async () => {
+  // An older version's cache holds files this one no longer serves.
+  for (const name of await caches.keys()) if (name !== CACHE) await caches.delete(name);
+  await self.clients.claim();
+})()));
 
 self.addEventListener('fetch', (event) => {
   const { request } = event;

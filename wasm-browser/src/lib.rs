@@ -111,6 +111,8 @@ export interface InferOptions { modelId?: string; frame?: number; batchId?: stri
 export interface ModelPlacement { model_id: string; gpu_nodes: number; cpu_ops: string[]; fallbacks: string[] }
 export interface BackendInfo {
   backend: "gpu" | "cpu";
+  /** The WebAssembly build in use: relaxed SIMD where the engine has it, else SIMD128. */
+  simd: "relaxed-simd" | "simd128";
   adapter: string | null;
   reason: string | null;
   models: ModelPlacement[];
@@ -305,10 +307,15 @@ impl GpuState {
     }
 }
 
+/// The instruction set of this build (see `Engine::simd`).
+const SIMD: &str = if cfg!(target_feature = "relaxed-simd") { "relaxed-simd" } else { "simd128" };
+
 /// What `useGpu` settled on.
 #[derive(Serialize)]
 struct BackendInfo {
     backend: &'static str,
+    /// The WebAssembly build running the CPU path (and everything but the GPU's kernels).
+    simd: &'static str,
     adapter: Option<String>,
     reason: Option<String>,
     models: Vec<ModelPlacement>,
@@ -386,6 +393,14 @@ impl Engine {
     #[wasm_bindgen(js_name = version)]
     pub fn version() -> String {
         env!("CARGO_PKG_VERSION").to_string()
+    }
+
+    /// The SIMD instruction set this build of the bundle was compiled for: `"relaxed-simd"`
+    /// (`medinfer_wasm_relaxed_bg.wasm`: tract's kernels use fused `f32x4.relaxed_madd`) or
+    /// `"simd128"` (`medinfer_wasm_bg.wasm`, for engines without relaxed SIMD).
+    #[wasm_bindgen(js_name = simd, unchecked_return_type = "\"relaxed-simd\" | \"simd128\"")]
+    pub fn simd() -> String {
+        SIMD.to_string()
     }
 
     /// Loads a model from its `model.toml` manifest and ONNX bytes (checked against the
@@ -571,6 +586,7 @@ impl Engine {
         wasm_bindgen_futures::future_to_promise(async move {
             let cpu = |reason: Option<String>| BackendInfo {
                 backend: "cpu",
+                simd: SIMD,
                 adapter: None,
                 reason,
                 models: vec![],
@@ -613,7 +629,13 @@ impl Engine {
                 }
             }
             *slot.borrow_mut() = Some(state);
-            to_js(&BackendInfo { backend: "gpu", adapter: Some(adapter), reason: None, models })
+            to_js(&BackendInfo {
+                backend: "gpu",
+                simd: SIMD,
+                adapter: Some(adapter),
+                reason: None,
+                models,
+            })
         })
     }
 

@@ -3,7 +3,10 @@ import { Medinfer, MedinferError, type InferenceResult, type BatchItem } from '.
 import { Engine } from '../pkg/medinfer_wasm.js';
 
 export async function classify(buffer: ArrayBuffer, signal: AbortSignal): Promise<string> {
-  const medinfer = await Medinfer.create({ base: '/medinfer/' });
+  const medinfer = await Medinfer.create({ base: '/medinfer/', simd: 'auto' });
+  const build: 'relaxed-simd' | 'simd128' = medinfer.info.simd;
+  const running: 'relaxed-simd' | 'simd128' = (await medinfer.backend()).simd;
+  const bundleSimd: string = Engine.simd();
   const model = await medinfer.loadModel('mobilenetv2-chexnet', { signal });
   const result: InferenceResult = await medinfer.infer(buffer, { modelId: model.model_id }, { signal });
   const top: [string, number][] = Object.entries(result.predictions).slice(0, 3);
@@ -23,5 +26,5 @@ export async function classify(buffer: ArrayBuffer, signal: AbortSignal): Promis
   } catch (e) {
     if (e instanceof MedinferError) console.log(e.code);
   }
-  return `${top[0][0]} ${failed.length} ${image.width} ${pseudonym} ${info.format} ${result.timing_ms.total_ms}`;
+  return `${build} ${running} ${bundleSimd} ${top[0][0]} ${failed.length} ${image.width} ${pseudonym} ${info.format} ${result.timing_ms.total_ms}`;
 }

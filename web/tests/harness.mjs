@@ -1,15 +1,27 @@
 // Test harness: a static server that logs every request it receives (method, URL, headers
-// and body), and Debian's Chromium driven by playwright-core with a fresh profile.
+// and body), Debian's Chromium driven by playwright-core with a fresh profile, and the native
+// CLI's predictions to compare the browser's with.
 
 import { createServer } from 'node:http';
+import { execFileSync } from 'node:child_process';
 import { readFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join, extname, normalize, dirname } from 'node:path';
+import { join, extname, normalize, dirname, basename } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 
 export const WEB = join(dirname(fileURLToPath(import.meta.url)), '..');
 export const ROOT = join(WEB, '..');
+const MEDINFER = process.env.MEDINFER_BIN ?? join(ROOT, 'target/release/medinfer');
+
+/** The native CLI's predictions for `paths` with `model`: file name -> {label: score}. */
+export function nativePredictions(model, paths) {
+  const out = execFileSync(MEDINFER, ['infer', '--json', '--model', model, ...paths], {
+    env: { ...process.env, MEDINFER_MODELS: join(ROOT, 'models') },
+    maxBuffer: 1 << 24,
+  });
+  return Object.fromEntries(JSON.parse(out).map((r) => [basename(r.file), Object.fromEntries(r.predictions.map((p) => [p.label, p.score]))]));
+}
 
 const TYPES = {
   '.html': 'text/html; charset=utf-8', '.js': 'text/javascript; charset=utf-8', '.mjs': 'text/javascript; charset=utf-8',

@@ -7,12 +7,11 @@ import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { readFileSync, writeFileSync, mkdtempSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, basename } from 'node:path';
-import { serve, browser, openPage, ROOT, WEB } from './harness.mjs';
+import { join } from 'node:path';
+import { serve, browser, openPage, nativePredictions, ROOT, WEB } from './harness.mjs';
 
 const DICOM = join(ROOT, 'testdata/dicom');
 const GOOD_DICOM = ['CT_small.dcm', 'JPEG2000.dcm', 'MR_small_RLE.dcm', 'RG1_J2KI.dcm', 'SC_rgb_jpeg_dcmtk.dcm', 'US1_J2KI.dcm'];
-const MEDINFER = process.env.MEDINFER_BIN ?? join(ROOT, 'target/release/medinfer');
 const TOLERANCE = 1e-4;
 const OUT = join(WEB, 'test-output');
 mkdirSync(OUT, { recursive: true });
@@ -50,11 +49,7 @@ after(async () => {
 
 /** The native CLI's predictions: file name -> {label: score}. */
 function reference(model, names) {
-  const out = execFileSync(MEDINFER, ['infer', '--json', '--model', model, ...names.map((n) => files[n])], {
-    env: { ...process.env, MEDINFER_MODELS: join(ROOT, 'models') },
-    maxBuffer: 1 << 24,
-  });
-  return Object.fromEntries(JSON.parse(out).map((r) => [basename(r.file), Object.fromEntries(r.predictions.map((p) => [p.label, p.score]))]));
+  return nativePredictions(model, names.map((n) => files[n]));
 }
 
 /** Every PHI value pydicom reads from the DICOM files used (testdata/dicom/manifest.json). */

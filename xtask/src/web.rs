@@ -1,7 +1,7 @@
-//! The browser bundle: one release build for wasm32-unknown-unknown, wasm-bindgen at exactly
-//! the version in Cargo.lock (installed from crates.io when missing, never downloaded as a
-//! binary), the bundled models and sample files copied beside the page, and its tests in
-//! Debian's Chromium.
+//! The browser bundle: two release builds for wasm32-unknown-unknown (SIMD128, and relaxed
+//! SIMD for engines that have it), wasm-bindgen at exactly the version in Cargo.lock
+//! (installed from crates.io when missing, never downloaded as a binary), the bundled models
+//! and sample files copied beside the page, and its tests in Debian's Chromium.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -15,6 +15,13 @@ const PACKAGE: &str = "medinfer-browser";
 const WASM: &str = "target/wasm32-unknown-unknown/release/medinfer_browser.wasm";
 /// wasm-bindgen's output name: `web/pkg/medinfer_wasm.js` and `medinfer_wasm_bg.wasm`.
 const OUT_NAME: &str = "medinfer_wasm";
+/// The relaxed-SIMD build: its own target directory (its flags differ from the SIMD128 build's,
+/// which the wasm-bindgen tests reuse), and only its `.wasm` is shipped, beside the other.
+const RELAXED_TARGET_DIR: &str = "target/relaxed-simd";
+const RELAXED_WASM: &str = "medinfer_wasm_relaxed_bg.wasm";
+/// `.cargo/config.toml`'s wasm flags with relaxed SIMD added.
+const RELAXED_RUSTFLAGS: &str =
+    "-C target-feature=+simd128,+relaxed-simd -C debuginfo=0 -C strip=debuginfo";
 /// The page shows this model first: the smallest download.
 const DEFAULT_MODEL: &str = "mobilenetv2-chexnet";
 /// Sample DICOM files for the viewer-embedding example (pydicom's test files, MIT).
@@ -28,28 +35,78 @@ pub fn build() -> Result<()> {
     if pkg.exists() {
         fs::remove_dir_all(pkg)?;
     }
-    run(Command::new(&bindgen).args([
-        "--target",
-        "web",
-        "--out-dir",
-        "web/pkg",
-        "--out-name",
-        OUT_NAME,
-        WASM,
-    ]))?;
+    bind(&bindgen, Path::new(WASM), pkg)?;
+
+    // The same crate with relaxed SIMD. Both builds must share one JS glue (the worker imports
+    // it before choosing a .wasm), so the relaxed build's glue has to be the same, byte for
+    // byte but for the function-table indices wasm-bindgen writes in comments; only its .wasm
+    // is kept.
+    eprintln!("xtask: the relaxed-SIMD build ({RELAXED_TARGET_DIR})");
+    let status = Command::new(env!("CARGO"))
+        .args(["build", "--release", "-p", PACKAGE, "--target", "wasm32-unknown-unknown"])
+        .args(["--target-dir", RELAXED_TARGET_DIR])
+        .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS", RELAXED_RUSTFLAGS)
+        .status()
+        .context("running cargo build (relaxed SIMD)")?;
+    if !status.success() {
+        bail!("the relaxed-SIMD build failed ({status})");
+    }
+    let relaxed_pkg = Path::new(RELAXED_TARGET_DIR).join("pkg");
+    if relaxed_pkg.exists() {
+        fs::remove_dir_all(&relaxed_pkg)?;
+    }
+    let relaxed_wasm = Path::new(RELAXED_TARGET_DIR)
+        .join("wasm32-unknown-unknown/release")
+        .join(Path::new(WASM).file_name().context("wasm file name")?);
+    bind(&bindgen, &relaxed_wasm, &relaxed_pkg)?;
+    for glue in [format!("{OUT_NAME}.js"), format!("{OUT_NAME}.d.ts")] {
+        let [a, b] = [pkg, relaxed_pkg.as_path()].map(|dir| fs::read_to_string(dir.join(&glue)));
+        if without_table_indices(&a?) != without_table_indices(&b?) {
+            bail!("the relaxed-SIMD build's {glue} differs from the SIMD128 build's");
+        }
+    }
+    fs::copy(relaxed_pkg.join(format!("{OUT_NAME}_bg.wasm")), pkg.join(RELAXED_WASM))?;
+
     copy_models()?;
     copy_samples()?;
-    let wasm = pkg.join(format!("{OUT_NAME}_bg.wasm"));
-    let raw = fs::metadata(&wasm)?.len();
-    let gz = gzip_size(&wasm)?;
+    for name in [format!("{OUT_NAME}_bg.wasm"), RELAXED_WASM.to_string()] {
+        let wasm = pkg.join(name);
+        eprintln!(
+            "xtask: browser bundle {}: {:.1} MB raw, {:.1} MB gzip -9",
+            wasm.display(),
+            fs::metadata(&wasm)?.len() as f64 / 1e6,
+            gzip_size(&wasm)? as f64 / 1e6,
+        );
+    }
     eprintln!(
-        "xtask: browser bundle {}: {:.1} MB raw, {:.1} MB gzip -9 (JS glue {} KB)",
-        wasm.display(),
-        raw as f64 / 1e6,
-        gz as f64 / 1e6,
+        "xtask: JS glue {} KB (one for both builds)",
         fs::metadata(pkg.join(format!("{OUT_NAME}.js")))?.len() / 1024
     );
     Ok(())
+}
+
+/// `text` with every `shim_idx: N` (a comment in wasm-bindgen's glue naming the closure shim's
+/// function-table slot, which depends on code layout) written as `shim_idx: _`.
+fn without_table_indices(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(at) = rest.find("shim_idx: ") {
+        let (head, tail) = rest.split_at(at + "shim_idx: ".len());
+        out.push_str(head);
+        out.push('_');
+        rest = tail.trim_start_matches(|c: char| c.is_ascii_digit());
+    }
+    out.push_str(rest);
+    out
+}
+
+/// wasm-bindgen for the browser (`--target web`) into `out`, named `OUT_NAME`.
+fn bind(bindgen: &Path, wasm: &Path, out: &Path) -> Result<()> {
+    run(Command::new(bindgen)
+        .args(["--target", "web", "--out-dir"])
+        .arg(out)
+        .args(["--out-name", OUT_NAME])
+        .arg(wasm))
 }
 
 /// wasm-bindgen-test in Chromium (through chromedriver), then the page and the embedding
@@ -190,4 +247,18 @@ fn gzip_size(path: &Path) -> Result<u64> {
         bail!("gzip failed");
     }
     Ok(out.stdout.len() as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::without_table_indices;
+
+    #[test]
+    fn only_shim_indices_are_masked() {
+        let a = "// Cast for `Closure { shim_idx: 15311, ret: Unit }`\nconst x = 15311;";
+        let b = "// Cast for `Closure { shim_idx: 232, ret: Unit }`\nconst x = 15311;";
+        assert_eq!(without_table_indices(a), without_table_indices(b));
+        let c = "// Cast for `Closure { shim_idx: 232, ret: Unit }`\nconst x = 232;";
+        assert_ne!(without_table_indices(a), without_table_indices(c));
+    }
 }

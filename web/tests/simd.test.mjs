@@ -1,0 +1,129 @@
+// The bundle's two WebAssembly builds. The relaxed-SIMD build really uses relaxed SIMD (an
+// engine without it refuses the module) and the SIMD128 build does not; Chromium picks the
+// relaxed one; each gives the native CLI's predictions; and a browser without relaxed SIMD
+// (as Safari is today) loads the SIMD128 build, fetches no other, and says so.
+
+import { test, before, after } from 'node:test';
+import assert from 'node:assert/strict';
+import { execFileSync } from 'node:child_process';
+import { readFileSync } from 'node:fs';
+import { join, basename } from 'node:path';
+import { serve, browser, openPage, nativePredictions, ROOT, WEB } from './harness.mjs';
+
+const MODEL = 'mobilenetv2-chexnet';
+const FILES = ['CT_small.dcm', 'RG1_J2KI.dcm', 'US1_J2KI.dcm'].map((f) => join(ROOT, 'testdata/dicom', f));
+const TOLERANCE = 1e-4;
+const BUILDS = { 'relaxed-simd': 'pkg/medinfer_wasm_relaxed_bg.wasm', simd128: 'pkg/medinfer_wasm_bg.wasm' };
+const NO_RELAXED = '--no-experimental-wasm-relaxed-simd';
+
+let server;
+before(async () => { server = await serve(); });
+after(async () => { await server?.close(); });
+
+test('the relaxed-SIMD build needs relaxed SIMD; the SIMD128 build does not', () => {
+  // V8 in node, with relaxed SIMD switched on and off: only the relaxed build depends on it.
+  const validate = (flag) => JSON.parse(execFileSync(process.execPath, [flag, '--input-type=module', '-e', `
+    import { readFileSync } from 'node:fs';
+    const files = ${JSON.stringify(Object.values(BUILDS).map((f) => join(WEB, f)))};
+    console.log(JSON.stringify(files.map((f) => WebAssembly.validate(readFileSync(f)))));
+  `]));
+  assert.deepEqual(validate('--experimental-wasm-relaxed-simd'), [true, true]);
+  assert.deepEqual(validate(NO_RELAXED), [false, true]);
+});
+
+/** Runs FILES through the worker API with `simd` ('auto' or a build); returns what it saw. */
+async function runFiles(page, simd) {
+  const b64 = FILES.map((f) => readFileSync(f).toString('base64'));
+  return page.evaluate(async ({ b64, model, simd }) => {
+    const { Medinfer } = await import('./medinfer.js');
+    const bytes = b64.map((s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0)));
+    const m = await Medinfer.create({ backend: 'cpu', simd });
+    await m.loadModel(model);
+    const backend = await m.backend();
+    const batch = await m.inferBatch(bytes, { modelId: model });
+    m.terminate();
+    return { info: m.info, backend, items: batch.items };
+  }, { b64, model: MODEL, simd });
+}
+
+function assertParity(items, want, build) {
+  let worst = 0;
+  FILES.forEach((f, i) => {
+    assert.ok(!items[i].error, `${build}: ${basename(f)} failed: ${JSON.stringify(items[i].error)}`);
+    for (const [label, score] of Object.entries(want[basename(f)])) {
+      const diff = Math.abs(items[i].predictions[label] - score);
+      worst = Math.max(worst, diff);
+      assert.ok(diff <= TOLERANCE, `${build}: ${basename(f)} ${label}: ${items[i].predictions[label]} vs native ${score}`);
+    }
+  });
+  return worst;
+}
+
+test('Chromium runs the relaxed-SIMD build; both builds agree with the native CLI', async () => {
+  const chromium = await browser();
+  try {
+    const { page, errors } = await openPage(chromium.context, `${server.url}?model=${MODEL}`);
+    assert.equal(await page.getAttribute('#backend', 'data-simd'), 'relaxed-simd');
+    assert.equal(await page.textContent('#backend'), 'CPU · WebAssembly relaxed SIMD');
+    const want = nativePredictions(MODEL, FILES);
+    const picked = await runFiles(page, 'auto');
+    assert.equal(picked.info.simd, 'relaxed-simd');
+    assert.equal(picked.backend.simd, 'relaxed-simd');
+    const relaxed = assertParity(picked.items, want, 'relaxed-simd');
+    const forced = await runFiles(page, 'simd128');
+    assert.equal(forced.info.simd, 'simd128');
+    assert.equal(forced.backend.simd, 'simd128');
+    const simd128 = assertParity(forced.items, want, 'simd128');
+    console.log(`vs native: relaxed-simd max |Δ| ${relaxed.toExponential(2)}, simd128 ${simd128.toExponential(2)} over ${FILES.length} files`);
+    const bogus = await page.evaluate(async () => {
+      const { Medinfer } = await import('./medinfer.js');
+      return Medinfer.create({ simd: 'avx512' }).then(() => 'created', (e) => `${e.name} ${e.code}`);
+    });
+    assert.equal(bogus, 'MedinferError input.options');
+    assert.deepEqual(errors.map(String), []);
+    await page.close();
+  } finally {
+    await chromium.close();
+  }
+});
+
+test('without relaxed SIMD, the page loads the SIMD128 build only; forcing relaxed is refused', async () => {
+  // Chromium 156's V8 has no switch to turn relaxed SIMD off any more, so an engine without it
+  // is emulated where the bundle asks: the probe's f32x4.relaxed_madd opcode (0xfd 0x85 0x02)
+  // is served as an opcode no engine knows, which is what relaxed_madd is to an engine without
+  // the proposal. Everything after that (the choice, the fetches, the service worker's
+  // precache, the badge, the SIMD128 build's predictions) is the real thing.
+  const chromium = await browser();
+  let probes = 0;
+  await chromium.context.route('**/wasm-simd.js', async (route) => {
+    const response = await route.fetch();
+    const text = await response.text();
+    const patched = text.replace('0xfd, 0x85, 0x02, 0x0b', '0xfd, 0xff, 0x03, 0x0b');
+    assert.notEqual(patched, text, 'the probe is in wasm-simd.js');
+    probes++;
+    await route.fulfill({ response, body: patched });
+  });
+  try {
+    const seen = server.log.length;
+    const { page, errors } = await openPage(chromium.context, `${server.url}?model=${MODEL}`);
+    assert.equal(await page.getAttribute('#backend', 'data-simd'), 'simd128');
+    assert.equal(await page.textContent('#backend'), 'CPU · WebAssembly SIMD');
+    const picked = await runFiles(page, 'auto');
+    assert.equal(picked.info.simd, 'simd128');
+    const worst = assertParity(picked.items, nativePredictions(MODEL, FILES), 'simd128');
+    console.log(`without relaxed SIMD: simd128 max |Δ| ${worst.toExponential(2)}`);
+    const forced = await page.evaluate(async () => {
+      const { Medinfer } = await import('./medinfer.js');
+      return Medinfer.create({ simd: 'relaxed-simd' }).then(() => 'created', (e) => `${e.name} ${e.code}`);
+    });
+    assert.equal(forced, 'MedinferError input.options');
+    const wasm = server.log.slice(seen).map((r) => r.url).filter((u) => u.endsWith('.wasm'));
+    assert.ok(wasm.includes(`/${BUILDS.simd128}`), `fetched ${wasm.join(', ')}`);
+    assert.ok(!wasm.includes(`/${BUILDS['relaxed-simd']}`), `fetched ${wasm.join(', ')}`);
+    assert.ok(probes >= 1, 'the worker read the emulated probe');
+    assert.deepEqual(errors.map(String), []);
+    await page.close();
+  } finally {
+    await chromium.close();
+  }
+});
