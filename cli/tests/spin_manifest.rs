@@ -1,6 +1,7 @@
 #![allow(clippy::unwrap_used)]
 //! spin.toml stays in step with the code: every setting is a variable passed to the
-//! component, the models it mounts exist, the source is what `cargo xtask spin` builds.
+//! component, the models it mounts exist, the source is the pre-initialised component
+//! `cargo xtask spin` builds, and its build command is that.
 
 use std::path::PathBuf;
 
@@ -24,7 +25,7 @@ fn spin_toml_matches_the_component() {
     assert_eq!(variables["deid_key"]["secret"].as_bool(), Some(true));
     assert_eq!(
         component["source"].as_str(),
-        Some("target/wasm32-wasip2/release/medinfer_spin.wasm")
+        Some("target/wasm32-wasip2/release/medinfer_spin.preinit.wasm")
     );
     let stores = component["key_value_stores"].as_array().unwrap();
     assert!(stores.iter().any(|s| s.as_str() == Some("default")));
@@ -33,6 +34,11 @@ fn spin_toml_matches_the_component() {
         assert!(root().join(source).join("model.toml").is_file(), "{source}");
         assert!(file["destination"].as_str().unwrap().starts_with("/models/"));
     }
-    let build = component["build"]["command"].as_str().unwrap();
-    assert!(build.contains("-p medinfer-spin") && build.contains("wasm32-wasip2"));
+    assert_eq!(component["build"]["command"].as_str(), Some("cargo xtask spin"));
+    // xtask builds and pre-initialises exactly these.
+    let xtask = std::fs::read_to_string(root().join("xtask/src/main.rs")).unwrap();
+    assert!(xtask.contains(&format!("\"{}\"", component["source"].as_str().unwrap())));
+    assert!(
+        xtask.contains("\"preinit\", SPIN_COMPONENT, SPIN_PREINIT, \"--dir\", \"models::/models\"")
+    );
 }

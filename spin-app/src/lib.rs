@@ -8,8 +8,12 @@
 //!   `medinfer_service::config`).
 //! - Models are component files under `/models`, loaded and optimised once per instance on
 //!   its first request and reused: Spin serves many requests from one WASIp3 instance.
+//! - Or, in the pre-initialised build spin.toml serves (`wasm-host preinit`, wasmtime-wizer),
+//!   loaded once at build time: `wizer-initialize` loads and optimises them, and the snapshot
+//!   of the instance's memory after it is the component, so an instance starts with its
+//!   models ready. Nothing else is baked in: configuration and secrets are read per instance.
 
-use std::sync::OnceLock;
+use std::sync::{Mutex, OnceLock};
 
 use http_body_util::{BodyExt, Limited};
 use medinfer_service::config::NAMES;
@@ -25,6 +29,56 @@ const MODELS_DIR: &str = "/models";
 const STORE: &str = "default";
 
 static SERVICE: OnceLock<Service> = OnceLock::new();
+
+/// The models `wizer-initialize` loaded into the snapshot, taken by the first request.
+static PRELOADED: Mutex<Option<medinfer_service::models::Loaded>> = Mutex::new(None);
+
+/// Loads and optimises every model under `MODELS_DIR`; per-model times in `load_ms`.
+fn load_models() -> medinfer_service::models::Loaded {
+    let platform = SystemPlatform::default();
+    let start = medinfer_service::Platform::monotonic_ms(&platform);
+    let clock = || medinfer_service::Platform::monotonic_ms(&platform) - start;
+    medinfer_service::models::load_dir(MODELS_DIR.as_ref(), None, &clock).unwrap_or_else(|e| {
+        medinfer_service::models::Loaded {
+            failures: vec![medinfer_service::models::LoadFailure {
+                folder: MODELS_DIR.into(),
+                error: format!("cannot read the folder: {e}"),
+            }],
+            ..Default::default()
+        }
+    })
+}
+
+/// The pre-initialisation entry point (`wizer-initialize`, run once by `wasm-host preinit`
+/// before the snapshot). It must leave nothing in memory that refers to the host's
+/// per-instance state: it prints nothing (wasi-libc would keep the stderr stream's handle)
+/// and, after reading the models, drops wasi-libc's table of preopened directories, whose
+/// handles die with this instance; the next file access opens them afresh.
+mod preinit {
+    spin_sdk::wit_bindgen::generate!({
+        inline: "package medinfer:preinit; world preinit { export wizer-initialize: func(); }",
+        runtime_path: "spin_sdk::wit_bindgen::rt",
+    });
+
+    unsafe extern "C" {
+        /// wasi-libc: forget the preopens (reloaded on the next path lookup).
+        fn __wasilibc_reset_preopens();
+    }
+
+    struct Preinit;
+
+    impl Guest for Preinit {
+        fn wizer_initialize() {
+            let loaded = super::load_models();
+            *super::PRELOADED.lock().unwrap_or_else(|e| e.into_inner()) = Some(loaded);
+            // SAFETY: no file or directory is in use here; wasi-libc re-reads the preopens
+            // the next time a path is resolved.
+            unsafe { __wasilibc_reset_preopens() };
+        }
+    }
+
+    export!(Preinit);
+}
 
 type Reply = spin_sdk::http::Response<http_body_util::Full<bytes::Bytes>>;
 
@@ -72,23 +126,16 @@ async fn service() -> Result<&'static Service, String> {
     let config = config().await?;
     // Synchronous from here: models load once even when requests race on a fresh instance.
     Ok(SERVICE.get_or_init(|| {
-        let platform = SystemPlatform::default();
-        let start = medinfer_service::Platform::monotonic_ms(&platform);
-        let clock = || medinfer_service::Platform::monotonic_ms(&platform) - start;
-        let loaded = match medinfer_service::models::load_dir(MODELS_DIR.as_ref(), None, &clock) {
-            Ok(l) => l,
-            Err(e) => {
-                eprintln!("medinfer: cannot read {MODELS_DIR}: {e}");
-                medinfer_service::models::Loaded::default()
-            }
-        };
+        let preloaded = PRELOADED.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let when = if preloaded.is_some() { "in the pre-initialised snapshot" } else { "now" };
+        let loaded = preloaded.unwrap_or_else(load_models);
         for (id, ms) in &loaded.load_ms {
-            eprintln!("medinfer: model {id} loaded in {ms:.0} ms");
+            eprintln!("medinfer: model {id} loaded {when} ({ms:.0} ms)");
         }
         for f in &loaded.failures {
             eprintln!("medinfer: model folder {} failed: {}", f.folder, f.error);
         }
-        Service::new(config, loaded.registry, loaded.failures, Box::new(platform))
+        Service::new(config, loaded.registry, loaded.failures, Box::new(SystemPlatform::default()))
     }))
 }
 

@@ -4,8 +4,9 @@
 //!
 //! For each server and model: p50/p99 and throughput at 1 and 4 connections, against the
 //! same request run in-process (`medinfer bench --batch 1`: decode, preprocess, model); for
-//! the Spin component also the first request on a fresh instance (instantiation, model load
-//! and optimisation, run), which is what a cold start costs a user.
+//! the Spin component also the first request on a fresh instance, which is what a cold start
+//! costs a user: for the pre-initialised component spin.toml serves (models in its snapshot)
+//! and for the plain build (each instance loads and optimises the models first).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -17,12 +18,12 @@ use anyhow::{Context, Result, bail};
 use serde_json::Value;
 
 use crate::bench::{CHEST, medinfer_bench};
-use crate::cargo;
 
 const MODELS: [&str; 2] = ["mobilenetv2-chexnet", "densenet121-chexnet"];
 const MEDINFER: &str = "target/release/medinfer";
 const WASM_HOST: &str = "target/release/wasm-host";
 const COMPONENT: &str = "target/wasm32-wasip2/release/medinfer_spin.wasm";
+const PREINIT: &str = "target/wasm32-wasip2/release/medinfer_spin.preinit.wasm";
 /// Seconds of load per row.
 const SECONDS: u32 = 10;
 /// Component instances the wasmtime host keeps (one per core here).
@@ -48,8 +49,7 @@ end
 
 pub fn run(iterations: usize) -> Result<String> {
     ensure_wrk()?;
-    cargo(&["build", "--release", "-p", "medinfer-spin", "--target", "wasm32-wasip2"])?;
-    cargo(&["build", "--release", "-p", "wasm-host"])?;
+    crate::spin()?;
     let dir = std::env::current_dir()?.join("target/bench-http");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -70,9 +70,9 @@ pub fn run(iterations: usize) -> Result<String> {
          `application/dicom` body with a bearer token; p50/p99 from wrk's latency record. \
          In-process: the same file decoded, preprocessed and classified in one process \
          (`medinfer bench --batch 1`, p50). Native: `medinfer serve` (axum, redb, workers = \
-         cores). Spin: the component under the wasmtime host (`wasm-host serve`, wasmtime 44, \
-         {INSTANCES} instances reused across requests, as Spin 4 does). Each request also \
-         writes its result and an audit record.\n\n\
+         cores). Spin: the pre-initialised component spin.toml serves, under the wasmtime \
+         host (`wasm-host serve`, wasmtime 44, {INSTANCES} instances reused across requests, \
+         as Spin 4 does). Each request also writes its result and an audit record.\n\n\
          | server | model | connections | requests | p50 ms | p99 ms | req/s | p50 / in-process |\n\
          |---|---|---|---|---|---|---|---|\n"
     );
@@ -87,9 +87,9 @@ pub fn run(iterations: usize) -> Result<String> {
     md += &rows("native", &native, &dir, &token, &in_process)?;
     native.stop()?;
 
-    let spin = |requests_per_instance: usize, log: &str| {
+    let spin = |component: &str, requests_per_instance: usize, log: &str| {
         let mut cmd = Command::new(WASM_HOST);
-        cmd.arg("serve").arg(COMPONENT).args(["--port", "0", "--stop-on-stdin-eof"]);
+        cmd.arg("serve").arg(component).args(["--port", "0", "--stop-on-stdin-eof"]);
         cmd.args(["--instances", &INSTANCES.to_string()]);
         cmd.args(["--requests-per-instance", &requests_per_instance.to_string()]);
         cmd.arg("--kv-log").arg(dir.join(format!("{log}.kv")));
@@ -100,36 +100,59 @@ pub fn run(iterations: usize) -> Result<String> {
         }
         Server::start(&mut cmd, &dir.join(format!("{log}.log")))
     };
-    let warm = spin(1 << 30, "spin")?;
+    let warm = spin(PREINIT, 1 << 30, "spin")?;
     md += &rows("Spin", &warm, &dir, &token, &in_process)?;
     warm.stop()?;
 
     // A fresh instance for every request: what the first request after a cold start costs.
-    let cold = spin(1, "spin-cold")?;
     let n = iterations.clamp(3, 10);
     md += &format!(
-        "\nSpin component, a fresh instance for every request (`--requests-per-instance 1`): \
-         instantiation, model load and optimisation inside the instance, then the request; \
-         {n} sequential requests per model. The host itself was ready (component compiled, or \
-         read from wasmtime's code cache) {:.0} ms after it started.\n\n\
-         | model | first request on a fresh instance p50 ms | max ms |\n|---|---|---|\n",
-        cold.ready_ms
+        "\nSpin component, a fresh instance for every request (`--requests-per-instance 1`), \
+         {n} sequential requests per model. Instance start: the host's instantiation of the \
+         component (`wasm-host: new instance in` lines of its log; the first one also maps the \
+         snapshot's memory image). The first request adds, for the plain build, loading and \
+         optimising both bundled models inside the instance.\n\n\
+         | component | model | first request on a fresh instance p50 ms | max ms | instance start p50 ms (max) | host ready ms |\n\
+         |---|---|---|---|---|---|\n"
     );
     let body = std::fs::read(CHEST)?;
-    for model in MODELS {
-        let mut times = vec![];
-        for _ in 0..n {
-            let (status, ms) =
-                post(&cold.addr, &format!("/infer?model_id={model}"), &token, &body)?;
-            if status != 200 {
-                bail!("the Spin component answered {status} on a fresh instance ({model})");
+    for (name, component) in [("pre-initialised (spin.toml)", PREINIT), ("plain build", COMPONENT)]
+    {
+        let cold = spin(component, 1, if component == PREINIT { "cold-preinit" } else { "cold" })?;
+        let (log, ready_ms) = (cold.log.clone(), cold.ready_ms);
+        let mut rows = Vec::new();
+        for model in MODELS {
+            let mut times = vec![];
+            for _ in 0..n {
+                let (status, ms) =
+                    post(&cold.addr, &format!("/infer?model_id={model}"), &token, &body)?;
+                if status != 200 {
+                    bail!("the Spin component answered {status} on a fresh instance ({model})");
+                }
+                times.push(ms);
             }
-            times.push(ms);
+            times.sort_by(f64::total_cmp);
+            rows.push((model, times[times.len() / 2], times[n - 1]));
         }
-        times.sort_by(f64::total_cmp);
-        md += &format!("| {model} | {:.0} | {:.0} |\n", times[times.len() / 2], times[n - 1]);
+        cold.stop()?;
+        let mut starts: Vec<f64> = std::fs::read_to_string(&log)?
+            .lines()
+            .filter_map(|l| l.strip_prefix("wasm-host: new instance in "))
+            .filter_map(|l| l.trim_end_matches(" ms").parse().ok())
+            .collect();
+        if starts.is_empty() {
+            bail!("no instance start in {}", log.display());
+        }
+        starts.sort_by(f64::total_cmp);
+        for (model, p50, max) in rows {
+            md += &format!(
+                "| {name} | {model} | {p50:.0} | {max:.0} | {:.2} ({:.1}) | {:.0} |\n",
+                starts[starts.len() / 2],
+                starts[starts.len() - 1],
+                ready_ms
+            );
+        }
     }
-    cold.stop()?;
     Ok(md)
 }
 

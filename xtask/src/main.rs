@@ -13,7 +13,8 @@ const USAGE: &str = "usage: cargo xtask <test|lint|web|web-test|wasi-test|spin|b
              API suite on both targets, core's tests on wasip2, the browser bundle and its
              tests in headless Chromium
   lint       rustfmt --check and clippy -D warnings
-  spin       build the Spin component and the wasmtime host (wasm-host)
+  spin       build the Spin component and the wasmtime host (wasm-host), then the component
+             pre-initialised with the bundled models (what spin.toml serves)
   web        build the browser bundle into web/ (pkg/, models/, samples/) and report its size
   web-test   the browser tests: wasm-bindgen-test and Playwright in Debian's Chromium
              (needs `web` built, and target/release/medinfer for the parity reference)
@@ -120,13 +121,24 @@ fn lint() -> Result<()> {
 const SPIN_PACKAGE: &str = "medinfer-spin";
 /// Where the component lands.
 const SPIN_COMPONENT: &str = "target/wasm32-wasip2/release/medinfer_spin.wasm";
+/// The same, pre-initialised with the bundled models: what spin.toml serves.
+const SPIN_PREINIT: &str = "target/wasm32-wasip2/release/medinfer_spin.preinit.wasm";
 /// The wasmtime host (test runner and Spin-like server).
 const WASM_HOST: &str = "target/release/wasm-host";
 
-/// Builds the Spin component (what `spin build` builds) and the host that serves it in tests.
+/// Builds the Spin component, the host that serves it in tests, and the pre-initialised
+/// component spin.toml serves (`spin build` runs this).
 fn spin() -> Result<()> {
     cargo(&["build", "--release", "-p", SPIN_PACKAGE, "--target", "wasm32-wasip2"])?;
-    cargo(&["build", "--release", "-p", "wasm-host"])
+    cargo(&["build", "--release", "-p", "wasm-host"])?;
+    let status = Command::new(WASM_HOST)
+        .args(["preinit", SPIN_COMPONENT, SPIN_PREINIT, "--dir", "models::/models"])
+        .status()
+        .context("running wasm-host preinit")?;
+    if !status.success() {
+        bail!("pre-initialising the Spin component failed ({status})");
+    }
+    Ok(())
 }
 
 /// The de-identification tests read our output back with pydicom, an independent reader;
@@ -167,7 +179,8 @@ fn native_tests() -> Result<()> {
     eprintln!("xtask: cargo {}", args.join(" "));
     let status = Command::new(env!("CARGO"))
         .args(args)
-        .env("MEDINFER_SPIN_COMPONENT", root.join(SPIN_COMPONENT))
+        .env("MEDINFER_SPIN_COMPONENT", root.join(SPIN_PREINIT))
+        .env("MEDINFER_SPIN_COMPONENT_LAZY", root.join(SPIN_COMPONENT))
         .env("MEDINFER_WASM_HOST", root.join(WASM_HOST))
         .status()
         .context("running cargo test")?;

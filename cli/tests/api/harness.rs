@@ -13,8 +13,12 @@ use serde_json::Value;
 pub enum Target {
     /// `medinfer serve` over redb.
     Native,
-    /// The Spin component (`spin-app`) under the wasmtime host (`wasm-host serve`).
+    /// The Spin component (`spin-app`) under the wasmtime host (`wasm-host serve`), as
+    /// spin.toml serves it: pre-initialised, models loaded in its snapshot.
     Spin,
+    /// The same component as cargo builds it: each instance loads the models on its first
+    /// request.
+    SpinLazy,
 }
 
 /// A running server. Closing its stdin (on drop, or when the test process dies) stops it.
@@ -63,10 +67,14 @@ impl Server {
                     .arg(data_dir.join("config.toml"));
                 cmd
             }
-            Target::Spin => {
+            Target::Spin | Target::SpinLazy => {
+                let component = match target {
+                    Target::SpinLazy => "MEDINFER_SPIN_COMPONENT_LAZY",
+                    _ => "MEDINFER_SPIN_COMPONENT",
+                };
                 let mut cmd = Command::new(env_path("MEDINFER_WASM_HOST"));
                 cmd.arg("serve")
-                    .arg(env_path("MEDINFER_SPIN_COMPONENT"))
+                    .arg(env_path(component))
                     .args(["--port", "0", "--stop-on-stdin-eof", "--instances", "4"])
                     .arg("--kv-log")
                     .arg(data_dir.join("kv.log"))
@@ -142,7 +150,7 @@ impl Server {
     pub fn store_file(&self) -> PathBuf {
         match self.target {
             Target::Native => self.data_dir.join("medinfer.redb"),
-            Target::Spin => self.data_dir.join("kv.log"),
+            Target::Spin | Target::SpinLazy => self.data_dir.join("kv.log"),
         }
     }
 

@@ -4,11 +4,14 @@
 //! - `wasm-host serve COMPONENT [--port N] [--instances N] [--dir HOST::GUEST] [--kv-log F]`:
 //!   serves a Spin HTTP component (spin-sdk 6, WASIp3 HTTP rc-2026-03-15) the way `spin up`
 //!   does, providing `spin:key-value`, `spin:variables` (from `SPIN_VARIABLE_*`) and the
-//!   `wasi:keyvalue` atomics.
+//!   `wasi:keyvalue` atomics;
+//! - `wasm-host preinit COMPONENT OUT [--dir HOST::GUEST]`: pre-initialises a Spin component
+//!   (runs its `wizer-initialize` export with wasmtime-wizer and writes the snapshot).
 //!
 //! This replaces `wasmtime-cli` (half an hour to build here) and the Spin CLI (on no
 //! registry) for tests.
 
+mod preinit;
 mod run;
 mod serve;
 mod spin;
@@ -18,8 +21,12 @@ fn main() -> wasmtime::Result<()> {
     match args.first().map(String::as_str) {
         Some("run") => run::run(&args[1..]),
         Some("serve") => serve::main(&args[1..]),
+        Some("preinit") => preinit::main(&args[1..]),
         _ => {
-            eprintln!("usage: wasm-host run WASM [ARGS...] | wasm-host serve COMPONENT [OPTIONS]");
+            eprintln!(
+                "usage: wasm-host run WASM [ARGS...] | wasm-host serve COMPONENT [OPTIONS] | \
+                 wasm-host preinit COMPONENT OUT [--dir HOST::GUEST]..."
+            );
             std::process::exit(2);
         }
     }
