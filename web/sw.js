@@ -5,7 +5,8 @@ const CACHE = 'medinfer-v2';
 
 // The page, the bundle and the default model, so that a reload works offline even after a
 // first visit (whose worker started before this service worker took control); other models
-// are kept as they are used. The .wasm is the build the worker will pick on this browser (wasm-simd.js).
+// are kept as they are used. The .wasm is the build the worker will pick on this browser
+// (wasm-simd.js).
 importScripts('wasm-simd.js');
 const SHELL = ['./', 'index.html', 'app.js', 'style.css', 'medinfer.js', 'medinfer-worker.js',
   'wasm-simd.js', 'pkg/medinfer_wasm.js', self.medinferWasm.files[self.medinferWasm.best()],

@@ -53,7 +53,8 @@ fn load_models() -> medinfer_service::models::Loaded {
 /// before the snapshot). It must leave nothing in memory that refers to the host's
 /// per-instance state: it prints nothing (wasi-libc would keep the stderr stream's handle)
 /// and, after reading the models, drops wasi-libc's table of preopened directories, whose
-/// handles die with this instance; the next file access opens them afresh.
+/// handles die with this instance; the next file access opens them afresh. A model that
+/// fails to load traps it, so a broken bundle fails the build instead of being baked in.
 mod preinit {
     spin_sdk::wit_bindgen::generate!({
         inline: "package medinfer:preinit; world preinit { export wizer-initialize: func(); }",
@@ -70,6 +71,9 @@ mod preinit {
     impl Guest for Preinit {
         fn wizer_initialize() {
             let loaded = super::load_models();
+            if let Some(f) = loaded.failures.first() {
+                panic!("model folder {} failed to load: {}", f.folder, f.error);
+            }
             *super::PRELOADED.lock().unwrap_or_else(|e| e.into_inner()) = Some(loaded);
             // SAFETY: no file or directory is in use here; wasi-libc re-reads the preopens
             // the next time a path is resolved.
