@@ -80,14 +80,18 @@ export const CHROMIUM_ARGS = [
   '--disable-sync', '--disable-quic', '--disable-dev-shm-usage',
 ];
 
-/** Chromium with a fresh profile (a persistent context in a new temporary folder). */
-export async function browser({ args = [] } = {}) {
+/**
+ * Chromium with a fresh profile (a persistent context in a new temporary folder);
+ * `serviceWorkers: 'block'` keeps the page's service worker from registering.
+ */
+export async function browser({ args = [], serviceWorkers = 'allow' } = {}) {
   const profile = await mkdtemp(join(tmpdir(), 'medinfer-chromium-'));
   const context = await chromium.launchPersistentContext(profile, {
     executablePath: process.env.CHROMIUM ?? '/usr/bin/chromium',
     headless: true,
     args: [...CHROMIUM_ARGS, ...args],
     acceptDownloads: true,
+    serviceWorkers,
     viewport: { width: 1280, height: 900 },
   });
   return {

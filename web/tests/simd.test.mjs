@@ -91,9 +91,11 @@ test('without relaxed SIMD, the page loads the SIMD128 build only; forcing relax
   // Chromium 156's V8 has no switch to turn relaxed SIMD off any more, so an engine without it
   // is emulated where the bundle asks: the probe's f32x4.relaxed_madd opcode (0xfd 0x85 0x02)
   // is served as an opcode no engine knows, which is what relaxed_madd is to an engine without
-  // the proposal. Everything after that (the choice, the fetches, the service worker's
-  // precache, the badge, the SIMD128 build's predictions) is the real thing.
-  const chromium = await browser();
+  // the proposal. Everything after that (the choice, the fetches, the badge, the SIMD128
+  // build's predictions) is the real thing. The service worker is kept out: Playwright's
+  // routing does not reliably reach its importScripts, and its precache would then fetch the
+  // relaxed build on its own (the offline test covers the service worker).
+  const chromium = await browser({ serviceWorkers: 'block' });
   let probes = 0;
   await chromium.context.route('**/wasm-simd.js', async (route) => {
     const response = await route.fetch();
