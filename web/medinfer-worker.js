@@ -32,12 +32,12 @@ const ops = {
     if (!['auto', 'relaxed-simd', 'simd128'].includes(wanted)) {
       throw medinferError('input.options', 'simd is auto, relaxed-simd or simd128');
     }
-    if (wanted === 'relaxed-simd' && !hasRelaxedSimd()) {
+    if (wanted === 'relaxed-simd' && !hasRelaxedSimd) {
       throw medinferError('input.options', 'this browser has no WebAssembly relaxed SIMD');
     }
     // Two builds of the same code, same JS glue: the relaxed-SIMD one (fused multiply-add in
     // the matmul kernels) wherever the engine validates relaxed SIMD, else plain SIMD128.
-    simd = wanted === 'auto' ? bestSimd() : wanted;
+    simd = wanted === 'auto' ? bestSimd : wanted;
     modelsBase = new URL('models/', base);
     await init({ module_or_path: new URL(WASM_FILE[simd], base) });
     if (Engine.simd() !== simd) {

@@ -9,7 +9,7 @@ const CACHE = 'medinfer-v2';
 // (wasm-simd.js).
 importScripts('wasm-simd.js');
 const SHELL = ['./', 'index.html', 'app.js', 'style.css', 'medinfer.js', 'medinfer-worker.js',
-  'wasm-simd.js', 'pkg/medinfer_wasm.js', self.medinferWasm.files[self.medinferWasm.best()],
+  'wasm-simd.js', 'pkg/medinfer_wasm.js', self.medinferWasm.files[self.medinferWasm.best],
   'models/index.json'];
 
 self.addEventListener('install', (event) => {

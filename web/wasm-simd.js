@@ -14,13 +14,16 @@ const RELAXED_SIMD_PROBE = new Uint8Array([
   0xfd, 0x85, 0x02, 0x0b, // f32x4.relaxed_madd, end
 ]);
 
+// The engine cannot change under a running script: validate once.
+const HAS_RELAXED_SIMD = WebAssembly.validate(RELAXED_SIMD_PROBE);
+
 self.medinferWasm = {
   /** The .wasm of each build, relative to the bundle's base. */
   files: {
     'relaxed-simd': 'pkg/medinfer_wasm_relaxed_bg.wasm',
     simd128: 'pkg/medinfer_wasm_bg.wasm',
   },
-  hasRelaxedSimd: () => WebAssembly.validate(RELAXED_SIMD_PROBE),
+  hasRelaxedSimd: HAS_RELAXED_SIMD,
   /** The build `auto` picks here. */
-  best: () => (WebAssembly.validate(RELAXED_SIMD_PROBE) ? 'relaxed-simd' : 'simd128'),
+  best: HAS_RELAXED_SIMD ? 'relaxed-simd' : 'simd128',
 };
