@@ -31,11 +31,14 @@ fn main() -> Result<()> {
     match task.as_str() {
         "test" => {
             let t0 = std::time::Instant::now();
-            let stages: [(&str, Stage); 6] = [
+            // Each build is done once: the native build makes the host the Spin stage and
+            // the wasip2 tests run on, and the wasip2 tests reuse the component's build.
+            let stages: [(&str, Stage); 7] = [
                 ("lint", lint),
-                ("spin", spin),
+                ("native build", native_build),
+                ("spin", || spin_with_host(Host::Built)),
                 ("native tests", native_tests),
-                ("wasi tests", wasi_tests),
+                ("wasi tests", || wasi_tests_with_host(Host::Built)),
                 ("web build", web::build),
                 ("web tests", web::test),
             ];
@@ -52,7 +55,7 @@ fn main() -> Result<()> {
         "spin" => spin(),
         "web" => web::build(),
         "web-test" => web::test(),
-        "wasi-test" => wasi_tests(),
+        "wasi-test" => wasi_tests_with_host(Host::Build),
         "bench" => bench::run(iterations()?),
         "bench-http" => {
             // The HTTP rows alone, printed (BENCHMARKS.md is left as it is).
@@ -126,11 +129,60 @@ const SPIN_PREINIT: &str = "target/wasm32-wasip2/release/medinfer_spin.preinit.w
 /// The wasmtime host (test runner and Spin-like server).
 const WASM_HOST: &str = "target/release/wasm-host";
 
-/// Builds the Spin component, the host that serves it in tests, and the pre-initialised
-/// component spin.toml serves (`spin build` runs this).
-fn spin() -> Result<()> {
-    cargo(&["build", "--release", "-p", SPIN_PACKAGE, "--target", "wasm32-wasip2"])?;
-    cargo(&["build", "--release", "-p", "wasm-host"])?;
+/// cargo resolves dependency features per command line: two commands that select different
+/// packages or targets compile the shared dependencies twice (wasmtime, tract: minutes each on
+/// CI's two cores). So each target has one selection, used by its build and its tests.
+///
+/// Native: the whole workspace but the component, with tests (dev-dependencies' features).
+const NATIVE_SELECTION: &[&str] =
+    &["--release", "--workspace", "--exclude", SPIN_PACKAGE, "--features", NATIVE_FEATURES];
+/// wasm32-wasip2: the component with core and the service, whose tests run on this target.
+/// The component itself has no test targets (`test = false`).
+const WASIP2_SELECTION: &[&str] = &[
+    "--release",
+    "--target",
+    "wasm32-wasip2",
+    "-p",
+    SPIN_PACKAGE,
+    "-p",
+    "medinfer-core",
+    "-p",
+    "medinfer-service",
+];
+
+/// Everything native that `cargo xtask test` runs, the host and the CLI included, compiled
+/// once, exactly as `cargo test` with the same selection compiles it.
+fn native_build() -> Result<()> {
+    cargo(&[&["build"], NATIVE_SELECTION, &["--all-targets"]].concat())
+}
+
+/// Where the wasmtime host comes from.
+#[derive(Clone, Copy)]
+enum Host {
+    /// `cargo xtask test`: `native_build` made it, with the workspace's features.
+    Built,
+    /// A task run on its own: build just the host (lighter than the whole workspace).
+    Build,
+}
+
+fn host(host: Host) -> Result<()> {
+    match host {
+        Host::Built => Ok(()),
+        Host::Build => cargo(&["build", "--release", "-p", "wasm-host"]),
+    }
+}
+
+/// `cargo xtask spin` (what `spin build` runs), the bench's build of the component.
+pub(crate) fn spin() -> Result<()> {
+    spin_with_host(Host::Build)
+}
+
+/// Builds the Spin component (with core's and the service's wasip2 tests: see
+/// `WASIP2_SELECTION`), the host that serves it in tests, and the pre-initialised component
+/// spin.toml serves (`spin build` runs this).
+fn spin_with_host(with: Host) -> Result<()> {
+    cargo(&[&["build"], WASIP2_SELECTION, &["--lib", "--tests"]].concat())?;
+    host(with)?;
     let status = Command::new(WASM_HOST)
         .args(["preinit", SPIN_COMPONENT, SPIN_PREINIT, "--dir", "models::/models"])
         .status()
@@ -165,20 +217,12 @@ fn native_tests() -> Result<()> {
     python_deps()?;
     // Release: the tests run real models, and the same artifacts serve the quick start.
     // The API suite's Spin target (cli/tests/api_spin.rs) serves the component built by
-    // `spin()` with the host built there.
+    // `spin_with_host` with the host built by `native_build`.
     let root = std::env::current_dir()?;
-    let args = [
-        "test",
-        "--release",
-        "--workspace",
-        "--exclude",
-        SPIN_PACKAGE,
-        "--features",
-        NATIVE_FEATURES,
-    ];
+    let args = [&["test"], NATIVE_SELECTION].concat();
     eprintln!("xtask: cargo {}", args.join(" "));
     let status = Command::new(env!("CARGO"))
-        .args(args)
+        .args(&args)
         .env("MEDINFER_SPIN_COMPONENT", root.join(SPIN_PREINIT))
         .env("MEDINFER_SPIN_COMPONENT_LAZY", root.join(SPIN_COMPONENT))
         .env("MEDINFER_WASM_HOST", root.join(WASM_HOST))
@@ -193,22 +237,12 @@ fn native_tests() -> Result<()> {
 /// core's and the service's unit and integration tests, compiled for wasm32-wasip2 and run
 /// by `wasm-host run` (wasmtime in-process, the workspace preopened), so the very code the
 /// Spin component runs is tested on its target.
-fn wasi_tests() -> Result<()> {
-    cargo(&["build", "--release", "-p", "wasm-host"])?;
+fn wasi_tests_with_host(with: Host) -> Result<()> {
+    host(with)?;
     let runner = format!("{} run", std::env::current_dir()?.join(WASM_HOST).display());
     eprintln!("xtask: CARGO_TARGET_WASM32_WASIP2_RUNNER={runner}");
     let status = Command::new(env!("CARGO"))
-        .args([
-            "test",
-            "--release",
-            "-p",
-            "medinfer-core",
-            "-p",
-            "medinfer-service",
-            "--target",
-            "wasm32-wasip2",
-            "--tests",
-        ])
+        .args([&["test"], WASIP2_SELECTION, &["--tests"]].concat())
         .env("CARGO_TARGET_WASM32_WASIP2_RUNNER", &runner)
         .status()
         .context("running cargo test for wasip2")?;
