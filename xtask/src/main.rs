@@ -178,8 +178,8 @@ pub(crate) fn spin() -> Result<()> {
 }
 
 /// Builds the Spin component (with core's and the service's wasip2 tests: see
-/// `WASIP2_SELECTION`), the host that serves it in tests, and the pre-initialised component
-/// spin.toml serves (`spin build` runs this).
+/// `WASIP2_SELECTION`), then, with the host (built here or already), the pre-initialised
+/// component spin.toml serves.
 fn spin_with_host(with: Host) -> Result<()> {
     cargo(&[&["build"], WASIP2_SELECTION, &["--lib", "--tests"]].concat())?;
     host(with)?;
@@ -215,7 +215,7 @@ pub(crate) fn python_deps() -> Result<()> {
 
 fn native_tests() -> Result<()> {
     python_deps()?;
-    // Release: the tests run real models, and the same artifacts serve the quick start.
+    // Release: the tests run real models.
     // The API suite's Spin target (cli/tests/api_spin.rs) serves the component built by
     // `spin_with_host` with the host built by `native_build`.
     let root = std::env::current_dir()?;
