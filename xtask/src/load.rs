@@ -49,7 +49,7 @@ end
 
 pub fn run(iterations: usize) -> Result<String> {
     ensure_wrk()?;
-    crate::spin()?;
+    crate::spin(crate::Host::Build)?;
     let dir = std::env::current_dir()?.join("target/bench-http");
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;

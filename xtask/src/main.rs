@@ -36,9 +36,9 @@ fn main() -> Result<()> {
             let stages: [(&str, Stage); 7] = [
                 ("lint", lint),
                 ("native build", native_build),
-                ("spin", || spin_with_host(Host::Built)),
+                ("spin", || spin(Host::Built)),
                 ("native tests", native_tests),
-                ("wasi tests", || wasi_tests_with_host(Host::Built)),
+                ("wasi tests", || wasi_tests(Host::Built)),
                 ("web build", web::build),
                 ("web tests", web::test),
             ];
@@ -52,10 +52,10 @@ fn main() -> Result<()> {
             Ok(())
         }
         "lint" => lint(),
-        "spin" => spin(),
+        "spin" => spin(Host::Build),
         "web" => web::build(),
         "web-test" => web::test(),
-        "wasi-test" => wasi_tests_with_host(Host::Build),
+        "wasi-test" => wasi_tests(Host::Build),
         "bench" => bench::run(iterations()?),
         "bench-http" => {
             // The HTTP rows alone, printed (BENCHMARKS.md is left as it is).
@@ -158,7 +158,7 @@ fn native_build() -> Result<()> {
 
 /// Where the wasmtime host comes from.
 #[derive(Clone, Copy)]
-enum Host {
+pub(crate) enum Host {
     /// `cargo xtask test`: `native_build` made it, with the workspace's features.
     Built,
     /// A task run on its own: build just the host (lighter than the whole workspace).
@@ -172,15 +172,10 @@ fn host(host: Host) -> Result<()> {
     }
 }
 
-/// `cargo xtask spin` (what `spin build` runs), the bench's build of the component.
-pub(crate) fn spin() -> Result<()> {
-    spin_with_host(Host::Build)
-}
-
 /// Builds the Spin component (with core's and the service's wasip2 tests: see
 /// `WASIP2_SELECTION`), then, with the host (built here or already), the pre-initialised
-/// component spin.toml serves.
-fn spin_with_host(with: Host) -> Result<()> {
+/// component spin.toml serves. `cargo xtask spin` (what `spin build` runs) builds the host.
+pub(crate) fn spin(with: Host) -> Result<()> {
     cargo(&[&["build"], WASIP2_SELECTION, &["--lib", "--tests"]].concat())?;
     host(with)?;
     let status = Command::new(WASM_HOST)
@@ -217,7 +212,7 @@ fn native_tests() -> Result<()> {
     python_deps()?;
     // Release: the tests run real models.
     // The API suite's Spin target (cli/tests/api_spin.rs) serves the component built by
-    // `spin_with_host` with the host built by `native_build`.
+    // `spin` with the host built by `native_build`.
     let root = std::env::current_dir()?;
     let args = [&["test"], NATIVE_SELECTION].concat();
     eprintln!("xtask: cargo {}", args.join(" "));
@@ -237,7 +232,7 @@ fn native_tests() -> Result<()> {
 /// core's and the service's unit and integration tests, compiled for wasm32-wasip2 and run
 /// by `wasm-host run` (wasmtime in-process, the workspace preopened), so the very code the
 /// Spin component runs is tested on its target.
-fn wasi_tests_with_host(with: Host) -> Result<()> {
+fn wasi_tests(with: Host) -> Result<()> {
     host(with)?;
     let runner = format!("{} run", std::env::current_dir()?.join(WASM_HOST).display());
     eprintln!("xtask: CARGO_TARGET_WASM32_WASIP2_RUNNER={runner}");
