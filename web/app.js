@@ -42,11 +42,13 @@ async function start() {
   try {
     // ?backend=cpu|gpu|auto forces a backend; auto picks WebGPU when the browser has it.
     // ?simd=relaxed-simd|simd128 forces a WebAssembly build; auto takes relaxed SIMD if it can.
+    // ?threads=N forces a thread count; auto uses every core where the page is isolated.
     const params = new URLSearchParams(location.search);
     medinfer = await Medinfer.create({
       base: new URL('./', location.href),
       backend: params.get('backend') ?? 'auto',
       simd: params.get('simd') ?? 'auto',
+      threads: params.has('threads') ? Number(params.get('threads')) : 'auto',
     });
     $('version').textContent = medinfer.info.version;
     catalog = await medinfer.catalog();
@@ -84,13 +86,15 @@ function showBackend(info) {
   const badge = $('backend');
   badge.dataset.backend = info.backend;
   badge.dataset.simd = info.simd;
+  badge.dataset.threads = String(info.threads);
   if (info.backend === 'gpu') {
     const fallback = [...new Set(info.models.flatMap((m) => m.cpu_ops))];
     badge.textContent = 'GPU · WebGPU';
     badge.title = `${info.adapter ?? 'WebGPU'}; ` + info.models.map((m) => `${m.model_id}: ${m.gpu_nodes} nodes on the GPU`).join(', ') +
       (fallback.length ? `; on the CPU: ${fallback.join(', ')}` : '');
   } else {
-    badge.textContent = info.simd === 'relaxed-simd' ? 'CPU · WebAssembly relaxed SIMD' : 'CPU · WebAssembly SIMD';
+    badge.textContent = (info.simd === 'relaxed-simd' ? 'CPU · WebAssembly relaxed SIMD' : 'CPU · WebAssembly SIMD') +
+      (info.threads > 1 ? ` · ${info.threads} threads` : '');
     badge.title = info.reason ? `WebGPU not used: ${info.reason}` : 'Where the model runs';
   }
 }

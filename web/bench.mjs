@@ -1,9 +1,10 @@
 // Browser numbers for BENCHMARKS.md: bundle size, time to first prediction after page load,
-// and per-image latency for both models and both WebAssembly builds (relaxed SIMD, SIMD128),
-// in Debian's headless Chromium (one thread).
+// and per-image latency for both models and the three WebAssembly builds (relaxed SIMD and
+// SIMD128 on one thread; threaded, one thread per core), in Debian's headless Chromium, the
+// page cross-origin isolated (so that threads can run).
 // Run after `cargo xtask web`: `node web/bench.mjs [--n 20]`. Also runs onnxruntime-web
 // (npm, wasm backend, installed here on first use without touching package.json) on the same
-// models in the same browser, and prints the ratio.
+// models in the same browser at the same thread counts, and prints the ratios.
 
 const ORT_VERSION = '1.30.0';
 
@@ -11,11 +12,20 @@ import { readFileSync, statSync, existsSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
 import { gzipSync } from 'node:zlib';
 import { join } from 'node:path';
+import { availableParallelism } from 'node:os';
 import { serve, browser, openPage, ROOT, WEB } from './tests/harness.mjs';
 
 const n = Number(process.argv[process.argv.indexOf('--n') + 1]) || 20;
-const BUILDS = { 'relaxed-simd': 'pkg/medinfer_wasm_relaxed_bg.wasm', simd128: 'pkg/medinfer_wasm_bg.wasm' };
-for (const [build, file] of Object.entries(BUILDS)) {
+const FILES = { 'relaxed-simd': 'pkg/medinfer_wasm_relaxed_bg.wasm', simd128: 'pkg/medinfer_wasm_bg.wasm', threaded: 'pkg/threads/medinfer_wasm_bg.wasm' };
+// The page's navigator.hardwareConcurrency is this machine's logical cores: what `threads:
+// 'auto'` starts (up to 16), and what onnxruntime-web is given for the threaded comparison.
+const THREADS = Math.min(availableParallelism(), 16);
+const BUILDS = {
+  'relaxed-simd': { simd: 'relaxed-simd', threads: 1 },
+  simd128: { simd: 'simd128', threads: 1 },
+  [`threaded ×${THREADS}`]: { threads: THREADS },
+};
+for (const [build, file] of Object.entries(FILES)) {
   const bytes = readFileSync(join(WEB, file));
   const gz = gzipSync(bytes, { level: 9 }).length;
   console.log(`bundle (${build}): ${(bytes.length / 1e6).toFixed(1)} MB raw, ${(gz / 1e6).toFixed(1)} MB gzip -9`);
@@ -25,7 +35,7 @@ if (!existsSync(join(WEB, 'node_modules/onnxruntime-web/package.json'))) {
   execFileSync('npm', ['install', '--no-save', '--no-audit', '--no-fund', `onnxruntime-web@${ORT_VERSION}`], { cwd: WEB, stdio: 'inherit' });
 }
 
-const server = await serve();
+const server = await serve({ isolated: true });
 const chromium = await browser();
 try {
   // Time to first prediction: navigation start -> first result on screen, the file dropped as
@@ -42,15 +52,15 @@ try {
     })));
     await page.close();
   }
-  console.log(`time to first prediction (MobileNetV2, CT_small, from navigation, relaxed-SIMD build): ${ttfp.map((t) => t.first.toFixed(0)).join(', ')} ms`);
+  console.log(`time to first prediction (MobileNetV2, CT_small, from navigation, the build auto picks on an isolated page: threaded ×${THREADS}): ${ttfp.map((t) => t.first.toFixed(0)).join(', ')} ms`);
 
   const { page } = await openPage(chromium.context, server.url);
   const files = ['CT_small.dcm', 'RG1_J2KI.dcm'].map((f) => ({ f, b64: readFileSync(join(ROOT, 'testdata/dicom', f)).toString('base64') }));
   const out = await page.evaluate(async ({ files, n, builds }) => {
     const { Medinfer } = await import('./medinfer.js');
     const rows = [];
-    for (const simd of builds) {
-      const m = await Medinfer.create({ simd });
+    for (const [build, options] of Object.entries(builds)) {
+      const m = await Medinfer.create({ backend: 'cpu', ...options });
       for (const model of ['mobilenetv2-chexnet', 'densenet121-chexnet']) {
         const t0 = performance.now();
         const info = await m.loadModel(model);
@@ -67,28 +77,29 @@ try {
             infer.push(r.timing_ms.infer_ms);
           }
           const q = (a, p) => [...a].sort((x, y) => x - y)[Math.min(a.length - 1, Math.floor(p * a.length))];
-          rows.push({ simd, model, file: f, load_ms: info.load_ms, fetch_load_ms: fetchAndLoad,
+          rows.push({ build, threads: m.info.threads, model, file: f, load_ms: info.load_ms, fetch_load_ms: fetchAndLoad,
             wall_p50: q(wall, 0.5), wall_p90: q(wall, 0.9), engine_p50: q(engine, 0.5), infer_p50: q(infer, 0.5) });
         }
       }
       m.terminate();
     }
     return rows;
-  }, { files, n, builds: Object.keys(BUILDS) });
+  }, { files, n, builds: BUILDS });
   console.log(`per image, ${n} runs after 2 warm-ups (client round trip through the worker; engine = decode+preprocess+infer):`);
   console.log('| build | model | file | load (optimise) ms | fetch+load ms | round trip p50 | p90 | engine total p50 | infer p50 |');
   console.log('|---|---|---|---|---|---|---|---|---|');
   for (const r of out) {
-    console.log(`| ${r.simd} | ${r.model} | ${r.file} | ${r.load_ms.toFixed(0)} | ${r.fetch_load_ms.toFixed(0)} | ${r.wall_p50.toFixed(1)} | ${r.wall_p90.toFixed(1)} | ${r.engine_p50.toFixed(1)} | ${r.infer_p50.toFixed(1)} |`);
+    console.log(`| ${r.build} | ${r.model} | ${r.file} | ${r.load_ms.toFixed(0)} | ${r.fetch_load_ms.toFixed(0)} | ${r.wall_p50.toFixed(1)} | ${r.wall_p90.toFixed(1)} | ${r.engine_p50.toFixed(1)} | ${r.infer_p50.toFixed(1)} |`);
   }
 
-  // onnxruntime-web, wasm backend (SIMD; one thread: the page is not cross-origin isolated,
-  // and our bundle is single-threaded too), on the same models: the model run alone.
-  const ort = await page.evaluate(async ({ n }) => {
+  // onnxruntime-web, wasm backend (SIMD), on the same models at 1 thread and at THREADS (its
+  // own Worker pool, as the page is isolated): the model run alone.
+  const ortRun = async ({ n, threads }) => {
     const ort = await import('./node_modules/onnxruntime-web/dist/ort.wasm.min.mjs');
     ort.env.wasm.wasmPaths = new URL('./node_modules/onnxruntime-web/dist/', location.href).href;
-    ort.env.wasm.numThreads = 1;
     const out = [];
+    // onnxruntime-web reads numThreads once, when its module starts: one count per page.
+    ort.env.wasm.numThreads = threads;
     for (const model of ['mobilenetv2-chexnet', 'densenet121-chexnet']) {
       const bytes = new Uint8Array(await (await fetch(`models/${model}/model.onnx`)).arrayBuffer());
       const t0 = performance.now();
@@ -104,17 +115,25 @@ try {
         times.push(performance.now() - t);
       }
       times.sort((a, b) => a - b);
-      out.push({ model, load, p50: times[Math.floor(n / 2)], p90: times[Math.min(n - 1, Math.floor(n * 0.9))] });
+      out.push({ model, threads, load, p50: times[Math.floor(n / 2)], p90: times[Math.min(n - 1, Math.floor(n * 0.9))] });
       await session.release();
     }
-    return { version: ort.env.versions?.web ?? '', rows: out };
-  }, { n });
-  console.log(`\nmodel run alone vs onnxruntime-web ${ORT_VERSION} (wasm backend, 1 thread), same browser, ${n} runs:`);
-  console.log('| build | model | medinfer infer p50 ms | onnxruntime-web p50 ms | p90 | ratio (medinfer / ort) | ort session create ms | medinfer load ms |');
-  console.log('|---|---|---|---|---|---|---|---|');
+    return out;
+  };
+  // A fresh page per thread count: onnxruntime-web's module is initialised once per page.
+  const ortRows = [];
+  for (const threads of [...new Set([1, THREADS])]) {
+    const p = await chromium.context.newPage();
+    await p.goto(server.url);
+    ortRows.push(...await p.evaluate(ortRun, { n, threads }));
+    await p.close();
+  }
+  console.log(`\nmodel run alone vs onnxruntime-web ${ORT_VERSION} (wasm backend, SIMD) at the same thread count, same browser, ${n} runs:`);
+  console.log('| build | threads | model | medinfer infer p50 ms | onnxruntime-web p50 ms | p90 | ratio (medinfer / ort) | ort session create ms | medinfer load ms |');
+  console.log('|---|---|---|---|---|---|---|---|---|');
   for (const ours of out.filter((o) => o.file === 'CT_small.dcm')) {
-    const r = ort.rows.find((x) => x.model === ours.model);
-    console.log(`| ${ours.simd} | ${r.model} | ${ours.infer_p50.toFixed(1)} | ${r.p50.toFixed(1)} | ${r.p90.toFixed(1)} | ${(ours.infer_p50 / r.p50).toFixed(2)}× | ${r.load.toFixed(0)} | ${ours.load_ms.toFixed(0)} |`);
+    const r = ortRows.find((x) => x.model === ours.model && x.threads === ours.threads);
+    console.log(`| ${ours.build} | ${ours.threads} | ${r.model} | ${ours.infer_p50.toFixed(1)} | ${r.p50.toFixed(1)} | ${r.p90.toFixed(1)} | ${(ours.infer_p50 / r.p50).toFixed(2)}× | ${r.load.toFixed(0)} | ${ours.load_ms.toFixed(0)} |`);
   }
 } finally {
   await chromium.close();

@@ -5,27 +5,29 @@
 // {id, ok: false, error: {name, code, message}}, and {id, progress} for batches. {cancel: id}
 // drops a queued request, or stops a running batch at its next chunk boundary.
 //
-// The only network requests this worker makes are GETs of the bundle's own model files.
+// The only network requests this worker (and the threaded build's pool Workers) makes are
+// GETs of the bundle's own files: its WebAssembly build and its models.
 
-import init, { Engine } from './pkg/medinfer_wasm.js';
 import './wasm-simd.js';
 
-const { files: WASM_FILE, hasRelaxedSimd, best: bestSimd } = self.medinferWasm;
+const { files: WASM_FILE, glue: GLUE, threaded: THREADED, hasRelaxedSimd, canThread, best: bestSimd, autoThreads } = self.medinferWasm;
 
+let Engine = null; // the class exported by the glue of the build init picked
 let engine = null;
 let modelsBase = null;
 // 'auto' | 'gpu' | 'cpu', from Medinfer.create; the engine settles it after each model load.
 let backendMode = 'auto';
-let backendInfo = { backend: 'cpu', simd: null, adapter: null, reason: 'no model loaded yet', models: [] };
+let backendInfo = { backend: 'cpu', simd: null, threads: 1, adapter: null, reason: 'no model loaded yet', models: [] };
 let modelIndex = null;
 let simd = null; // 'relaxed-simd' | 'simd128': the build this worker runs
+let threads = 1; // threads on the CPU path's matrix products (above 1: the threaded build)
 const loaded = new Map(); // model id -> ModelInfo
 const queue = [];
 const cancelled = new Set();
 let pumping = false;
 
 const ops = {
-  async init({ base, deidKey, backend, simd: wanted = 'auto' }) {
+  async init({ base, deidKey, backend, simd: wanted = 'auto', threads: wantedThreads = 'auto' }) {
     if (backend !== undefined && !['auto', 'gpu', 'cpu'].includes(backend)) {
       throw medinferError('input.options', 'backend is auto, gpu or cpu');
     }
@@ -35,18 +37,34 @@ const ops = {
     if (wanted === 'relaxed-simd' && !hasRelaxedSimd) {
       throw medinferError('input.options', 'this browser has no WebAssembly relaxed SIMD');
     }
-    // Two builds of the same code, same JS glue: the relaxed-SIMD one (fused multiply-add in
-    // the matmul kernels) wherever the engine validates relaxed SIMD, else plain SIMD128.
-    simd = wanted === 'auto' ? bestSimd : wanted;
+    if (wantedThreads !== 'auto' && !(Number.isInteger(wantedThreads) && wantedThreads >= 1 && wantedThreads <= 64)) {
+      throw medinferError('input.options', 'threads is auto or an integer from 1 to 64');
+    }
+    // Three builds of the same code: threaded (relaxed SIMD, shared memory) where the page is
+    // cross-origin isolated; else relaxed SIMD (fused multiply-add in the matmul kernels)
+    // wherever the engine validates it; else plain SIMD128.
+    threads = wantedThreads === 'auto' ? (wanted === 'simd128' ? 1 : autoThreads) : wantedThreads;
+    if (threads > 1 && wanted === 'simd128') {
+      throw medinferError('input.options', 'the threaded build uses relaxed SIMD: simd128 runs on one thread');
+    }
+    if (threads > 1 && !canThread) {
+      throw medinferError('input.options', hasRelaxedSimd
+        ? 'threads need a cross-origin isolated page (Cross-Origin-Opener-Policy: same-origin, Cross-Origin-Embedder-Policy: require-corp)'
+        : 'threads need WebAssembly relaxed SIMD, which this browser lacks');
+    }
+    simd = threads > 1 ? 'relaxed-simd' : wanted === 'auto' ? bestSimd : wanted;
     modelsBase = new URL('models/', base);
-    await init({ module_or_path: new URL(WASM_FILE[simd], base) });
-    if (Engine.simd() !== simd) {
-      throw medinferError('internal.error', `the ${WASM_FILE[simd]} build says it is ${Engine.simd()}`);
+    const glue = await import(new URL(threads > 1 ? THREADED.glue : GLUE, base));
+    await glue.default({ module_or_path: new URL(threads > 1 ? THREADED.wasm : WASM_FILE[simd], base) });
+    if (threads > 1) await glue.initThreads(threads);
+    Engine = glue.Engine;
+    if (Engine.simd() !== simd || Engine.threads() !== threads) {
+      throw medinferError('internal.error', `the build loaded says it is ${Engine.simd()} on ${Engine.threads()} thread(s)`);
     }
     engine = new Engine(deidKey ? { deidKey } : undefined);
     backendMode = backend ?? 'auto';
-    backendInfo = { ...backendInfo, simd };
-    return { version: Engine.version(), backendMode, simd };
+    backendInfo = { ...backendInfo, simd, threads };
+    return { version: Engine.version(), backendMode, simd, threads };
   },
 
   backend() {

@@ -47,17 +47,22 @@ export class Medinfer {
    *  plan on it, else WebAssembly SIMD), 'gpu' (WebGPU or an error) or 'cpu'.
    *  `simd`: which WebAssembly build to load: 'auto' (default: relaxed SIMD where the browser
    *  validates it, else SIMD128), or either one forced ('relaxed-simd' rejects with
-   *  `input.options` on a browser without it). */
+   *  `input.options` on a browser without it).
+   *  `threads`: threads for the CPU path's matrix products: 'auto' (default: one per logical
+   *  core, up to 16, where the page is cross-origin isolated and has relaxed SIMD, which loads
+   *  the threaded build; else 1), or a count from 1 to 64 (above 1 rejects with
+   *  `input.options` where the threaded build cannot run). */
   static create(options?: {
     base?: URL | string;
     deidKey?: Uint8Array;
     backend?: 'auto' | 'gpu' | 'cpu';
     simd?: 'auto' | 'relaxed-simd' | 'simd128';
+    threads?: 'auto' | number;
     signal?: AbortSignal;
   }): Promise<Medinfer>;
   /** What runs the models (settled after each model load). */
   backend(call?: CallOptions): Promise<BackendInfo>;
-  readonly info: { version: string; backendMode: 'auto' | 'gpu' | 'cpu'; simd: 'relaxed-simd' | 'simd128' };
+  readonly info: { version: string; backendMode: 'auto' | 'gpu' | 'cpu'; simd: 'relaxed-simd' | 'simd128'; threads: number };
   catalog(options?: CallOptions): Promise<Catalog>;
   loadModel(modelId: string, options?: CallOptions): Promise<ModelInfo>;
   inspect(input: Input, options?: CallOptions): Promise<FileInfo>;

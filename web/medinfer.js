@@ -25,11 +25,11 @@ export class Medinfer {
   #pending = new Map();
 
   /** Starts the worker and the wasm module. `base`: where the bundle lives (default: here). */
-  static async create({ base = new URL('./', import.meta.url), deidKey, backend, simd, signal } = {}) {
+  static async create({ base = new URL('./', import.meta.url), deidKey, backend, simd, threads, signal } = {}) {
     const worker = new Worker(new URL('medinfer-worker.js', base), { type: 'module', name: 'medinfer' });
     const client = new Medinfer(worker);
     try {
-      client.info = await client.#call('init', { base: String(base), deidKey, backend, simd }, { signal });
+      client.info = await client.#call('init', { base: String(base), deidKey, backend, simd, threads }, { signal });
     } catch (e) {
       worker.terminate();
       throw e;

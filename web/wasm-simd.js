@@ -1,7 +1,9 @@
-// Which of the bundle's two WebAssembly builds this engine runs: relaxed SIMD (fused
-// multiply-add in tract's matmul kernels) where it validates, else plain SIMD128. Shared by the
-// worker (imported as a module) and the service worker (importScripts, to precache the right
-// one), so it exports nothing and sets `self.medinferWasm` instead.
+// Which of the bundle's three WebAssembly builds this engine can run: threaded (relaxed SIMD,
+// shared memory, tract's matrix products on a pool of Workers) in a cross-origin isolated
+// context; single-threaded relaxed SIMD (fused multiply-add in tract's matmul kernels) where
+// it validates; else plain SIMD128. Shared by the worker (imported as a module) and the
+// service worker (importScripts, to precache the right one), so it exports nothing and sets
+// `self.medinferWasm` instead.
 
 // The smallest module using relaxed SIMD: () -> v128 { f32x4.relaxed_madd(splat 1, splat 1,
 // splat 1) }. Engines without the proposal fail to validate it.
@@ -16,14 +18,30 @@ const RELAXED_SIMD_PROBE = new Uint8Array([
 
 // The engine cannot change under a running script: validate once.
 const HAS_RELAXED_SIMD = WebAssembly.validate(RELAXED_SIMD_PROBE);
+// Shared WebAssembly memory exists only where the context is cross-origin isolated (the page
+// served with `Cross-Origin-Opener-Policy: same-origin` and `Cross-Origin-Embedder-Policy:
+// require-corp`); the threaded build is also a relaxed-SIMD build.
+const CAN_THREAD = HAS_RELAXED_SIMD && self.crossOriginIsolated === true && typeof SharedArrayBuffer === 'function';
 
 self.medinferWasm = {
-  /** The .wasm of each build, relative to the bundle's base. */
+  /** The .wasm of each single-threaded build, relative to the bundle's base. */
   files: {
     'relaxed-simd': 'pkg/medinfer_wasm_relaxed_bg.wasm',
     simd128: 'pkg/medinfer_wasm_bg.wasm',
   },
+  /** The JS glue of the single-threaded builds (one for both). */
+  glue: 'pkg/medinfer_wasm.js',
+  /** The threaded build: its own glue and .wasm, and the list of every file it loads. */
+  threaded: {
+    glue: 'pkg/threads/medinfer_wasm.js',
+    wasm: 'pkg/threads/medinfer_wasm_bg.wasm',
+    files: 'pkg/threads/files.json',
+  },
   hasRelaxedSimd: HAS_RELAXED_SIMD,
-  /** The build `auto` picks here. */
+  canThread: CAN_THREAD,
+  /** The single-threaded build `auto` picks here. */
   best: HAS_RELAXED_SIMD ? 'relaxed-simd' : 'simd128',
+  /** The threads `auto` starts: one per logical core (the calling worker waits while they
+   *  work), 1 where the threaded build cannot run. */
+  autoThreads: CAN_THREAD ? Math.min(Math.max(navigator.hardwareConcurrency || 1, 1), 16) : 1,
 };

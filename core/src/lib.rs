@@ -61,14 +61,20 @@ pub use validate::{DType, Limits, validate_samples};
 pub use image;
 
 /// Runs tract's matrix products (convolutions included) on `threads` threads of a dedicated
-/// pool from now on; 0 or 1: on the calling thread only (the default). Native builds with the
+/// pool from now on; 0 or 1: on the calling thread only (the default). Builds with the
 /// `threads` feature; one process-wide setting. An error (and the setting unchanged) when the
 /// system refuses the threads.
+///
+/// On wasm no thread can be spawned from here: above 1, the products run on rayon's global
+/// pool, which the leaf must have started first (the browser bundle's threaded build starts
+/// one of Web Workers with `wasm_bindgen_rayon`); its size is the leaf's, not `threads`.
 #[cfg(feature = "threads")]
 pub fn set_threads(threads: usize) -> std::result::Result<(), String> {
     use tract_linalg::multithread::{Executor, set_default_executor};
     let executor = if threads <= 1 {
         Executor::SingleThread
+    } else if cfg!(target_family = "wasm") {
+        Executor::RayonGlobal
     } else {
         let pool = rayon::ThreadPoolBuilder::new()
             .thread_name(|n| format!("medinfer-mm-{n}"))

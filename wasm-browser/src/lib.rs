@@ -113,6 +113,8 @@ export interface BackendInfo {
   backend: "gpu" | "cpu";
   /** The WebAssembly build in use: relaxed SIMD where the engine has it, else SIMD128. */
   simd: "relaxed-simd" | "simd128";
+  /** Threads running the CPU path's matrix products (1 but in the threaded build). */
+  threads: number;
   adapter: string | null;
   reason: string | null;
   models: ModelPlacement[];
@@ -310,12 +312,39 @@ impl GpuState {
 /// The instruction set of this build (see `Engine::simd`).
 const SIMD: &str = if cfg!(target_feature = "relaxed-simd") { "relaxed-simd" } else { "simd128" };
 
+/// The size of the pool `initThreads` started (1: none, the products run on the calling thread).
+static THREADS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(1);
+
+fn threads() -> usize {
+    THREADS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Starts `threads` Web Workers sharing this module's memory (wasm-bindgen-rayon) and runs
+/// tract's matrix products and convolutions on them from then on. Only in the threaded build
+/// (`pkg/threads/`), whose memory is shared, so only in a cross-origin isolated page; call it
+/// once, right after the module's `init` and before the first model runs. The calling thread
+/// blocks while the pool works, so call it from a Worker (the bundle's worker does), never the
+/// page's main thread.
+#[cfg(feature = "threads")]
+#[wasm_bindgen(js_name = initThreads)]
+pub async fn init_threads(threads: usize) -> Result<(), JsValue> {
+    if threads < 2 || self::threads() > 1 {
+        return Err(js_error("input.options", "threads: start one pool, of 2 or more"));
+    }
+    wasm_bindgen_futures::JsFuture::from(wasm_bindgen_rayon::init_thread_pool(threads)).await?;
+    medinfer_core::set_threads(threads).map_err(|e| js_error("internal.error", &e))?;
+    THREADS.store(threads, std::sync::atomic::Ordering::Relaxed);
+    Ok(())
+}
+
 /// What `useGpu` settled on.
 #[derive(Serialize)]
 struct BackendInfo {
     backend: &'static str,
     /// The WebAssembly build running the CPU path (and everything but the GPU's kernels).
     simd: &'static str,
+    /// Threads on the CPU path's matrix products.
+    threads: usize,
     adapter: Option<String>,
     reason: Option<String>,
     models: Vec<ModelPlacement>,
@@ -401,6 +430,13 @@ impl Engine {
     #[wasm_bindgen(js_name = simd, unchecked_return_type = "\"relaxed-simd\" | \"simd128\"")]
     pub fn simd() -> String {
         SIMD.to_string()
+    }
+
+    /// Threads running the CPU path's matrix products: the pool `initThreads` started in the
+    /// threaded build, else 1.
+    #[wasm_bindgen(js_name = threads)]
+    pub fn threads() -> usize {
+        threads()
     }
 
     /// Loads a model from its `model.toml` manifest and ONNX bytes (checked against the
@@ -587,6 +623,7 @@ impl Engine {
             let cpu = |reason: Option<String>| BackendInfo {
                 backend: "cpu",
                 simd: SIMD,
+                threads: threads(),
                 adapter: None,
                 reason,
                 models: vec![],
@@ -632,6 +669,7 @@ impl Engine {
             to_js(&BackendInfo {
                 backend: "gpu",
                 simd: SIMD,
+                threads: threads(),
                 adapter: Some(adapter),
                 reason: None,
                 models,

@@ -31,13 +31,17 @@ const TYPES = {
 
 /**
  * Serves `web/` on 127.0.0.1; `log` gets {method, url, headers, body, cut} for every request.
+ * `isolated`: with COOP/COEP headers, so that the page is cross-origin isolated.
  * `cut(true)` cuts the network the way a pulled cable looks to the browser: every request is
  * still logged (so a test sees what the page tried to send) but its connection is dropped
  * with no response, so the browser's fetch fails. This covers every requester — the page,
  * its workers and the service worker alike — where browser offline emulation does not.
  */
-export async function serve() {
+export async function serve({ isolated = false } = {}) {
   const log = [];
+  // Cross-origin isolation (SharedArrayBuffer, hence the threaded build): the two headers a
+  // deployment sends with the page and the bundle's files.
+  const isolation = isolated ? { 'cross-origin-opener-policy': 'same-origin', 'cross-origin-embedder-policy': 'require-corp' } : {};
   let cut = false;
   const server = createServer(async (req, res) => {
     const chunks = [];
@@ -55,7 +59,7 @@ export async function serve() {
     }
     try {
       const data = await readFile(file);
-      res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream', 'cache-control': 'no-cache' });
+      res.writeHead(200, { 'content-type': TYPES[extname(file)] ?? 'application/octet-stream', 'cache-control': 'no-cache', ...isolation });
       res.end(data);
     } catch {
       res.writeHead(404).end();

@@ -1,7 +1,8 @@
-// The bundle's two WebAssembly builds. The relaxed-SIMD build really uses relaxed SIMD (an
-// engine without it refuses the module) and the SIMD128 build does not; Chromium picks the
-// relaxed one; each gives the native CLI's predictions; and a browser without relaxed SIMD
-// (as Safari is today) loads the SIMD128 build, fetches no other, and says so.
+// The bundle's two single-threaded WebAssembly builds (threads.test.mjs: the third). The
+// relaxed-SIMD build really uses relaxed SIMD (an engine without it refuses the module) and
+// the SIMD128 build does not; Chromium picks the relaxed one; each gives the native CLI's
+// predictions; and a browser without relaxed SIMD (as Safari is today) loads the SIMD128
+// build, fetches no other, and says so.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';

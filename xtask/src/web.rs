@@ -1,5 +1,6 @@
-//! The browser bundle: two release builds for wasm32-unknown-unknown (SIMD128, and relaxed
-//! SIMD for engines that have it), wasm-bindgen at exactly the version in Cargo.lock
+//! The browser bundle: three release builds for wasm32-unknown-unknown (SIMD128; relaxed SIMD
+//! for engines that have it; relaxed SIMD with threads for cross-origin isolated pages),
+//! wasm-bindgen at exactly the version in Cargo.lock
 //! (installed from crates.io when missing, never downloaded as a binary), the bundled models
 //! and sample files copied beside the page, and its tests in Debian's Chromium.
 
@@ -22,6 +23,23 @@ const RELAXED_WASM: &str = "medinfer_wasm_relaxed_bg.wasm";
 /// `.cargo/config.toml`'s wasm flags with relaxed SIMD added.
 const RELAXED_RUSTFLAGS: &str =
     "-C target-feature=+simd128,+relaxed-simd -C debuginfo=0 -C strip=debuginfo";
+/// The threaded build: shared memory and atomics, so std is rebuilt with them (`-Z build-std`;
+/// Rust ships wasm32's std without atomics, and a module whose std cannot lock is not
+/// thread-safe). `-Z` is unstable: `RUSTC_BOOTSTRAP=1` allows it on the pinned stable
+/// toolchain (rust-toolchain.toml), whose rust-src is the std it rebuilds. Its glue differs
+/// from the others' (shared memory, `initThreads`, wasm-bindgen-rayon's worker snippet), so the
+/// whole of its wasm-bindgen output goes to `web/pkg/threads/`.
+const THREADS_TARGET_DIR: &str = "target/threads";
+/// Relaxed SIMD plus atomics, and the linker told to make the memory shared and imported
+/// (wasm-bindgen's glue then creates it, and hands it to each Worker) with the thread-local
+/// storage entry points wasm-bindgen's thread start-up calls; rustc does not pass these for
+/// wasm32-unknown-unknown by itself. The memory may grow to 2 GiB: a shared memory declares
+/// its maximum up front.
+const THREADS_RUSTFLAGS: &str = "-C target-feature=+simd128,+relaxed-simd,+atomics,+bulk-memory,+mutable-globals \
+     -C link-arg=--shared-memory -C link-arg=--import-memory -C link-arg=--max-memory=2147483648 \
+     -C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size \
+     -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base \
+     -C debuginfo=0 -C strip=debuginfo";
 /// The page shows this model first: the smallest download.
 const DEFAULT_MODEL: &str = "mobilenetv2-chexnet";
 /// Sample DICOM files for the viewer-embedding example (pydicom's test files, MIT).
@@ -42,15 +60,7 @@ pub fn build() -> Result<()> {
     // byte but for the function-table indices wasm-bindgen writes in comments; only its .wasm
     // is kept.
     eprintln!("xtask: the relaxed-SIMD build ({RELAXED_TARGET_DIR})");
-    let status = Command::new(env!("CARGO"))
-        .args(["build", "--release", "-p", PACKAGE, "--target", "wasm32-unknown-unknown"])
-        .args(["--target-dir", RELAXED_TARGET_DIR])
-        .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS", RELAXED_RUSTFLAGS)
-        .status()
-        .context("running cargo build (relaxed SIMD)")?;
-    if !status.success() {
-        bail!("the relaxed-SIMD build failed ({status})");
-    }
+    variant_build(RELAXED_TARGET_DIR, RELAXED_RUSTFLAGS, &[])?;
     let relaxed_pkg = Path::new(RELAXED_TARGET_DIR).join("pkg");
     if relaxed_pkg.exists() {
         fs::remove_dir_all(&relaxed_pkg)?;
@@ -67,9 +77,31 @@ pub fn build() -> Result<()> {
     }
     fs::copy(relaxed_pkg.join(format!("{OUT_NAME}_bg.wasm")), pkg.join(RELAXED_WASM))?;
 
+    eprintln!("xtask: the threaded build ({THREADS_TARGET_DIR})");
+    variant_build(
+        THREADS_TARGET_DIR,
+        THREADS_RUSTFLAGS,
+        &["--features", "threads", "-Z", "build-std=panic_abort,std"],
+    )?;
+    let threads_pkg = pkg.join("threads");
+    let threads_wasm = Path::new(THREADS_TARGET_DIR)
+        .join("wasm32-unknown-unknown/release")
+        .join(Path::new(WASM).file_name().context("wasm file name")?);
+    bind(&bindgen, &threads_wasm, &threads_pkg)?;
+    // What the service worker precaches for an isolated page: every file the build loads.
+    let mut files = Vec::new();
+    list_files(&threads_pkg, &threads_pkg, &mut files)?;
+    files.retain(|f| f.ends_with(".js") || f.ends_with(".wasm"));
+    files.sort();
+    fs::write(threads_pkg.join("files.json"), serde_json::to_string_pretty(&files)?)?;
+
     copy_models()?;
     copy_samples()?;
-    for name in [format!("{OUT_NAME}_bg.wasm"), RELAXED_WASM.to_string()] {
+    for name in [
+        format!("{OUT_NAME}_bg.wasm"),
+        RELAXED_WASM.to_string(),
+        format!("threads/{OUT_NAME}_bg.wasm"),
+    ] {
         let wasm = pkg.join(name);
         eprintln!(
             "xtask: browser bundle {}: {:.1} MB raw, {:.1} MB gzip -9",
@@ -79,9 +111,47 @@ pub fn build() -> Result<()> {
         );
     }
     eprintln!(
-        "xtask: JS glue {} KB (one for both builds)",
+        "xtask: JS glue {} KB (one for both single-threaded builds)",
         fs::metadata(pkg.join(format!("{OUT_NAME}.js")))?.len() / 1024
     );
+    Ok(())
+}
+
+/// The browser crate built in release into `target_dir` with `rustflags` (replacing
+/// `.cargo/config.toml`'s) and `extra` arguments (unstable `-Z` ones allowed).
+fn variant_build(target_dir: &str, rustflags: &str, extra: &[&str]) -> Result<()> {
+    let mut cargo = Command::new(env!("CARGO"));
+    cargo
+        .args(["build", "--release", "-p", PACKAGE, "--target", "wasm32-unknown-unknown"])
+        .args(["--target-dir", target_dir])
+        .args(extra)
+        .env("CARGO_TARGET_WASM32_UNKNOWN_UNKNOWN_RUSTFLAGS", rustflags);
+    if extra.contains(&"-Z") {
+        cargo.env("RUSTC_BOOTSTRAP", "1");
+    }
+    let status = cargo.status().with_context(|| format!("running cargo build ({target_dir})"))?;
+    if !status.success() {
+        bail!("the build in {target_dir} failed ({status})");
+    }
+    Ok(())
+}
+
+/// Every file under `dir`, as a `/`-separated path relative to `root`.
+fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
+    for entry in fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            list_files(root, &path, out)?;
+        } else {
+            let rel = path.strip_prefix(root)?;
+            out.push(
+                rel.components()
+                    .map(|c| c.as_os_str().to_string_lossy())
+                    .collect::<Vec<_>>()
+                    .join("/"),
+            );
+        }
+    }
     Ok(())
 }
 
