@@ -18,9 +18,10 @@ const RELAXED_SIMD_PROBE = new Uint8Array([
 
 // The engine cannot change under a running script: validate once.
 const HAS_RELAXED_SIMD = WebAssembly.validate(RELAXED_SIMD_PROBE);
-// Shared WebAssembly memory exists only where the context is cross-origin isolated (the page
-// served with `Cross-Origin-Opener-Policy: same-origin` and `Cross-Origin-Embedder-Policy:
-// require-corp`); the threaded build is also a relaxed-SIMD build.
+// Workers can share a WebAssembly memory only where the context is cross-origin isolated (the
+// page served with `Cross-Origin-Opener-Policy: same-origin` and `Cross-Origin-Embedder-Policy:
+// require-corp`; Chromium creates a shared memory elsewhere too, but cannot post it); the
+// threaded build is also a relaxed-SIMD build.
 const CAN_THREAD = HAS_RELAXED_SIMD && self.crossOriginIsolated === true && typeof SharedArrayBuffer === 'function';
 
 self.medinferWasm = {

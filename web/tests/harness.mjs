@@ -8,6 +8,7 @@ import { readFile, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, extname, normalize, dirname, basename } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import assert from 'node:assert/strict';
 import { chromium } from 'playwright-core';
 
 export const WEB = join(dirname(fileURLToPath(import.meta.url)), '..');
@@ -21,6 +22,23 @@ export function nativePredictions(model, paths) {
     maxBuffer: 1 << 24,
   });
   return Object.fromEntries(JSON.parse(out).map((r) => [basename(r.file), Object.fromEntries(r.predictions.map((p) => [p.label, p.score]))]));
+}
+
+/**
+ * Asserts that the batch `items` for `files` (in order) match `want` (nativePredictions) within
+ * `tolerance` on every label; returns the largest difference seen. `what` names the run.
+ */
+export function assertItemsMatch(items, files, want, what, tolerance = 1e-4) {
+  let worst = 0;
+  files.forEach((f, i) => {
+    assert.ok(!items[i].error, `${what}: ${basename(f)} failed: ${JSON.stringify(items[i].error)}`);
+    for (const [label, score] of Object.entries(want[basename(f)])) {
+      const diff = Math.abs(items[i].predictions[label] - score);
+      worst = Math.max(worst, diff);
+      assert.ok(diff <= tolerance, `${what}: ${basename(f)} ${label}: ${items[i].predictions[label]} vs native ${score}`);
+    }
+  });
+  return worst;
 }
 
 const TYPES = {

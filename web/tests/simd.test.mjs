@@ -8,8 +8,8 @@ import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { join, basename } from 'node:path';
-import { serve, browser, openPage, nativePredictions, ROOT, WEB } from './harness.mjs';
+import { join } from 'node:path';
+import { serve, browser, openPage, nativePredictions, assertItemsMatch, ROOT, WEB } from './harness.mjs';
 
 const MODEL = 'mobilenetv2-chexnet';
 const FILES = ['CT_small.dcm', 'RG1_J2KI.dcm', 'US1_J2KI.dcm'].map((f) => join(ROOT, 'testdata/dicom', f));
@@ -47,17 +47,8 @@ async function runFiles(page, simd) {
   }, { b64, model: MODEL, simd });
 }
 
-function assertParity(items, want, build) {
-  let worst = 0;
-  FILES.forEach((f, i) => {
-    assert.ok(!items[i].error, `${build}: ${basename(f)} failed: ${JSON.stringify(items[i].error)}`);
-    for (const [label, score] of Object.entries(want[basename(f)])) {
-      const diff = Math.abs(items[i].predictions[label] - score);
-      worst = Math.max(worst, diff);
-      assert.ok(diff <= TOLERANCE, `${build}: ${basename(f)} ${label}: ${items[i].predictions[label]} vs native ${score}`);
-    }
-  });
-  return worst;
+function assertParity(items, want, what) {
+  return assertItemsMatch(items, FILES, want, what, TOLERANCE);
 }
 
 test('Chromium runs the relaxed-SIMD build; both builds agree with the native CLI', async () => {
