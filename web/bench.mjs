@@ -120,11 +120,12 @@ try {
     }
     return out;
   };
-  // A fresh page per thread count: onnxruntime-web's module is initialised once per page.
+  // A fresh page per thread count: onnxruntime-web's module is initialised once per page. The
+  // page's own engine loads its default model at start: wait for that, so that it is idle
+  // while onnxruntime-web runs.
   const ortRows = [];
   for (const threads of [...new Set([1, THREADS])]) {
-    const p = await chromium.context.newPage();
-    await p.goto(server.url);
+    const { page: p } = await openPage(chromium.context, server.url);
     ortRows.push(...await p.evaluate(ortRun, { n, threads }));
     await p.close();
   }
