@@ -100,7 +100,8 @@ struct RoleClaim {
 enum Key {
     Hs256(HS256Key),
     Es256(ES256PublicKey),
-    Rs256(RS256PublicKey),
+    // Boxed: on wasm32 an RSA key is 3× the others, and the enum would be as large.
+    Rs256(Box<RS256PublicKey>),
 }
 
 /// Verifies bearer tokens against the configured key and claims.
@@ -177,7 +178,7 @@ impl Verifier {
                 if let Ok(k) = ES256PublicKey::from_pem(pem) {
                     Key::Es256(k)
                 } else if let Ok(k) = RS256PublicKey::from_pem(pem) {
-                    Key::Rs256(k)
+                    Key::Rs256(Box::new(k))
                 } else {
                     return Err(ConfigError(
                         "jwt_public_key is neither an ES256 (P-256) nor an RS256 public key in PEM"

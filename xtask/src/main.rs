@@ -9,9 +9,9 @@ mod load;
 mod web;
 
 const USAGE: &str = "usage: cargo xtask <test|lint|web|web-test|wasi-test|spin|bench|bench-http>
-  test       everything CI runs: lint, the Spin component and host, native tests and the
-             API suite on both targets, core's tests on wasip2, the browser bundle and its
-             tests in headless Chromium
+  test       everything CI runs: rustfmt, clippy (inside the builds), the Spin component
+             and host, native tests and the API suite on both targets, core's tests on
+             wasip2, the browser bundle and its tests in headless Chromium
   lint       rustfmt --check and clippy -D warnings
   spin       build the Spin component and the wasmtime host (wasm-host), then the component
              pre-initialised with the bundled models (what spin.toml serves)
@@ -33,8 +33,10 @@ fn main() -> Result<()> {
             let t0 = std::time::Instant::now();
             // Each build is done once: the native build makes the host the Spin stage and
             // the wasip2 tests run on, and the wasip2 tests reuse the component's build.
+            // clippy runs inside those builds (see `clippy_in_builds`), not as a stage.
+            clippy_in_builds()?;
             let stages: [(&str, Stage); 7] = [
-                ("lint", lint),
+                ("format", format),
                 ("native build", native_build),
                 ("spin", || spin(Host::Built)),
                 ("native tests", native_tests),
@@ -89,8 +91,13 @@ pub(crate) fn cargo(args: &[&str]) -> Result<()> {
     Ok(())
 }
 
+fn format() -> Result<()> {
+    cargo(&["fmt", "--all", "--check"])
+}
+
+/// `cargo xtask lint`, on its own: rustfmt, then clippy over everything.
 fn lint() -> Result<()> {
-    cargo(&["fmt", "--all", "--check"])?;
+    format()?;
     // Same profile as the tests so that dependencies are compiled once per run.
     // The Spin component is linted natively too (spin-sdk's bindings compile everywhere):
     // a wasip2 clippy would check every dependency a second time.
@@ -118,6 +125,34 @@ fn lint() -> Result<()> {
         "-D",
         "warnings",
     ])
+}
+
+/// Makes every later cargo command of this process (and its children) compile the workspace's
+/// crates with clippy-driver, `-D warnings`: clippy's lints run inside the builds `cargo xtask
+/// test` does anyway, on each crate's real target (the Spin component on wasip2, the browser
+/// crate on wasm32, its `threads` code included). A separate `cargo clippy` type-checks every
+/// dependency once more (7 of CI's minutes on two cores). This is what `cargo clippy` itself
+/// does, with `check` instead of `build`; dependencies are compiled by plain rustc either way.
+fn clippy_in_builds() -> Result<()> {
+    let out = Command::new("rustc")
+        .args(["--print", "sysroot"])
+        .output()
+        .context("running rustc --print sysroot")?;
+    if !out.status.success() {
+        bail!("rustc --print sysroot failed ({})", out.status);
+    }
+    let sysroot = String::from_utf8(out.stdout).context("rustc's sysroot is not UTF-8")?;
+    let driver = std::path::Path::new(sysroot.trim()).join("bin/clippy-driver");
+    if !driver.is_file() {
+        bail!("{} is missing: `rustup component add clippy`", driver.display());
+    }
+    // SAFETY: called first in `main`'s task, before this process starts any thread.
+    unsafe {
+        std::env::set_var("RUSTC_WORKSPACE_WRAPPER", &driver);
+        // cargo-clippy's encoding of clippy's own arguments.
+        std::env::set_var("CLIPPY_ARGS", "-D__CLIPPY_HACKERY__warnings__CLIPPY_HACKERY__");
+    }
+    Ok(())
 }
 
 /// The Spin component's package: built for wasm32-wasip2 only.
