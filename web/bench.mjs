@@ -1,7 +1,7 @@
 // Browser numbers for BENCHMARKS.md: bundle size, time to first prediction after page load,
-// and per-image latency for both models and the three WebAssembly builds (relaxed SIMD and
-// SIMD128 on one thread; threaded, one thread per core), in Debian's headless Chromium, the
-// page cross-origin isolated (so that threads can run).
+// and per-image latency for both models and the two WebAssembly builds (the relaxed-SIMD
+// build on one thread and on one thread per core; SIMD128 on one thread), in Debian's headless
+// Chromium, the page cross-origin isolated (so that threads can run).
 // Run after `cargo xtask web`: `node web/bench.mjs [--n 20]`. Also runs onnxruntime-web
 // (npm, wasm backend, installed here on first use without touching package.json) on the same
 // models in the same browser at the same thread counts, and prints the ratios.
@@ -16,14 +16,14 @@ import { availableParallelism } from 'node:os';
 import { serve, browser, openPage, ROOT, WEB } from './tests/harness.mjs';
 
 const n = Number(process.argv[process.argv.indexOf('--n') + 1]) || 20;
-const FILES = { 'relaxed-simd': 'pkg/medinfer_wasm_relaxed_bg.wasm', simd128: 'pkg/medinfer_wasm_bg.wasm', threaded: 'pkg/threads/medinfer_wasm_bg.wasm' };
+const FILES = { 'relaxed-simd (threads)': 'pkg/threads/medinfer_wasm_bg.wasm', simd128: 'pkg/medinfer_wasm_bg.wasm' };
 // The page's navigator.hardwareConcurrency is this machine's logical cores: what `threads:
 // 'auto'` starts (up to 16), and what onnxruntime-web is given for the threaded comparison.
 const THREADS = Math.min(availableParallelism(), 16);
 const BUILDS = {
-  'relaxed-simd': { simd: 'relaxed-simd', threads: 1 },
+  'relaxed-simd ×1': { simd: 'relaxed-simd', threads: 1 },
   simd128: { simd: 'simd128', threads: 1 },
-  [`threaded ×${THREADS}`]: { threads: THREADS },
+  [`relaxed-simd ×${THREADS}`]: { threads: THREADS },
 };
 for (const [build, file] of Object.entries(FILES)) {
   const bytes = readFileSync(join(WEB, file));
@@ -52,7 +52,7 @@ try {
     })));
     await page.close();
   }
-  console.log(`time to first prediction (MobileNetV2, CT_small, from navigation, the build auto picks on an isolated page: threaded ×${THREADS}): ${ttfp.map((t) => t.first.toFixed(0)).join(', ')} ms`);
+  console.log(`time to first prediction (MobileNetV2, CT_small, from navigation, the build auto picks on an isolated page: relaxed-simd ×${THREADS}): ${ttfp.map((t) => t.first.toFixed(0)).join(', ')} ms`);
 
   const { page } = await openPage(chromium.context, server.url);
   const files = ['CT_small.dcm', 'RG1_J2KI.dcm'].map((f) => ({ f, b64: readFileSync(join(ROOT, 'testdata/dicom', f)).toString('base64') }));

@@ -10,7 +10,7 @@
 
 import './wasm-simd.js';
 
-const { files: WASM_FILE, glue: GLUE, threaded: THREADED, hasRelaxedSimd, canThread, best: bestSimd, autoThreads } = self.medinferWasm;
+const { builds: BUILDS, hasRelaxedSimd, hasRelaxedBuild, canThread, best: bestSimd, autoThreads } = self.medinferWasm;
 
 let Engine = null; // the class exported by the glue of the build init picked
 let engine = null;
@@ -34,15 +34,17 @@ const ops = {
     if (!['auto', 'relaxed-simd', 'simd128'].includes(wanted)) {
       throw medinferError('input.options', 'simd is auto, relaxed-simd or simd128');
     }
-    if (wanted === 'relaxed-simd' && !hasRelaxedSimd) {
-      throw medinferError('input.options', 'this browser has no WebAssembly relaxed SIMD');
+    if (wanted === 'relaxed-simd' && !hasRelaxedBuild) {
+      throw medinferError('input.options', hasRelaxedSimd
+        ? 'the relaxed-SIMD build needs a shared WebAssembly memory, which this page cannot create: serve it cross-origin isolated'
+        : 'this browser has no WebAssembly relaxed SIMD');
     }
     if (wantedThreads !== 'auto' && !(Number.isInteger(wantedThreads) && wantedThreads >= 1 && wantedThreads <= 64)) {
       throw medinferError('input.options', 'threads is auto or an integer from 1 to 64');
     }
-    // Three builds of the same code: threaded (relaxed SIMD, shared memory) where the page is
-    // cross-origin isolated; else relaxed SIMD (fused multiply-add in the matmul kernels)
-    // wherever the engine validates it; else plain SIMD128.
+    // Two builds of the same code: relaxed SIMD with shared memory (threads where the page is
+    // cross-origin isolated, one thread elsewhere) wherever the engine can run it; else plain
+    // SIMD128, one thread.
     threads = wantedThreads === 'auto' ? (wanted === 'simd128' ? 1 : autoThreads) : wantedThreads;
     if (threads > 1 && wanted === 'simd128') {
       throw medinferError('input.options', 'the threaded build uses relaxed SIMD: simd128 runs on one thread');
@@ -54,9 +56,18 @@ const ops = {
     }
     simd = threads > 1 ? 'relaxed-simd' : wanted === 'auto' ? bestSimd : wanted;
     modelsBase = new URL('models/', base);
-    const glue = await import(new URL(threads > 1 ? THREADED.glue : GLUE, base));
-    await glue.default({ module_or_path: new URL(threads > 1 ? THREADED.wasm : WASM_FILE[simd], base) });
-    if (threads > 1) await glue.initThreads(threads);
+    let glue;
+    try {
+      glue = await loadBuild(base);
+    } catch (e) {
+      // The relaxed-SIMD build's shared memory reserves its whole maximum (2 GiB) up front,
+      // which a device short of address space may refuse: what `auto` chose falls back to
+      // SIMD128 on one thread; what was asked for fails.
+      if (simd === 'simd128' || wanted !== 'auto' || (wantedThreads !== 'auto' && wantedThreads > 1)) throw e;
+      console.warn('medinfer: the relaxed-SIMD build failed to start; running SIMD128', e);
+      [simd, threads] = ['simd128', 1];
+      glue = await loadBuild(base);
+    }
     Engine = glue.Engine;
     if (Engine.simd() !== simd || Engine.threads() !== threads) {
       throw medinferError('internal.error', `the build loaded says it is ${Engine.simd()} on ${Engine.threads()} thread(s)`);
@@ -172,6 +183,15 @@ function deidentified(out) {
 const TRANSFER = Symbol('transfer');
 function transferable(value, buffers) {
   return { [TRANSFER]: buffers, value };
+}
+
+// Imports the glue of the build `simd` names, instantiates its .wasm and, above one thread,
+// starts its pool of Workers.
+async function loadBuild(base) {
+  const glue = await import(new URL(BUILDS[simd].glue, base));
+  await glue.default({ module_or_path: new URL(BUILDS[simd].wasm, base) });
+  if (threads > 1) await glue.initThreads(threads);
+  return glue;
 }
 
 function medinferError(code, message) {

@@ -46,12 +46,12 @@ export class Medinfer {
   /** `backend`: 'auto' (default: WebGPU when the browser gives an adapter and the models
    *  plan on it, else WebAssembly SIMD), 'gpu' (WebGPU or an error) or 'cpu'.
    *  `simd`: which WebAssembly build to load: 'auto' (default: relaxed SIMD where the browser
-   *  validates it, else SIMD128), or either one forced ('relaxed-simd' rejects with
-   *  `input.options` on a browser without it).
+   *  validates it and can create a shared memory, else SIMD128), or either one forced
+   *  ('relaxed-simd' rejects with `input.options` where it cannot run).
    *  `threads`: threads for the CPU path's matrix products: 'auto' (default: one per logical
-   *  core, up to 16, where the page is cross-origin isolated and has relaxed SIMD, which loads
-   *  the threaded build; else 1), or a count from 1 to 64 (above 1 rejects with
-   *  `input.options` where the threaded build cannot run). */
+   *  core, up to 16, where the page is cross-origin isolated and the relaxed-SIMD build runs;
+   *  else 1), or a count from 1 to 64 (above 1 rejects with `input.options` where threads
+   *  cannot run). */
   static create(options?: {
     base?: URL | string;
     deidKey?: Uint8Array;

@@ -1,27 +1,26 @@
 // Offline support: every same-origin GET goes to the network first and falls back to the
 // copy kept from the last successful fetch, so the page, the bundle and any model already
 // used keep working with the network cut. Nothing else is ever fetched or sent.
-const CACHE = 'medinfer-v3';
+const CACHE = 'medinfer-v4';
 
 // The page, the bundle and the default model, so that a reload works offline even after a
 // first visit (whose worker started before this service worker took control); other models
-// are kept as they are used. The .wasm is the build the worker will pick on this browser
-// (wasm-simd.js): where this worker is cross-origin isolated (served with the page's COEP), the
-// threaded build's files as listed in its files.json, else the single-threaded one.
+// are kept as they are used. The build is the one the worker will pick on this browser
+// (wasm-simd.js): the relaxed-SIMD build's files as listed in its files.json (its Workers'
+// snippet included), or the SIMD128 build's glue and .wasm.
 importScripts('wasm-simd.js');
+const BUILD = self.medinferWasm.builds[self.medinferWasm.best];
 const SHELL = ['./', 'index.html', 'app.js', 'style.css', 'medinfer.js', 'medinfer-worker.js',
-  'wasm-simd.js', 'pkg/medinfer_wasm.js', self.medinferWasm.files[self.medinferWasm.best],
-  'models/index.json'];
+  'wasm-simd.js', BUILD.glue, BUILD.wasm, 'models/index.json'];
 
 self.addEventListener('install', (event) => {
   event.waitUntil((async () => {
     const cache = await caches.open(CACHE);
     await cache.addAll(SHELL).catch(() => {});
-    if (self.medinferWasm.canThread) {
-      const { threaded } = self.medinferWasm;
+    if (BUILD.files) {
       try {
-        const files = await (await fetch(threaded.files)).json();
-        await cache.addAll(files.map((f) => new URL(f, new URL(threaded.files, self.location.href)).href));
+        const files = await (await fetch(BUILD.files)).json();
+        await cache.addAll(files.map((f) => new URL(f, new URL(BUILD.files, self.location.href)).href));
       } catch {
         // Best effort, as above.
       }

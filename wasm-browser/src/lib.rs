@@ -113,7 +113,7 @@ export interface BackendInfo {
   backend: "gpu" | "cpu";
   /** The WebAssembly build in use: relaxed SIMD where the engine has it, else SIMD128. */
   simd: "relaxed-simd" | "simd128";
-  /** Threads running the CPU path's matrix products (1 but in the threaded build). */
+  /** Threads running the CPU path's matrix products (1 unless `initThreads` started a pool). */
   threads: number;
   adapter: string | null;
   reason: string | null;
@@ -425,8 +425,8 @@ impl Engine {
     }
 
     /// The SIMD instruction set this build of the bundle was compiled for: `"relaxed-simd"`
-    /// (`medinfer_wasm_relaxed_bg.wasm`: tract's kernels use fused `f32x4.relaxed_madd`) or
-    /// `"simd128"` (`medinfer_wasm_bg.wasm`, for engines without relaxed SIMD).
+    /// (`pkg/threads/`: tract's kernels use fused `f32x4.relaxed_madd`) or `"simd128"`
+    /// (`pkg/medinfer_wasm_bg.wasm`, for engines without relaxed SIMD).
     #[wasm_bindgen(js_name = simd, unchecked_return_type = "\"relaxed-simd\" | \"simd128\"")]
     pub fn simd() -> String {
         SIMD.to_string()

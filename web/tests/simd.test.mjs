@@ -1,8 +1,9 @@
-// The bundle's two single-threaded WebAssembly builds (threads.test.mjs: the third). The
-// relaxed-SIMD build really uses relaxed SIMD (an engine without it refuses the module) and
-// the SIMD128 build does not; Chromium picks the relaxed one; each gives the native CLI's
-// predictions; and a browser without relaxed SIMD (as Safari is today) loads the SIMD128
-// build, fetches no other, and says so.
+// The bundle's two WebAssembly builds, on one thread (threads.test.mjs: the relaxed build's
+// pool of Workers). The relaxed-SIMD build really uses relaxed SIMD (an engine without it
+// refuses the module) and the SIMD128 build does not; Chromium picks the relaxed one, also on a
+// page that is not cross-origin isolated; each gives the native CLI's predictions; a browser
+// without relaxed SIMD (as Safari is today) loads the SIMD128 build, fetches no other, and
+// says so; and where the relaxed build fails to start, `auto` falls back to SIMD128.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -14,7 +15,7 @@ import { serve, browser, openPage, nativePredictions, assertItemsMatch, ROOT, WE
 const MODEL = 'mobilenetv2-chexnet';
 const FILES = ['CT_small.dcm', 'RG1_J2KI.dcm', 'US1_J2KI.dcm'].map((f) => join(ROOT, 'testdata/dicom', f));
 const TOLERANCE = 1e-4;
-const BUILDS = { 'relaxed-simd': 'pkg/medinfer_wasm_relaxed_bg.wasm', simd128: 'pkg/medinfer_wasm_bg.wasm' };
+const BUILDS = { 'relaxed-simd': 'pkg/threads/medinfer_wasm_bg.wasm', simd128: 'pkg/medinfer_wasm_bg.wasm' };
 const NO_RELAXED = '--no-experimental-wasm-relaxed-simd';
 
 let server;
@@ -51,15 +52,17 @@ function assertParity(items, want, what) {
   return assertItemsMatch(items, FILES, want, what, TOLERANCE);
 }
 
-test('Chromium runs the relaxed-SIMD build; both builds agree with the native CLI', async () => {
+test('Chromium runs the relaxed-SIMD build on a page that is not isolated; both builds agree with the native CLI', async () => {
   const chromium = await browser();
   try {
     const { page, errors } = await openPage(chromium.context, `${server.url}?model=${MODEL}`);
+    assert.equal(await page.evaluate(() => crossOriginIsolated), false);
     assert.equal(await page.getAttribute('#backend', 'data-simd'), 'relaxed-simd');
     assert.equal(await page.textContent('#backend'), 'CPU · WebAssembly relaxed SIMD');
     const want = nativePredictions(MODEL, FILES);
     const picked = await runFiles(page, 'auto');
     assert.equal(picked.info.simd, 'relaxed-simd');
+    assert.equal(picked.info.threads, 1);
     assert.equal(picked.backend.simd, 'relaxed-simd');
     const relaxed = assertParity(picked.items, want, 'relaxed-simd');
     const forced = await runFiles(page, 'simd128');
@@ -111,11 +114,35 @@ test('without relaxed SIMD, the page loads the SIMD128 build only; forcing relax
       return Medinfer.create({ simd: 'relaxed-simd' }).then(() => 'created', (e) => `${e.name} ${e.code}`);
     });
     assert.equal(forced, 'MedinferError input.options');
-    const wasm = server.log.slice(seen).map((r) => r.url).filter((u) => u.endsWith('.wasm'));
-    assert.ok(wasm.includes(`/${BUILDS.simd128}`), `fetched ${wasm.join(', ')}`);
-    assert.ok(!wasm.includes(`/${BUILDS['relaxed-simd']}`), `fetched ${wasm.join(', ')}`);
+    const urls = server.log.slice(seen).map((r) => r.url);
+    assert.ok(urls.includes(`/${BUILDS.simd128}`), `fetched ${urls.join(', ')}`);
+    assert.ok(!urls.some((u) => u.startsWith('/pkg/threads/')), `fetched ${urls.join(', ')}`);
     assert.ok(probes >= 1, 'the worker read the emulated probe');
     assert.deepEqual(errors.map(String), []);
+    await page.close();
+  } finally {
+    await chromium.close();
+  }
+});
+
+test('where the relaxed-SIMD build fails to start, auto runs SIMD128 and a forced relaxed build fails', async () => {
+  // The relaxed build's shared memory reserves its 2 GiB maximum, which a device short of
+  // address space may refuse; a failed fetch of its .wasm stands in for that here.
+  const chromium = await browser({ serviceWorkers: 'block' });
+  await chromium.context.route(`**/${BUILDS['relaxed-simd']}`, (route) => route.abort());
+  try {
+    const { page, errors } = await openPage(chromium.context, `${server.url}?model=${MODEL}`);
+    assert.equal(await page.getAttribute('#backend', 'data-simd'), 'simd128');
+    const picked = await runFiles(page, 'auto');
+    assert.equal(picked.info.simd, 'simd128');
+    assertParity(picked.items, nativePredictions(MODEL, FILES), 'simd128 fallback');
+    const forced = await page.evaluate(async () => {
+      const { Medinfer } = await import('./medinfer.js');
+      return Medinfer.create({ simd: 'relaxed-simd' }).then(() => 'created', (e) => e.name);
+    });
+    assert.notEqual(forced, 'created');
+    // Chromium logs each aborted fetch as a console error; nothing else may fail.
+    assert.deepEqual(errors.map(String).filter((e) => !/Failed to load resource|ERR_FAILED/.test(e)), []);
     await page.close();
   } finally {
     await chromium.close();

@@ -1,8 +1,8 @@
-// The bundle's threaded build. It really is a shared-memory module; a cross-origin isolated
-// page loads it, starts its pool of Workers (each fetches the pool's helper and instantiates
-// the module on the shared memory) and gives the native CLI's predictions; a page that is not
-// isolated, or asks for SIMD128, runs single-threaded, fetches nothing of the threaded build,
-// and a request for threads there is refused with a stable code.
+// The bundle's relaxed-SIMD build, threaded. It really is a shared-memory module; a
+// cross-origin isolated page loads it, starts its pool of Workers (each fetches the pool's
+// helper and instantiates the module on the shared memory) and gives the native CLI's
+// predictions; a page that is not isolated runs it on one thread, starts no Worker, and a
+// request for threads there is refused with a stable code.
 
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
@@ -29,10 +29,10 @@ after(async () => {
   await Promise.all([isolated?.close(), plain?.close()]);
 });
 
-test('the threaded build imports a shared memory and needs relaxed SIMD; the others own theirs', () => {
+test('the threaded build imports a shared memory and needs relaxed SIMD; the SIMD128 build owns its memory', () => {
   const inspect = (flag) => JSON.parse(execFileSync(process.execPath, [flag, '--input-type=module', '-e', `
     import { readFileSync } from 'node:fs';
-    const files = ${JSON.stringify(['pkg/threads/medinfer_wasm_bg.wasm', 'pkg/medinfer_wasm_relaxed_bg.wasm'].map((f) => join(WEB, f)))};
+    const files = ${JSON.stringify(['pkg/threads/medinfer_wasm_bg.wasm', 'pkg/medinfer_wasm_bg.wasm'].map((f) => join(WEB, f)))};
     console.log(JSON.stringify(files.map((f) => {
       const bytes = readFileSync(f);
       if (!WebAssembly.validate(bytes)) return 'invalid';
@@ -41,7 +41,7 @@ test('the threaded build imports a shared memory and needs relaxed SIMD; the oth
     })));
   `]));
   assert.deepEqual(inspect('--experimental-wasm-relaxed-simd'), ['imports memory', 'own memory']);
-  assert.deepEqual(inspect('--no-experimental-wasm-relaxed-simd'), ['invalid', 'invalid']);
+  assert.deepEqual(inspect('--no-experimental-wasm-relaxed-simd'), ['invalid', 'own memory']);
   // The glue creates that memory shared, with the maximum the build declares.
   const glue = readFileSync(join(WEB, THREADED, 'medinfer_wasm.js'), 'utf8');
   assert.match(glue, /shared:\s*true/);
@@ -76,6 +76,13 @@ function assertParity(items, want, what) {
   return assertItemsMatch(items, FILES, want, what, TOLERANCE);
 }
 
+/** One thread: the glue (which imports the pool's helper) is fetched once by each of the
+ *  `engines` workers, and no Worker of a pool fetches either again. */
+function assertNoPool(paths, engines) {
+  assert.equal(paths.filter((p) => p.endsWith(HELPER)).length, engines, `a pool started: ${paths.join(', ')}`);
+  assert.equal(paths.filter((p) => p === `/${THREADED}medinfer_wasm.js`).length, engines, paths.join(', '));
+}
+
 const fetched = (server, from) => server.log.slice(from).map((r) => new URL(r.url, 'http://x').pathname);
 
 test('an isolated page runs the threaded build on a pool of Workers, with native predictions', async () => {
@@ -106,15 +113,19 @@ test('an isolated page runs the threaded build on a pool of Workers, with native
       assert.equal(paths.filter((p) => p.endsWith(HELPER)).length, 1 + 2 * threads, paths.join(', '));
       assert.equal(paths.filter((p) => p === `/${THREADED}medinfer_wasm.js`).length, 1 + threads, paths.join(', '));
       assert.ok(paths.includes(`/${THREADED}medinfer_wasm_bg.wasm`), paths.join(', '));
-      assert.ok(!paths.some((p) => /^\/pkg\/medinfer_wasm/.test(p)), `a single-threaded build was fetched: ${paths.join(', ')}`);
+      assert.ok(!paths.some((p) => /^\/pkg\/medinfer_wasm/.test(p)), `the SIMD128 build was fetched: ${paths.join(', ')}`);
       console.log(`${threads} threads: max |Δ| vs native ${worst.toExponential(2)} over ${FILES.length} files`);
     }
 
-    // One thread, or SIMD128, on the same isolated page: the single-threaded builds.
+    // One thread on the same isolated page: the same build, no pool; or SIMD128.
+    const from = isolated.log.length;
     const single = await runFiles(page, { threads: 1 });
     assert.equal(single.info.threads, 1);
     assert.equal(single.info.simd, 'relaxed-simd');
     assertParity(single.items, want, '1 thread');
+    const paths = fetched(isolated, from);
+    assert.ok(paths.includes(`/${THREADED}medinfer_wasm_bg.wasm`), paths.join(', '));
+    assertNoPool(paths, 1);
     const simd128 = await runFiles(page, { simd: 'simd128' });
     assert.equal(simd128.info.threads, 1);
     assert.equal(simd128.info.simd, 'simd128');
@@ -128,7 +139,7 @@ test('an isolated page runs the threaded build on a pool of Workers, with native
   }
 });
 
-test('a page that is not isolated runs one thread, fetches nothing threaded, and refuses threads', async () => {
+test('a page that is not isolated runs the relaxed build on one thread, starts no Worker, and refuses threads', async () => {
   const from = plain.log.length;
   const { page, errors } = await openPage(chromium.context, plain.url);
   try {
@@ -140,7 +151,10 @@ test('a page that is not isolated runs one thread, fetches nothing threaded, and
     assertParity(auto.items, nativePredictions(MODEL, FILES), 'not isolated');
     assert.equal((await runFiles(page, { threads: 2 })).error, 'MedinferError input.options');
     const paths = fetched(plain, from);
-    assert.ok(!paths.some((p) => p.startsWith(`/${THREADED}`)), paths.join(', '));
+    assert.ok(paths.includes(`/${THREADED}medinfer_wasm_bg.wasm`), paths.join(', '));
+    // The page's own engine and the one runFiles started (the refused one loads no build).
+    assertNoPool(paths, 2);
+    assert.ok(!paths.some((p) => /^\/pkg\/medinfer_wasm/.test(p)), `the SIMD128 build was fetched: ${paths.join(', ')}`);
     assert.deepEqual(errors, []);
   } finally {
     await page.close();

@@ -1,5 +1,6 @@
-//! The browser bundle: three release builds for wasm32-unknown-unknown (SIMD128; relaxed SIMD
-//! for engines that have it; relaxed SIMD with threads for cross-origin isolated pages),
+//! The browser bundle: two release builds for wasm32-unknown-unknown (SIMD128 for every engine;
+//! relaxed SIMD with shared memory and threads for engines that have both, run on one thread
+//! where the page is not cross-origin isolated),
 //! wasm-bindgen at exactly the version in Cargo.lock
 //! (installed from crates.io when missing, never downloaded as a binary), the bundled models
 //! and sample files copied beside the page, and its tests in Debian's Chromium.
@@ -16,14 +17,9 @@ const PACKAGE: &str = "medinfer-browser";
 const WASM: &str = "target/wasm32-unknown-unknown/release/medinfer_browser.wasm";
 /// wasm-bindgen's output name: `web/pkg/medinfer_wasm.js` and `medinfer_wasm_bg.wasm`.
 const OUT_NAME: &str = "medinfer_wasm";
-/// The relaxed-SIMD build: its own target directory (its flags differ from the SIMD128 build's,
-/// which the wasm-bindgen tests reuse), and only its `.wasm` is shipped, beside the other.
-const RELAXED_TARGET_DIR: &str = "target/relaxed-simd";
-const RELAXED_WASM: &str = "medinfer_wasm_relaxed_bg.wasm";
-/// `.cargo/config.toml`'s wasm flags with relaxed SIMD added.
-const RELAXED_RUSTFLAGS: &str =
-    "-C target-feature=+simd128,+relaxed-simd -C debuginfo=0 -C strip=debuginfo";
-/// The threaded build: shared memory and atomics, so std is rebuilt with them (`-Z build-std`;
+/// The threaded build (relaxed SIMD too): its own target directory, since its flags differ from
+/// the SIMD128 build's, which the wasm-bindgen tests reuse. Shared memory and atomics, so std
+/// is rebuilt with them (`-Z build-std`;
 /// Rust ships wasm32's std without atomics, and a module whose std cannot lock is not
 /// thread-safe). `-Z` is unstable: `RUSTC_BOOTSTRAP=1` allows it on the pinned stable
 /// toolchain (rust-toolchain.toml), whose rust-src is the std it rebuilds. Its glue differs
@@ -34,12 +30,14 @@ const THREADS_TARGET_DIR: &str = "target/threads";
 /// (wasm-bindgen's glue then creates it, and hands it to each Worker) with the thread-local
 /// storage entry points wasm-bindgen's thread start-up calls; rustc does not pass these for
 /// wasm32-unknown-unknown by itself. The memory may grow to 2 GiB: a shared memory declares
-/// its maximum up front.
+/// its maximum up front. Legacy symbol mangling: under `RUSTC_BOOTSTRAP=1` rustc mangles with
+/// v0 by default, whose names (generics and crate hashes spelled out) made the name section
+/// 20 MB instead of 3.
 const THREADS_RUSTFLAGS: &str = "-C target-feature=+simd128,+relaxed-simd,+atomics,+bulk-memory,+mutable-globals \
      -C link-arg=--shared-memory -C link-arg=--import-memory -C link-arg=--max-memory=2147483648 \
      -C link-arg=--export=__wasm_init_tls -C link-arg=--export=__tls_size \
      -C link-arg=--export=__tls_align -C link-arg=--export=__tls_base \
-     -C debuginfo=0 -C strip=debuginfo";
+     -C debuginfo=0 -C strip=debuginfo -Z unstable-options -C symbol-mangling-version=legacy";
 /// The page shows this model first: the smallest download.
 const DEFAULT_MODEL: &str = "mobilenetv2-chexnet";
 /// Sample DICOM files for the viewer-embedding example (pydicom's test files, MIT).
@@ -55,28 +53,6 @@ pub fn build() -> Result<()> {
     }
     bind(&bindgen, Path::new(WASM), pkg)?;
 
-    // The same crate with relaxed SIMD. Both builds must share one JS glue (the worker imports
-    // it before choosing a .wasm), so the relaxed build's glue has to be the same, byte for
-    // byte but for the function-table indices wasm-bindgen writes in comments; only its .wasm
-    // is kept.
-    eprintln!("xtask: the relaxed-SIMD build ({RELAXED_TARGET_DIR})");
-    variant_build(RELAXED_TARGET_DIR, RELAXED_RUSTFLAGS, &[])?;
-    let relaxed_pkg = Path::new(RELAXED_TARGET_DIR).join("pkg");
-    if relaxed_pkg.exists() {
-        fs::remove_dir_all(&relaxed_pkg)?;
-    }
-    let relaxed_wasm = Path::new(RELAXED_TARGET_DIR)
-        .join("wasm32-unknown-unknown/release")
-        .join(Path::new(WASM).file_name().context("wasm file name")?);
-    bind(&bindgen, &relaxed_wasm, &relaxed_pkg)?;
-    for glue in [format!("{OUT_NAME}.js"), format!("{OUT_NAME}.d.ts")] {
-        let [a, b] = [pkg, relaxed_pkg.as_path()].map(|dir| fs::read_to_string(dir.join(&glue)));
-        if without_table_indices(&a?) != without_table_indices(&b?) {
-            bail!("the relaxed-SIMD build's {glue} differs from the SIMD128 build's");
-        }
-    }
-    fs::copy(relaxed_pkg.join(format!("{OUT_NAME}_bg.wasm")), pkg.join(RELAXED_WASM))?;
-
     eprintln!("xtask: the threaded build ({THREADS_TARGET_DIR})");
     variant_build(
         THREADS_TARGET_DIR,
@@ -88,7 +64,8 @@ pub fn build() -> Result<()> {
         .join("wasm32-unknown-unknown/release")
         .join(Path::new(WASM).file_name().context("wasm file name")?);
     bind(&bindgen, &threads_wasm, &threads_pkg)?;
-    // What the service worker precaches for an isolated page: every file the build loads.
+    // What the service worker precaches where the worker will load this build: every file it
+    // loads.
     let mut files = Vec::new();
     list_files(&threads_pkg, &threads_pkg, &mut files)?;
     files.retain(|f| f.ends_with(".js") || f.ends_with(".wasm"));
@@ -97,11 +74,7 @@ pub fn build() -> Result<()> {
 
     copy_models()?;
     copy_samples()?;
-    for name in [
-        format!("{OUT_NAME}_bg.wasm"),
-        RELAXED_WASM.to_string(),
-        format!("threads/{OUT_NAME}_bg.wasm"),
-    ] {
+    for name in [format!("{OUT_NAME}_bg.wasm"), format!("threads/{OUT_NAME}_bg.wasm")] {
         let wasm = pkg.join(name);
         eprintln!(
             "xtask: browser bundle {}: {:.1} MB raw, {:.1} MB gzip -9",
@@ -110,10 +83,6 @@ pub fn build() -> Result<()> {
             gzip_size(&wasm)? as f64 / 1e6,
         );
     }
-    eprintln!(
-        "xtask: JS glue {} KB (one for both single-threaded builds)",
-        fs::metadata(pkg.join(format!("{OUT_NAME}.js")))?.len() / 1024
-    );
     Ok(())
 }
 
@@ -153,21 +122,6 @@ fn list_files(root: &Path, dir: &Path, out: &mut Vec<String>) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// `text` with every `shim_idx: N` (a comment in wasm-bindgen's glue naming the closure shim's
-/// function-table slot, which depends on code layout) written as `shim_idx: _`.
-fn without_table_indices(text: &str) -> String {
-    let mut out = String::with_capacity(text.len());
-    let mut rest = text;
-    while let Some(at) = rest.find("shim_idx: ") {
-        let (head, tail) = rest.split_at(at + "shim_idx: ".len());
-        out.push_str(head);
-        out.push('_');
-        rest = tail.trim_start_matches(|c: char| c.is_ascii_digit());
-    }
-    out.push_str(rest);
-    out
 }
 
 /// wasm-bindgen for the browser (`--target web`) into `out`, named `OUT_NAME`.
@@ -317,18 +271,4 @@ fn gzip_size(path: &Path) -> Result<u64> {
         bail!("gzip failed");
     }
     Ok(out.stdout.len() as u64)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::without_table_indices;
-
-    #[test]
-    fn only_shim_indices_are_masked() {
-        let a = "// Cast for `Closure { shim_idx: 15311, ret: Unit }`\nconst x = 15311;";
-        let b = "// Cast for `Closure { shim_idx: 232, ret: Unit }`\nconst x = 15311;";
-        assert_eq!(without_table_indices(a), without_table_indices(b));
-        let c = "// Cast for `Closure { shim_idx: 232, ret: Unit }`\nconst x = 232;";
-        assert_ne!(without_table_indices(a), without_table_indices(c));
-    }
 }
