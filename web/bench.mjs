@@ -16,6 +16,8 @@ import { availableParallelism } from 'node:os';
 import { serve, browser, openPage, ROOT, WEB } from './tests/harness.mjs';
 
 const n = Number(process.argv[process.argv.indexOf('--n') + 1]) || 20;
+/** Warm-up before each timed series (ours and onnxruntime-web's alike). */
+const WARM_MS = 3000;
 const FILES = { 'relaxed-simd (threads)': 'pkg/threads/medinfer_wasm_bg.wasm', simd128: 'pkg/medinfer_wasm_bg.wasm' };
 // The page's navigator.hardwareConcurrency is this machine's logical cores: what `threads:
 // 'auto'` starts (up to 16), and what onnxruntime-web is given for the threaded comparison.
@@ -56,7 +58,14 @@ try {
 
   const { page } = await openPage(chromium.context, server.url);
   const files = ['CT_small.dcm', 'RG1_J2KI.dcm'].map((f) => ({ f, b64: readFileSync(join(ROOT, 'testdata/dicom', f)).toString('base64') }));
-  const out = await page.evaluate(async ({ files, n, builds }) => {
+  const out = await page.evaluate(async ({ files, n, builds, warmMs }) => {
+    // At least warmMs of runs (and 3) before timing: V8 runs a fresh module's code in Liftoff
+    // first and tiers hot functions up to TurboFan in the background; 2 warm-up runs of a
+    // new worker's 20 MB module left some timings in Liftoff (bimodal, up to 1.6x apart).
+    const warm = async (run) => {
+      const t0 = performance.now();
+      for (let k = 0; k < 3 || performance.now() - t0 < warmMs; k++) await run();
+    };
     const { Medinfer } = await import('./medinfer.js');
     const rows = [];
     for (const [build, options] of Object.entries(builds)) {
@@ -67,7 +76,7 @@ try {
         const fetchAndLoad = performance.now() - t0;
         for (const { f, b64 } of files) {
           const bytes = Uint8Array.from(atob(b64), (c) => c.charCodeAt(0));
-          for (let i = 0; i < 2; i++) await m.infer(bytes, { modelId: model });
+          await warm(() => m.infer(bytes, { modelId: model }));
           const wall = [], engine = [], infer = [];
           for (let i = 0; i < n; i++) {
             const t = performance.now();
@@ -84,8 +93,8 @@ try {
       m.terminate();
     }
     return rows;
-  }, { files, n, builds: BUILDS });
-  console.log(`per image, ${n} runs after 2 warm-ups (client round trip through the worker; engine = decode+preprocess+infer):`);
+  }, { files, n, builds: BUILDS, warmMs: WARM_MS });
+  console.log(`per image, ${n} runs after ${WARM_MS / 1000} s of warm-up runs (client round trip through the worker; engine = decode+preprocess+infer):`);
   console.log('| build | model | file | load (optimise) ms | fetch+load ms | round trip p50 | p90 | engine total p50 | infer p50 |');
   console.log('|---|---|---|---|---|---|---|---|---|');
   for (const r of out) {
@@ -94,7 +103,11 @@ try {
 
   // onnxruntime-web, wasm backend (SIMD), on the same models at 1 thread and at THREADS (its
   // own Worker pool, as the page is isolated): the model run alone.
-  const ortRun = async ({ n, threads }) => {
+  const ortRun = async ({ n, threads, warmMs }) => {
+    const warm = async (run) => { // as above, for both engines alike
+      const t0 = performance.now();
+      for (let k = 0; k < 3 || performance.now() - t0 < warmMs; k++) await run();
+    };
     const ort = await import('./node_modules/onnxruntime-web/dist/ort.wasm.min.mjs');
     ort.env.wasm.wasmPaths = new URL('./node_modules/onnxruntime-web/dist/', location.href).href;
     const out = [];
@@ -107,7 +120,7 @@ try {
       const load = performance.now() - t0;
       const data = new Float32Array(3 * 224 * 224).map((_, i) => Math.sin(i) * 0.5);
       const feeds = { [session.inputNames[0]]: new ort.Tensor('float32', data, [1, 3, 224, 224]) };
-      for (let i = 0; i < 2; i++) await session.run(feeds);
+      await warm(() => session.run(feeds));
       const times = [];
       for (let i = 0; i < n; i++) {
         const t = performance.now();
@@ -126,7 +139,7 @@ try {
   const ortRows = [];
   for (const threads of [...new Set([1, THREADS])]) {
     const { page: p } = await openPage(chromium.context, server.url);
-    ortRows.push(...await p.evaluate(ortRun, { n, threads }));
+    ortRows.push(...await p.evaluate(ortRun, { n, threads, warmMs: WARM_MS }));
     await p.close();
   }
   console.log(`\nmodel run alone vs onnxruntime-web ${ORT_VERSION} (wasm backend, SIMD) at the same thread count, same browser, ${n} runs:`);
