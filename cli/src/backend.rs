@@ -60,3 +60,53 @@ pub fn apply(registry: &mut Registry, backend: Backend) -> Result<String> {
     registry.set_executor(executor);
     Ok(format!("backend: gpu ({}, {}; {})", adapter.name, adapter.backend, summary.join("; ")))
 }
+
+/// `bench --gpu-profile`: per model, its plan for `batch` images run once with a timestamp
+/// query around every dispatch: the GPU time summed per kernel, and the slowest dispatches.
+pub fn profile(registry: &Registry, batch: usize) -> Result<Vec<(String, serde_json::Value)>> {
+    let gpu = match block_on(Gpu::new()) {
+        Ok(gpu) => Arc::new(gpu),
+        Err(e) => bail!("--gpu-profile: {e}"),
+    };
+    let executor = GpuExecutor::new(gpu);
+    let mut profiles = vec![];
+    for model in registry.iter() {
+        let id = model.manifest().id.clone();
+        let plan = executor.plan(model, batch)?;
+        let len = plan.input_shape().iter().product::<usize>();
+        let data: Vec<f32> = (0..len).map(|i| ((i % 251) as f32 / 125.0) - 1.0).collect();
+        let input = tract_onnx::prelude::Tensor::from_shape(plan.input_shape(), &data)?;
+        block_on(plan.profile(&input))?; // warm-up: first-use costs stay out of the profile
+        let times = block_on(plan.profile(&input)).map_err(|e| anyhow::anyhow!("{id}: {e}"))?;
+        let total: f64 = times.iter().map(|t| t.ms).sum();
+        let mut by_kernel: Vec<(String, usize, f64)> = vec![];
+        for t in &times {
+            match by_kernel.iter_mut().find(|k| k.0 == t.kernel) {
+                Some(k) => {
+                    k.1 += 1;
+                    k.2 += t.ms;
+                }
+                None => by_kernel.push((t.kernel.clone(), 1, t.ms)),
+            }
+        }
+        by_kernel.sort_by(|a, b| b.2.total_cmp(&a.2));
+        let mut top = times.clone();
+        top.sort_by(|a, b| b.ms.total_cmp(&a.ms));
+        top.truncate(15);
+        profiles.push((
+            id,
+            serde_json::json!({
+                "batch": batch,
+                "dispatches": times.len(),
+                "gpu_ms": total,
+                "by_kernel": by_kernel.iter().map(|(k, n, ms)| serde_json::json!({
+                    "kernel": k, "dispatches": n, "ms": ms
+                })).collect::<Vec<_>>(),
+                "slowest": top.iter().map(|t| serde_json::json!({
+                    "node": t.node, "kernel": t.kernel, "groups": t.groups, "ms": t.ms
+                })).collect::<Vec<_>>(),
+            }),
+        ));
+    }
+    Ok(profiles)
+}

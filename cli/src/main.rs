@@ -118,6 +118,11 @@ enum Command {
         /// Models folder (default: $MEDINFER_MODELS, else ./models).
         #[arg(long)]
         models_dir: Option<PathBuf>,
+        /// Also run each model's GPU plan for one chunk with a timestamp around every
+        /// dispatch, and report GPU time per kernel and the slowest dispatches (needs a GPU
+        /// adapter with timestamp queries).
+        #[arg(long)]
+        gpu_profile: bool,
     },
     /// Serve the HTTP API (the same as the Spin component) over an embedded store.
     Serve {
@@ -233,10 +238,20 @@ fn main() -> std::process::ExitCode {
                 true
             })
         }
-        Command::Bench { file, iterations, json, backend, batch, chunk, models_dir } => {
+        Command::Bench {
+            file,
+            iterations,
+            json,
+            backend,
+            batch,
+            chunk,
+            models_dir,
+            gpu_profile,
+        } => {
             let batch = batch.max(1);
             let chunk = chunk.unwrap_or(batch.min(16)).clamp(1, batch);
-            bench(&file, iterations, json, backend, [batch, chunk, threads], models_dir)
+            let sizes = [batch, chunk, threads];
+            bench(&file, iterations, json, backend, sizes, models_dir, gpu_profile)
         }
         Command::Deid { input, output, options, key_file, pixels, models_dir, report } => (|| {
             use medinfer_core::deid::{DeidOptions, PixelCleaning};
@@ -544,6 +559,7 @@ fn bench(
     backend: backend::Backend,
     [batch, chunk, threads]: [usize; 3],
     models_dir: Option<PathBuf>,
+    gpu_profile: bool,
 ) -> Result<bool> {
     let bytes = std::fs::read(file)?;
     let dir = models::models_dir(models_dir);
@@ -584,6 +600,32 @@ fn bench(
             "infer_ms": {"median": i50, "p90": i90, "min": imin},
             "total_ms": {"median": t50, "p90": t90, "min": tmin},
         }));
+    }
+    if gpu_profile {
+        for (id, profile) in backend::profile(&registry, chunk)? {
+            eprintln!("GPU profile of {id} (one run of {chunk} image(s), a pass per dispatch):");
+            eprintln!("  {:.2} ms over {} dispatches", profile["gpu_ms"], profile["dispatches"]);
+            for k in profile["by_kernel"].as_array().into_iter().flatten() {
+                eprintln!(
+                    "  {:<10} {:>5} dispatches {:>9.3} ms",
+                    k["kernel"].as_str().unwrap_or(""),
+                    k["dispatches"],
+                    k["ms"].as_f64().unwrap_or(0.0)
+                );
+            }
+            for d in profile["slowest"].as_array().into_iter().flatten() {
+                eprintln!(
+                    "  {:>9.3} ms  {:<8} {} {}",
+                    d["ms"].as_f64().unwrap_or(0.0),
+                    d["kernel"].as_str().unwrap_or(""),
+                    d["groups"],
+                    d["node"].as_str().unwrap_or("")
+                );
+            }
+            if let Some(row) = rows.iter_mut().find(|r| r["model_id"] == id) {
+                row["gpu_profile"] = profile;
+            }
+        }
     }
     if as_json {
         println!("{}", serde_json::to_string_pretty(&rows)?);

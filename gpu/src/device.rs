@@ -56,6 +56,8 @@ impl Gpu {
             .request_device(&wgpu::DeviceDescriptor {
                 label: Some("medinfer"),
                 required_limits: limits.clone(),
+                // For `GpuModel::profile` only; nothing else depends on it.
+                required_features: adapter.features() & wgpu::Features::TIMESTAMP_QUERY,
                 ..Default::default()
             })
             .await
@@ -114,6 +116,11 @@ impl Gpu {
     /// What the adapter is.
     pub fn adapter(&self) -> &AdapterSummary {
         &self.summary
+    }
+
+    /// Whether the device records timestamps (needed by [`crate::GpuModel::profile`]).
+    pub fn has_timestamps(&self) -> bool {
+        self.device.features().contains(wgpu::Features::TIMESTAMP_QUERY)
     }
 
     /// Fails with the first error the device reported since the last check.

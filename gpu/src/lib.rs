@@ -27,7 +27,7 @@ mod sync;
 pub use device::{AdapterSummary, Gpu};
 #[cfg(not(target_arch = "wasm32"))]
 pub use executor::GpuExecutor;
-pub use model::{GpuModel, NodePlacement, Placement};
+pub use model::{DispatchTime, GpuModel, NodePlacement, Placement};
 #[cfg(not(target_arch = "wasm32"))]
 pub use sync::block_on;
 

@@ -39,6 +39,19 @@ pub struct NodePlacement {
     pub placement: Placement,
 }
 
+/// The GPU time of one dispatch in a profiled run ([`GpuModel::profile`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct DispatchTime {
+    /// The node it computes.
+    pub node: String,
+    /// Its kernel (e.g. "Conv", "Binary").
+    pub kernel: String,
+    /// Its workgroup grid.
+    pub groups: [u32; 3],
+    /// GPU time from the start to the end of its compute pass, in milliseconds.
+    pub ms: f64,
+}
+
 /// A value flowing between nodes (one tract outlet).
 #[derive(Debug)]
 struct Value {
@@ -48,6 +61,8 @@ struct Value {
 }
 
 struct Dispatch {
+    /// The node it computes (for profiles).
+    node: String,
     kernel: Kernel,
     bind_group: wgpu::BindGroup,
     groups: [u32; 3],
@@ -310,6 +325,7 @@ impl GpuModel {
                         buffers_read.push(&params);
                         let bind_group = bind(&gpu, launch.kernel, &buffers_read);
                         dispatches.push(Dispatch {
+                            node: node.name.clone(),
                             kernel: launch.kernel,
                             bind_group,
                             groups: launch.groups,
@@ -483,6 +499,102 @@ impl GpuModel {
         }
         gpu.check()?;
         Ok(results)
+    }
+
+    /// Runs the model once on `input` with every dispatch in a compute pass of its own,
+    /// bracketed by timestamp queries, and returns each dispatch's GPU time in plan order.
+    /// Needs the adapter's timestamp queries ([`Gpu::has_timestamps`]) and a plan without
+    /// CPU nodes. Slower than [`Self::run`] (a pass per dispatch): for finding hot kernels,
+    /// not for timing the whole model.
+    #[allow(clippy::await_holding_lock)] // deliberate: see `lock`
+    pub async fn profile(&self, input: &Tensor) -> Result<Vec<DispatchTime>> {
+        let gpu = &self.gpu;
+        if !gpu.has_timestamps() {
+            return Err(Error::Unsupported("the adapter has no timestamp queries".into()));
+        }
+        let mut dispatches = vec![];
+        for step in &self.steps {
+            match step {
+                Step::Gpu(d) => dispatches.extend(d),
+                Step::Cpu(node) => {
+                    return Err(Error::Unsupported(format!(
+                        "{} runs on the CPU: profiles need the whole plan on the GPU",
+                        node.op.name()
+                    )));
+                }
+            }
+        }
+        let _running = self.lock()?;
+        let storage = self.values[self.input]
+            .storage
+            .ok_or_else(|| Error::Execution("the input is not on the GPU".into()))?;
+        gpu.queue.write_buffer(&self.buffers[storage], 0, &f32_bytes(input)?);
+        let period_ms = f64::from(gpu.queue.get_timestamp_period()) * 1e-6;
+        let per_set = (wgpu::QUERY_SET_MAX_QUERIES / 2) as usize;
+        let mut times = vec![];
+        for chunk in dispatches.chunks(per_set) {
+            let count = 2 * chunk.len() as u32;
+            let queries = gpu.device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("profile"),
+                ty: wgpu::QueryType::Timestamp,
+                count,
+            });
+            let size = u64::from(count) * 8;
+            let resolved = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("profile resolve"),
+                size,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("profile readback"),
+                size,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let mut encoder = gpu.device.create_command_encoder(&Default::default());
+            for (i, d) in chunk.iter().enumerate() {
+                let i = 2 * i as u32;
+                let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+                    label: None,
+                    timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                        query_set: &queries,
+                        beginning_of_pass_write_index: Some(i),
+                        end_of_pass_write_index: Some(i + 1),
+                    }),
+                });
+                pass.set_pipeline(gpu.kernels.pipeline(d.kernel));
+                pass.set_bind_group(0, &d.bind_group, &[]);
+                pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
+            }
+            encoder.resolve_query_set(&queries, 0..count, &resolved, 0);
+            encoder.copy_buffer_to_buffer(&resolved, 0, &staging, 0, size);
+            gpu.queue.submit([encoder.finish()]);
+            let (tx, rx) = oneshot();
+            staging.slice(..).map_async(wgpu::MapMode::Read, move |r| tx.send(r));
+            gpu.wait()?;
+            rx.await.map_err(|e| Error::Execution(e.to_string()))?;
+            let ticks: Vec<u64> = {
+                let view = staging
+                    .slice(..)
+                    .get_mapped_range()
+                    .map_err(|e| Error::Execution(e.to_string()))?;
+                view.chunks_exact(8)
+                    .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                    .collect()
+            };
+            staging.unmap();
+            for (d, t) in chunk.iter().zip(ticks.chunks_exact(2)) {
+                times.push(DispatchTime {
+                    node: d.node.clone(),
+                    kernel: format!("{:?}", d.kernel),
+                    groups: d.groups,
+                    ms: t[1].saturating_sub(t[0]) as f64 * period_ms,
+                });
+            }
+        }
+        gpu.check()?;
+        Ok(times)
     }
 
     /// Copies value `v` back from the GPU.

@@ -7,6 +7,7 @@
 mod common;
 
 use common::{Rng, all_on_gpu, check};
+use medinfer_gpu::block_on;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::array::TypedConcat;
 use tract_onnx::tract_core::ops::change_axes::AxisOp;
@@ -403,4 +404,44 @@ fn an_op_without_a_kernel_falls_back_to_the_cpu_visibly() {
         other => panic!("tan should fall back, got {other:?}"),
     }
     assert!(matches!(place("sig"), medinfer_gpu::Placement::Gpu { .. }));
+    let err = block_on(plan.profile(&rng.tensor(&[2, 10, 6]))).expect_err("a CPU node");
+    assert!(err.to_string().contains("on the CPU"), "{err}");
+}
+
+/// A profile times every dispatch of the plan, in order, under the node it computes.
+#[test]
+fn a_profile_times_every_dispatch() {
+    let mut rng = Rng::new(8);
+    let mut m = TypedModel::default();
+    let x = source(&mut m, &[1, 16, 20, 20]);
+    let w = m.add_const("w", rng.tensor(&[32, 16, 3, 3])).expect("w");
+    let b = m.add_const("b", rng.tensor(&[32])).expect("b");
+    let op = Conv {
+        pool_spec: spec(DataFormat::NCHW, [3, 3], [1, 1, 1, 1], [1, 1], [1, 1], 16, 32),
+        kernel_fmt: KernelFormat::OIHW,
+        group: 1,
+        q_params: None,
+    };
+    let y = m.wire_node("conv", op, &[x, w, b]).expect("conv")[0];
+    let y = m.wire_node("sig", nn::sigmoid(), &[y]).expect("sigmoid")[0];
+    let input = rng.tensor(&[1, 16, 20, 20]);
+    let plan = check("profile", finish(m, y), input.clone(), REL);
+    let result = block_on(plan.profile(&input));
+    if !plan.gpu().has_timestamps() {
+        let err = result.expect_err("no timestamp queries");
+        assert!(err.to_string().contains("timestamp"), "{err}");
+        return;
+    }
+    let times = result.expect("profile");
+    let mut expected = vec![];
+    for p in plan.placements() {
+        if let medinfer_gpu::Placement::Gpu { dispatches } = p.placement {
+            expected.extend(std::iter::repeat_n(p.node.as_str(), dispatches));
+        }
+    }
+    let nodes: Vec<&str> = times.iter().map(|t| t.node.as_str()).collect();
+    assert_eq!(nodes, expected);
+    assert_eq!(times[0].kernel, "Conv");
+    assert!(times.iter().all(|t| t.ms.is_finite() && t.ms >= 0.0), "{times:?}");
+    assert!(times.iter().map(|t| t.ms).sum::<f64>() > 0.0, "{times:?}");
 }

@@ -23,7 +23,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: 
     let w_base = g * M * K;
     let m0 = wid.y * BM;
     let n0 = wid.x * BM;
-    var acc: array<array<f32, R>, R>;
+    var acc = Acc();
     for (var k0 = 0u; k0 < K; k0 += BK) {
         for (var t = 0u; t < LOADS; t++) {
             let e = lid + t * TS * TS;
@@ -59,13 +59,14 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: 
     for (var i = 0u; i < R; i++) {
         let m = m0 + l.y + i * TS;
         if (m >= M) { continue; }
+        let row = acc_row(acc, i);
         let o = g * M + m;
         var b = 0.0;
         if (p[17] == 1u) { b = bias[0]; } else if (p[17] > 1u) { b = bias[o]; }
         for (var j = 0u; j < R; j++) {
             let n = n0 + l.x + j * TS;
             if (n >= N) { continue; }
-            y[(img * p[18] + o) * N + n] = acc[i][j] + b;
+            y[(img * p[18] + o) * N + n] = row[j] + b;
         }
     }
 }

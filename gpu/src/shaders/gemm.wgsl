@@ -17,7 +17,7 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: 
     let c_base = wid.z * p[9];
     let m0 = wid.y * BM;
     let n0 = wid.x * BM;
-    var acc: array<array<f32, R>, R>;
+    var acc = Acc();
     for (var k0 = 0u; k0 < K; k0 += BK) {
         for (var t = 0u; t < LOADS; t++) {
             let e = lid + t * TS * TS;
@@ -39,10 +39,11 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: 
     for (var i = 0u; i < R; i++) {
         let m = m0 + l.y + i * TS;
         if (m >= M) { continue; }
+        let row = acc_row(acc, i);
         for (var j = 0u; j < R; j++) {
             let n = n0 + l.x + j * TS;
             if (n >= N) { continue; }
-            var v = acc[i][j];
+            var v = row[j];
             switch p[14] {
                 case 1u: { v += bias[0]; }
                 case 2u: { v += bias[m]; }
