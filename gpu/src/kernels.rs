@@ -15,6 +15,7 @@ pub(crate) enum Kernel {
     Deconv,
     ResizeH,
     Fit,
+    SplitSum,
 }
 
 pub(crate) struct Kernels {
@@ -33,7 +34,7 @@ const AXES: &str = include_str!("shaders/axes.wgsl");
 impl Kernels {
     pub(crate) fn compile(device: &wgpu::Device, tile: u32, flat: u32) -> Kernels {
         let tiling = TILE.replace("{{TS}}", &tile.to_string());
-        let sources: [(Kernel, &str, String); 12] = [
+        let sources: [(Kernel, &str, String); 13] = [
             (Kernel::Binary, "binary", format!("{COMMON}{}", include_str!("shaders/binary.wgsl"))),
             (Kernel::Unary, "unary", format!("{COMMON}{}", include_str!("shaders/unary.wgsl"))),
             (Kernel::Copy, "copy", format!("{COMMON}{}", include_str!("shaders/copy.wgsl"))),
@@ -62,6 +63,11 @@ impl Kernels {
                 format!("{COMMON}{}", include_str!("shaders/resize_h.wgsl")),
             ),
             (Kernel::Fit, "fit", format!("{COMMON}{}", include_str!("shaders/fit.wgsl"))),
+            (
+                Kernel::SplitSum,
+                "split_sum",
+                format!("{COMMON}{}", include_str!("shaders/split_sum.wgsl")),
+            ),
         ];
         let flat_constants = [("WG", f64::from(flat))];
         let pipelines = sources

@@ -265,6 +265,20 @@ impl GpuModel {
                 values[v].storage = Some(storage);
             }
         }
+        // One scratch buffer for every split-K product's partial sums: each is consumed by
+        // the dispatch right after the one that wrote it.
+        let scratch_bytes = lowered
+            .iter()
+            .filter_map(|(_, low)| match low {
+                Lowered::Launches(l) => l.iter().map(|l| l.scratch).max(),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0);
+        if scratch_bytes > 0 {
+            dedicated(&mut sizes, &mut busy_until, scratch_bytes);
+        }
+        let scratch = (scratch_bytes > 0).then(|| sizes.len() - 1);
         let limits = &gpu.limits;
         let max = limits.max_storage_buffer_binding_size.min(limits.max_buffer_size);
         if let Some(big) = sizes.iter().find(|&&s| s > max) {
@@ -318,10 +332,21 @@ impl GpuModel {
                                         Error::Unsupported("GPU input without a buffer".into())
                                     })?]
                                 }
+                                Read::Scratch => {
+                                    &buffers[scratch.ok_or_else(|| {
+                                        Error::Unsupported("no scratch buffer".into())
+                                    })?]
+                                }
                                 Read::Nothing => &gpu.dummy,
                             });
                         }
-                        buffers_read.push(&buffers[out]);
+                        buffers_read.push(match (launch.scratch, scratch) {
+                            (0, _) => &buffers[out],
+                            (_, Some(s)) => &buffers[s],
+                            (_, None) => {
+                                return Err(Error::Unsupported("no scratch buffer".into()));
+                            }
+                        });
                         buffers_read.push(&params);
                         let bind_group = bind(&gpu, launch.kernel, &buffers_read);
                         dispatches.push(Dispatch {

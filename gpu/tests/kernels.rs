@@ -148,6 +148,41 @@ fn matrix_products_match_tract() {
     }
 }
 
+/// A deep product on a grid too small to fill a GPU is split along K into partial sums
+/// (a second dispatch adds them): same results, two dispatches.
+#[test]
+fn deep_products_on_small_grids_split_k() {
+    let mut rng = Rng::new(9);
+    for (c, bias) in [(256, 2u8), (100, 1), (8, 2)] {
+        let what = format!("split-K conv, {c} channels");
+        let mut m = TypedModel::default();
+        let x = source(&mut m, &[1, c, 5, 6]);
+        let w = m.add_const("w", rng.tensor(&[40, c, 3, 3])).expect("w");
+        let b = m.add_const("b", if bias == 2 { rng.tensor(&[40]) } else { tensor0(rng.f()) });
+        let op = Conv {
+            pool_spec: spec(DataFormat::NCHW, [3, 3], [1, 1, 1, 1], [1, 1], [1, 1], c, 40),
+            kernel_fmt: KernelFormat::OIHW,
+            group: 1,
+            q_params: None,
+        };
+        let y = m.wire_node("conv", op, &[x, w, b.expect("b")]).expect("conv")[0];
+        let plan = check(&what, finish(m, y), rng.tensor(&[1, c, 5, 6]), REL);
+        let conv = plan.placements().iter().find(|p| p.node == "conv").expect("conv");
+        // K = 9·c: 2 304 and 900 split; 72 (5 steps of 16) is too shallow to.
+        let dispatches = if c == 8 { 1 } else { 2 };
+        assert_eq!(conv.placement, medinfer_gpu::Placement::Gpu { dispatches }, "{what}");
+    }
+    let what = "split-K einsum";
+    let mut m = TypedModel::default();
+    let x = source(&mut m, &[2, 14, 2048]);
+    let w = m.add_const("w", rng.tensor(&[2048, 3])).expect("w");
+    let op = EinSum::new("bmk,kn->bmn".parse().expect("axes"), f32::datum_type());
+    let y = m.wire_node("einsum", op, &[x, w]).expect("einsum")[0];
+    let plan = check(what, finish(m, y), rng.tensor(&[2, 14, 2048]), REL);
+    let einsum = plan.placements().iter().find(|p| p.node == "einsum").expect("einsum");
+    assert_eq!(einsum.placement, medinfer_gpu::Placement::Gpu { dispatches: 2 }, "{what}");
+}
+
 #[test]
 fn broadcasting_binary_ops_match_tract() {
     let mut rng = Rng::new(3);

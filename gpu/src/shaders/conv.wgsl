@@ -2,8 +2,10 @@
 // padding): per image and group, OUT[m, n] = Σ_k W[m, k] · X̂[k, n] + bias[m], with m an output
 // channel, n an output pixel and k = (input channel, ky, kx). X̂ (im2col) is never stored: the
 // B tile is gathered from the input as it is staged in workgroup memory. Tiled as in tile.wgsl.
+// Split-K (S > 1, for grids too small to fill the GPU): workgroup z also picks a K range of
+// k_split values, and split s writes its partial sums at s·part_len (split_sum.wgsl adds them).
 // p: [M=O/G, N=OH·OW, K=C/G·KH·KW, G, C, H, W, OH, OW, KH, KW, sy, sx, dy, dx, pad_top,
-//     pad_left, bias_len, O]
+//     pad_left, bias_len, O, S, k_split, part_len]
 @group(0) @binding(0) var<storage, read> x: array<f32>;
 @group(0) @binding(1) var<storage, read> wt: array<f32>;
 @group(0) @binding(2) var<storage, read> bias: array<f32>;
@@ -17,27 +19,31 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: 
     let G = p[3]; let C = p[4]; let H = p[5]; let W = p[6];
     let OW = p[8]; let KH = p[9]; let KW = p[10];
     let khw = KH * KW;
-    let img = wid.z / G;
-    let g = wid.z % G;
+    let S = p[19];
+    let split = wid.z % S;
+    let img = wid.z / S / G;
+    let g = (wid.z / S) % G;
+    let k_begin = split * p[20];
+    let k_end = min(K, k_begin + p[20]);
     let x_base = (img * C + g * (C / G)) * H * W;
     let w_base = g * M * K;
     let m0 = wid.y * BM;
     let n0 = wid.x * BM;
     var acc = Acc();
-    for (var k0 = 0u; k0 < K; k0 += BK) {
+    for (var k0 = k_begin; k0 < k_end; k0 += BK) {
         for (var t = 0u; t < LOADS; t++) {
             let e = lid + t * TS * TS;
             let ka = e % BK;
             let mm = e / BK;
             var va = 0.0;
-            if (m0 + mm < M && k0 + ka < K) { va = wt[w_base + (m0 + mm) * K + k0 + ka]; }
+            if (m0 + mm < M && k0 + ka < k_end) { va = wt[w_base + (m0 + mm) * K + k0 + ka]; }
             As[ka * BM + mm] = va;
             let nn = e % BM;
             let kb = e / BM;
             var vb = 0.0;
             let n = n0 + nn;
             let k = k0 + kb;
-            if (n < N && k < K) {
+            if (n < N && k < k_end) {
                 let ci = k / khw;
                 let r = k % khw;
                 let ky = r / KW;
@@ -62,11 +68,13 @@ fn main(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l: 
         let row = acc_row(acc, i);
         let o = g * M + m;
         var b = 0.0;
-        if (p[17] == 1u) { b = bias[0]; } else if (p[17] > 1u) { b = bias[o]; }
+        if (split == 0u) {
+            if (p[17] == 1u) { b = bias[0]; } else if (p[17] > 1u) { b = bias[o]; }
+        }
         for (var j = 0u; j < R; j++) {
             let n = n0 + l.x + j * TS;
             if (n >= N) { continue; }
-            y[(img * p[18] + o) * N + n] = row[j] + b;
+            y[split * p[21] + (img * p[18] + o) * N + n] = row[j] + b;
         }
     }
 }
