@@ -5,7 +5,7 @@
 import { test, before, after } from 'node:test';
 import assert from 'node:assert/strict';
 import { execFileSync } from 'node:child_process';
-import { readFileSync, writeFileSync, mkdtempSync, mkdirSync } from 'node:fs';
+import { readFileSync, writeFileSync, mkdtempSync, mkdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { serve, browser, openPage, nativePredictions, ROOT, WEB } from './harness.mjs';
@@ -45,6 +45,7 @@ Image.new('L', (10000, 64), 128).save(sys.argv[3])
 after(async () => {
   await chromium?.close();
   await server?.close();
+  rmSync(tmp, { recursive: true, force: true });
 });
 
 /** The native CLI's predictions: file name -> {label: score}. */

@@ -3,7 +3,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::Mutex;
+use std::sync::{Mutex, Once};
 use std::time::Duration;
 
 use serde_json::Value;
@@ -173,12 +173,40 @@ fn toml_string(v: &str) -> String {
     serde_json::to_string(v).unwrap()
 }
 
-/// A fresh temporary folder.
+/// A fresh folder for a test's state (a server's store, secrets and log), under cargo's
+/// scratch folder for tests (`target/tmp`), not the system's: the static servers are never
+/// dropped, so nothing else would remove their folders. The first call also removes the
+/// folders of earlier runs whose process has ended.
 pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("medinfer-{name}-{}", std::process::id()));
+    static SWEEP: Once = Once::new();
+    let root = Path::new(env!("CARGO_TARGET_TMPDIR"));
+    SWEEP.call_once(|| sweep(root));
+    let dir = root.join(format!("medinfer-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     dir
+}
+
+/// Removes `root`'s `medinfer-…-PID` folders whose process is gone (where /proc tells).
+fn sweep(root: &Path) {
+    if !Path::new("/proc/self").exists() {
+        return;
+    }
+    let Ok(entries) = std::fs::read_dir(root) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let pid = name
+            .to_str()
+            .filter(|n| n.starts_with("medinfer-"))
+            .and_then(|n| n.rsplit('-').next())
+            .and_then(|p| p.parse::<u32>().ok());
+        if let Some(pid) = pid
+            && pid != std::process::id()
+            && !Path::new(&format!("/proc/{pid}")).exists()
+        {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
 }
 
 /// An HTTP reply.
