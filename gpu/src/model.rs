@@ -571,12 +571,6 @@ impl GpuModel {
                 usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
                 mapped_at_creation: false,
             });
-            let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("profile readback"),
-                size,
-                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                mapped_at_creation: false,
-            });
             let mut encoder = gpu.device.create_command_encoder(&Default::default());
             for (i, d) in chunk.iter().enumerate() {
                 let i = 2 * i as u32;
@@ -593,22 +587,11 @@ impl GpuModel {
                 pass.dispatch_workgroups(d.groups[0], d.groups[1], d.groups[2]);
             }
             encoder.resolve_query_set(&queries, 0..count, &resolved, 0);
-            encoder.copy_buffer_to_buffer(&resolved, 0, &staging, 0, size);
-            gpu.queue.submit([encoder.finish()]);
-            let (tx, rx) = oneshot();
-            staging.slice(..).map_async(wgpu::MapMode::Read, move |r| tx.send(r));
-            gpu.wait()?;
-            rx.await.map_err(|e| Error::Execution(e.to_string()))?;
-            let ticks: Vec<u64> = {
-                let view = staging
-                    .slice(..)
-                    .get_mapped_range()
-                    .map_err(|e| Error::Execution(e.to_string()))?;
-                view.chunks_exact(8)
-                    .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
-                    .collect()
-            };
-            staging.unmap();
+            let bytes = read_back(gpu, encoder, &resolved, size).await?;
+            let ticks: Vec<u64> = bytes
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+                .collect();
             for (d, t) in chunk.iter().zip(ticks.chunks_exact(2)) {
                 times.push(DispatchTime {
                     node: d.node.clone(),
@@ -630,33 +613,42 @@ impl GpuModel {
             value.storage.ok_or_else(|| Error::Execution("value not on the GPU".into()))?;
         let len = value.shape.iter().product::<usize>();
         let size = (len.max(1) * 4) as u64;
-        let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("readback"),
-            size,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut encoder = gpu.device.create_command_encoder(&Default::default());
-        encoder.copy_buffer_to_buffer(&self.buffers[storage], 0, &staging, 0, size);
-        gpu.queue.submit([encoder.finish()]);
-        let (tx, rx) = oneshot();
-        staging.slice(..).map_async(wgpu::MapMode::Read, move |r| tx.send(r));
-        gpu.wait()?;
-        rx.await.map_err(|e| Error::Execution(e.to_string()))?;
-        let data: Vec<f32> = {
-            let view = staging
-                .slice(..)
-                .get_mapped_range()
-                .map_err(|e| Error::Execution(e.to_string()))?;
-            view.chunks_exact(4)
-                .take(len)
-                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                .collect()
-        };
-        staging.unmap();
-        gpu.check()?;
+        let encoder = gpu.device.create_command_encoder(&Default::default());
+        let bytes = read_back(gpu, encoder, &self.buffers[storage], size).await?;
+        let data: Vec<f32> = bytes
+            .chunks_exact(4)
+            .take(len)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         Tensor::from_shape(&value.shape, &data).map_err(|e| Error::Execution(format!("{e:#}")))
     }
+}
+
+/// Submits `encoder` with a copy of `source`'s first `size` bytes appended, waits for the GPU,
+/// and returns those bytes.
+async fn read_back(
+    gpu: &Gpu,
+    mut encoder: wgpu::CommandEncoder,
+    source: &wgpu::Buffer,
+    size: u64,
+) -> Result<Vec<u8>> {
+    let staging = gpu.device.create_buffer(&wgpu::BufferDescriptor {
+        label: Some("readback"),
+        size,
+        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+        mapped_at_creation: false,
+    });
+    encoder.copy_buffer_to_buffer(source, 0, &staging, 0, size);
+    gpu.queue.submit([encoder.finish()]);
+    let (tx, rx) = oneshot();
+    staging.slice(..).map_async(wgpu::MapMode::Read, move |r| tx.send(r));
+    gpu.wait()?;
+    rx.await.map_err(|e| Error::Execution(e.to_string()))?;
+    let bytes =
+        staging.slice(..).get_mapped_range().map_err(|e| Error::Execution(e.to_string()))?.to_vec();
+    staging.unmap();
+    gpu.check()?;
+    Ok(bytes)
 }
 
 fn f32_bytes(t: &Tensor) -> Result<Vec<u8>> {
