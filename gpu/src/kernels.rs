@@ -16,6 +16,7 @@ pub(crate) enum Kernel {
     ResizeH,
     Fit,
     SplitSum,
+    Concat,
 }
 
 pub(crate) struct Kernels {
@@ -34,7 +35,7 @@ const AXES: &str = include_str!("shaders/axes.wgsl");
 impl Kernels {
     pub(crate) fn compile(device: &wgpu::Device, tile: u32, flat: u32) -> Kernels {
         let tiling = TILE.replace("{{TS}}", &tile.to_string());
-        let sources: [(Kernel, &str, String); 13] = [
+        let sources: [(Kernel, &str, String); 14] = [
             (Kernel::Binary, "binary", format!("{COMMON}{}", include_str!("shaders/binary.wgsl"))),
             (Kernel::Unary, "unary", format!("{COMMON}{}", include_str!("shaders/unary.wgsl"))),
             (Kernel::Copy, "copy", format!("{COMMON}{}", include_str!("shaders/copy.wgsl"))),
@@ -68,6 +69,7 @@ impl Kernels {
                 "split_sum",
                 format!("{COMMON}{}", include_str!("shaders/split_sum.wgsl")),
             ),
+            (Kernel::Concat, "concat", format!("{COMMON}{}", include_str!("shaders/concat.wgsl"))),
         ];
         let flat_constants = [("WG", f64::from(flat))];
         let pipelines = sources

@@ -603,21 +603,41 @@ fn copy(
     })
 }
 
+/// Inputs one concat.wgsl dispatch takes (its bindings: four inputs, the output, `p`).
+const CONCAT_INPUTS: usize = 4;
+
 fn concat(axis: usize, inputs: &[&[usize]], output: &[usize], t: &Target<'_>) -> Lower {
-    let out_strides = contiguous(output);
+    let outer: usize = output[..axis].iter().product();
+    let inner: usize = output[axis + 1..].iter().product();
+    // (input, its extent along the axis, its offset there), empty inputs left out.
+    let mut parts = vec![];
     let mut offset = 0;
-    let mut launches = vec![];
     for (i, shape) in inputs.iter().enumerate() {
         if shape.iter().product::<usize>() > 0 {
-            launches.push(copy(
-                i,
-                shape,
-                (0, &contiguous(shape)),
-                (offset * out_strides[axis], &out_strides),
-                t,
-            )?);
+            parts.push((i, shape[axis], offset));
         }
         offset += shape[axis];
+    }
+    let mut launches = vec![];
+    for chunk in parts.chunks(CONCAT_INPUTS) {
+        let total: usize = chunk.iter().map(|&(_, d, _)| outer * d * inner).sum();
+        let mut reads = vec![Read::Nothing; CONCAT_INPUTS];
+        let (mut extents, mut offsets) = ([0; CONCAT_INPUTS], [0; CONCAT_INPUTS]);
+        for (j, &(i, d, o)) in chunk.iter().enumerate() {
+            reads[j] = Read::Input(i);
+            extents[j] = u(d)?;
+            offsets[j] = u(o)?;
+        }
+        let mut params = vec![u(total)?, u(output[axis])?, u(inner)?, u(chunk.len())?, u(outer)?];
+        params.extend(extents);
+        params.extend(offsets);
+        launches.push(Launch {
+            kernel: Kernel::Concat,
+            reads,
+            params,
+            groups: flat_groups(total, t)?,
+            scratch: 0,
+        });
     }
     Ok(launches)
 }

@@ -325,6 +325,30 @@ fn concat_moves_and_reshapes_match_tract() {
     let y = m.wire_node("rm_axis", AxisOp::Rm(0), &[y]).expect("rm")[0];
     let plan = check("concat/move/reshape", finish(m, y), rng.tensor(&[2, 3, 5, 7]), REL);
     all_on_gpu("concat/move/reshape", &plan);
+
+    // Concatenations of many inputs (DenseNet's take up to 33) go four inputs a dispatch;
+    // an empty input takes none. Along the first, a middle and the last axis.
+    for axis in 0..3 {
+        let what = format!("concat of 10 inputs along axis {axis}");
+        let mut m = TypedModel::default();
+        let shape = |extent: usize| {
+            let mut s = vec![3, 4, 5];
+            s[axis] = extent;
+            s
+        };
+        let x = source(&mut m, &shape(2));
+        let mut parts = vec![];
+        for i in 0..9 {
+            let extent = [1, 3, 0, 2, 5, 1, 1, 4, 2][i];
+            parts.push(m.add_const(format!("c{i}"), rng.tensor(&shape(extent))).expect("c"));
+        }
+        parts.insert(4, x);
+        let y = m.wire_node("cat", TypedConcat { axis }, &parts).expect("concat")[0];
+        let plan = check(&what, finish(m, y), rng.tensor(&shape(2)), REL);
+        let cat = plan.placements().iter().find(|p| p.node == "cat").expect("cat");
+        // 9 non-empty inputs: 4 + 4 + 1.
+        assert_eq!(cat.placement, medinfer_gpu::Placement::Gpu { dispatches: 3 }, "{what}");
+    }
 }
 
 #[test]
