@@ -604,7 +604,8 @@ fn bench(
     if gpu_profile {
         for (id, profile) in backend::profile(&registry, chunk)? {
             eprintln!("GPU profile of {id} (one run of {chunk} image(s), a pass per dispatch):");
-            eprintln!("  {:.2} ms over {} dispatches", profile["gpu_ms"], profile["dispatches"]);
+            let gpu_ms = profile["gpu_ms"].as_f64().unwrap_or(0.0);
+            eprintln!("  {gpu_ms:.2} ms over {} dispatches", profile["dispatches"]);
             for k in profile["by_kernel"].as_array().into_iter().flatten() {
                 eprintln!(
                     "  {:<10} {:>5} dispatches {:>9.3} ms",
