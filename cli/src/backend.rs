@@ -21,17 +21,29 @@ pub enum Backend {
 /// Puts `backend` in charge of every model in `registry` and says, in one line, what runs
 /// where (adapter, and per model how many nodes run on the GPU and which fall back).
 pub fn apply(registry: &mut Registry, backend: Backend) -> Result<String> {
+    apply_gpu(registry, backend).map(|(line, _)| line)
+}
+
+/// [`apply`], also returning the GPU executor when one took the models (its plans are kept,
+/// for `bench --gpu-profile`).
+pub fn apply_gpu(
+    registry: &mut Registry,
+    backend: Backend,
+) -> Result<(String, Option<Arc<GpuExecutor>>)> {
     if backend == Backend::Cpu {
-        return Ok("backend: cpu (tract)".into());
+        return Ok(("backend: cpu (tract)".into(), None));
     }
     let gpu = match block_on(Gpu::new()) {
         Ok(gpu) => Arc::new(gpu),
-        Err(e) if backend == Backend::Auto => return Ok(format!("backend: cpu (no GPU: {e})")),
+        Err(e) if backend == Backend::Auto => {
+            return Ok((format!("backend: cpu (no GPU: {e})"), None));
+        }
         Err(e) => bail!("--backend gpu: {e}"),
     };
     let adapter = gpu.adapter().clone();
     if backend == Backend::Auto && adapter.device_type == "cpu" {
-        return Ok(format!("backend: cpu (the only GPU adapter, {}, is software)", adapter.name));
+        let line = format!("backend: cpu (the only GPU adapter, {}, is software)", adapter.name);
+        return Ok((line, None));
     }
     let executor = Arc::new(GpuExecutor::new(gpu));
     let mut summary = vec![];
@@ -48,27 +60,29 @@ pub fn apply(registry: &mut Registry, backend: Backend) -> Result<String> {
                 summary.push(format!("{} {on_gpu} nodes on the GPU{cpu}", model.manifest().id));
             }
             Err(e) if backend == Backend::Auto => {
-                return Ok(format!(
-                    "backend: cpu ({} cannot run on {}: {e})",
-                    model.manifest().id,
-                    adapter.name
+                let id = &model.manifest().id;
+                return Ok((
+                    format!("backend: cpu ({id} cannot run on {}: {e})", adapter.name),
+                    None,
                 ));
             }
             Err(e) => bail!("--backend gpu: {}: {e}", model.manifest().id),
         }
     }
-    registry.set_executor(executor);
-    Ok(format!("backend: gpu ({}, {}; {})", adapter.name, adapter.backend, summary.join("; ")))
+    registry.set_executor(executor.clone());
+    let line =
+        format!("backend: gpu ({}, {}; {})", adapter.name, adapter.backend, summary.join("; "));
+    Ok((line, Some(executor)))
 }
 
-/// `bench --gpu-profile`: per model, its plan for `batch` images run once with a timestamp
-/// query around every dispatch: the GPU time summed per kernel, and the slowest dispatches.
-pub fn profile(registry: &Registry, batch: usize) -> Result<Vec<(String, serde_json::Value)>> {
-    let gpu = match block_on(Gpu::new()) {
-        Ok(gpu) => Arc::new(gpu),
-        Err(e) => bail!("--gpu-profile: {e}"),
-    };
-    let executor = GpuExecutor::new(gpu);
+/// `bench --gpu-profile`: per model, `executor`'s plan for `batch` images run once with a
+/// timestamp query around every dispatch: the GPU time summed per kernel, and the slowest
+/// dispatches.
+pub fn profile(
+    registry: &Registry,
+    executor: &GpuExecutor,
+    batch: usize,
+) -> Result<Vec<(String, serde_json::Value)>> {
     let mut profiles = vec![];
     for model in registry.iter() {
         let id = model.manifest().id.clone();

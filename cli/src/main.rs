@@ -564,7 +564,10 @@ fn bench(
     let bytes = std::fs::read(file)?;
     let dir = models::models_dir(models_dir);
     let (mut registry, load_ms) = models::load(&dir, None)?;
-    let backend_line = backend::apply(&mut registry, backend)?;
+    let (backend_line, gpu) = backend::apply_gpu(&mut registry, backend)?;
+    if gpu_profile && gpu.is_none() {
+        anyhow::bail!("--gpu-profile needs the models on the GPU ({backend_line})");
+    }
     eprintln!("{backend_line}");
     let clock = Clock(Instant::now());
     let limits = Limits::default();
@@ -601,8 +604,8 @@ fn bench(
             "total_ms": {"median": t50, "p90": t90, "min": tmin},
         }));
     }
-    if gpu_profile {
-        for (id, profile) in backend::profile(&registry, chunk)? {
+    if let Some(gpu) = gpu.filter(|_| gpu_profile) {
+        for (id, profile) in backend::profile(&registry, &gpu, chunk)? {
             eprintln!("GPU profile of {id} (one run of {chunk} image(s), a pass per dispatch):");
             let gpu_ms = profile["gpu_ms"].as_f64().unwrap_or(0.0);
             eprintln!("  {gpu_ms:.2} ms over {} dispatches", profile["dispatches"]);

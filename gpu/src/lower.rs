@@ -18,7 +18,7 @@ use crate::kernels::{Kernel, Kernels};
 const RANK: usize = 6;
 
 /// A buffer a dispatch reads: one of the node's inputs, the plan's scratch buffer (a split-K
-/// product's partial sums), or the unused-binding placeholder.
+/// product's partial sums), or nothing (the binding gets the device's 16-byte spare buffer).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Read {
     Input(usize),
