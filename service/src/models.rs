@@ -27,49 +27,152 @@ pub struct Loaded {
 
 /// Loads every folder under `dir` that holds a `model.toml` (sorted by name), optionally
 /// only the model `only`. `clock` gives milliseconds for load timings.
+///
+/// The manifests are read first; the models are then read, parsed and optimised in parallel
+/// where the platform has threads (one per model, at most one per core), since a load is
+/// single-threaded graph rewriting inside tract. On wasm they load one by one.
 pub fn load_dir(
     dir: &Path,
     only: Option<&str>,
-    clock: &dyn Fn() -> f64,
+    clock: &(dyn Fn() -> f64 + Sync),
 ) -> std::io::Result<Loaded> {
     let mut folders: Vec<PathBuf> = std::fs::read_dir(dir)?
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| p.join("model.toml").is_file())
         .collect();
     folders.sort();
-    let mut loaded = Loaded::default();
+    // Each folder's outcome in folder order, whichever thread loaded it: the failures and a
+    // duplicate id come out as a one-by-one load would give them.
+    let mut jobs: Vec<(String, Job)> = Vec::new();
     for folder in folders {
         let name = folder.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-        let fail = |error: String| LoadFailure { folder: name.clone(), error };
         let manifest = match std::fs::read_to_string(folder.join("model.toml")) {
-            Ok(text) => ModelManifest::from_toml(&text).map_err(|e| fail(e.to_string())),
-            Err(e) => Err(fail(format!("cannot read model.toml: {e}"))),
+            Ok(text) => ModelManifest::from_toml(&text).map_err(|e| e.to_string()),
+            Err(e) => Err(format!("cannot read model.toml: {e}")),
         };
-        let manifest = match manifest {
+        let job = match manifest {
             Ok(m) if only.is_some_and(|id| id != m.id) => continue,
-            Ok(m) => m,
-            Err(f) => {
-                loaded.failures.push(f);
-                continue;
-            }
+            Ok(m) => Ok((folder.join(&m.file), m)),
+            Err(e) => Err(e),
         };
-        let onnx = match std::fs::read(folder.join(&manifest.file)) {
-            Ok(b) => b,
-            Err(e) => {
-                loaded.failures.push(fail(format!("cannot read {}: {e}", manifest.file)));
-                continue;
-            }
-        };
-        let t = clock();
-        match LoadedModel::load(manifest, &onnx) {
-            Ok(model) => {
-                loaded.load_ms.push((model.manifest().id.clone(), clock() - t));
-                if let Err(e) = loaded.registry.insert(model) {
-                    loaded.failures.push(fail(e.to_string()));
+        jobs.push((name, job));
+    }
+    let mut loaded = Loaded::default();
+    for (folder, result) in load_all(jobs, clock) {
+        let error = match result {
+            Ok((model, ms)) => {
+                let id = model.manifest().id.clone();
+                match loaded.registry.insert(model) {
+                    Ok(_) => {
+                        loaded.load_ms.push((id, ms));
+                        continue;
+                    }
+                    Err(e) => e.to_string(),
                 }
             }
-            Err(e) => loaded.failures.push(fail(e.to_string())),
-        }
+            Err(error) => error,
+        };
+        loaded.failures.push(LoadFailure { folder, error });
     }
     Ok(loaded)
+}
+
+/// A folder's model file and manifest, or why the manifest could not be read.
+type Job = std::result::Result<(PathBuf, ModelManifest), String>;
+/// A loaded model and its load time in milliseconds, or why it failed.
+type Outcome = std::result::Result<(LoadedModel, f64), String>;
+
+fn load_one(job: Job, clock: &(dyn Fn() -> f64 + Sync)) -> Outcome {
+    let (file, manifest) = job?;
+    let onnx = std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", manifest.file))?;
+    let t = clock();
+    let model = LoadedModel::load(manifest, &onnx).map_err(|e| e.to_string())?;
+    Ok((model, clock() - t))
+}
+
+/// Runs `jobs` on up to one thread per core; the outcomes keep the jobs' order.
+#[cfg(not(target_family = "wasm"))]
+fn load_all(jobs: Vec<(String, Job)>, clock: &(dyn Fn() -> f64 + Sync)) -> Vec<(String, Outcome)> {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    let mut outcomes = Vec::with_capacity(jobs.len());
+    let mut jobs = jobs.into_iter().peekable();
+    while jobs.peek().is_some() {
+        let round: Vec<_> = jobs.by_ref().take(cores).collect();
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = round
+                .into_iter()
+                .map(|(name, job)| (name, scope.spawn(move || load_one(job, clock))))
+                .collect();
+            for (name, handle) in handles {
+                let outcome = handle.join().unwrap_or_else(|_| Err("the loader panicked".into()));
+                outcomes.push((name, outcome));
+            }
+        });
+    }
+    outcomes
+}
+
+/// One by one where there are no threads.
+#[cfg(target_family = "wasm")]
+fn load_all(jobs: Vec<(String, Job)>, clock: &(dyn Fn() -> f64 + Sync)) -> Vec<(String, Outcome)> {
+    jobs.into_iter().map(|(name, job)| (name, load_one(job, clock))).collect()
+}
+
+#[cfg(all(test, not(target_family = "wasm")))]
+mod tests {
+    use super::*;
+
+    /// Folders that load, fail in each way, and share an id, loaded in parallel: the registry
+    /// and the failures come out in folder order, as a one-by-one load would give them.
+    #[test]
+    fn loads_in_parallel_and_reports_failures_in_folder_order() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let source = repo.join("models/mobilenetv2-chexnet");
+        let manifest = std::fs::read_to_string(source.join("model.toml")).unwrap();
+        let onnx = std::fs::read(source.join("model.onnx")).unwrap();
+        let dir = std::env::temp_dir().join(format!("medinfer-load-dir-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let folder = |name: &str, toml: &str, model: &[u8]| {
+            std::fs::create_dir_all(dir.join(name)).unwrap();
+            std::fs::write(dir.join(name).join("model.toml"), toml).unwrap();
+            if !model.is_empty() {
+                std::fs::write(dir.join(name).join("model.onnx"), model).unwrap();
+            }
+        };
+        let renamed =
+            |id: &str| manifest.replace("id = \"mobilenetv2-chexnet\"", &format!("id = \"{id}\""));
+        let unchecked = |id: &str| {
+            renamed(id).lines().filter(|l| !l.starts_with("sha256")).collect::<Vec<_>>().join("\n")
+        };
+        folder("a", &renamed("first"), &onnx);
+        folder("b", &unchecked("broken"), b"not an onnx model");
+        folder("c", &renamed("second"), &onnx);
+        folder("d", &renamed("first"), &onnx);
+        folder("e", &renamed("no-file"), b"");
+        folder("f", "id = ", b"");
+        std::fs::create_dir_all(dir.join("g")).unwrap();
+
+        let loaded = load_dir(&dir, None, &|| 0.0).unwrap();
+        let ids: Vec<&str> = loaded.registry.iter().map(|m| m.manifest().id.as_str()).collect();
+        assert_eq!(ids, ["first", "second"]);
+        let timed: Vec<&str> = loaded.load_ms.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(timed, ["first", "second"]);
+        let folders: Vec<&str> = loaded.failures.iter().map(|f| f.folder.as_str()).collect();
+        assert_eq!(folders, ["b", "d", "e", "f"], "{:?}", loaded.failures);
+        assert!(
+            loaded.failures[1].error.contains("two models share the id"),
+            "{:?}",
+            loaded.failures
+        );
+        assert!(
+            loaded.failures[2].error.contains("cannot read model.onnx"),
+            "{:?}",
+            loaded.failures
+        );
+
+        let only = load_dir(&dir, Some("second"), &|| 0.0).unwrap();
+        assert_eq!(only.registry.len(), 1);
+        assert!(only.registry.get("second").is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
