@@ -331,7 +331,7 @@ fn infer(
 ) -> Result<bool> {
     let files = collect_files(paths)?;
     let dir = models::models_dir(models_dir);
-    let (mut registry, _) = models::load(&dir, model_id)?;
+    let (mut registry, _) = models::load(&dir, model_id, models::Loading::Parallel)?;
     eprintln!("{}", backend::apply(&mut registry, backend)?);
     let model = registry.resolve(model_id)?;
     let clock = Clock(Instant::now());
@@ -457,7 +457,7 @@ fn print_table(rows: &[serde_json::Value], manifest: &medinfer_core::ModelManife
 
 fn list_models(as_json: bool, models_dir: Option<PathBuf>) -> Result<bool> {
     let dir = models::models_dir(models_dir);
-    let (registry, timings) = models::load(&dir, None)?;
+    let (registry, timings) = models::load(&dir, None, models::Loading::Parallel)?;
     let rows: Vec<_> = registry
         .iter()
         .map(|m| {
@@ -563,7 +563,8 @@ fn bench(
 ) -> Result<bool> {
     let bytes = std::fs::read(file)?;
     let dir = models::models_dir(models_dir);
-    let (mut registry, load_ms) = models::load(&dir, None)?;
+    // One by one: each model's load time is its own, as onnxruntime's session creation is.
+    let (mut registry, load_ms) = models::load(&dir, None, models::Loading::OneByOne)?;
     let (backend_line, gpu) = backend::apply_gpu(&mut registry, backend)?;
     if gpu_profile && gpu.is_none() {
         anyhow::bail!("--gpu-profile needs the models on the GPU ({backend_line})");

@@ -184,9 +184,12 @@ pub fn serve(options: ServeOptions) -> Result<()> {
     })?;
     let config = config(&options.sources, true)?;
     let t = Instant::now();
-    let loaded = medinfer_service::models::load_dir(&options.models_dir, None, &|| {
-        t.elapsed().as_secs_f64() * 1e3
-    })
+    let loaded = medinfer_service::models::load_dir(
+        &options.models_dir,
+        None,
+        medinfer_service::models::Loading::Parallel,
+        &|| t.elapsed().as_secs_f64() * 1e3,
+    )
     .with_context(|| format!("cannot read the models folder {}", options.models_dir.display()))?;
     for (id, ms) in &loaded.load_ms {
         tracing::info!(model_id = %id, load_ms = format!("{ms:.0}"), "model loaded");

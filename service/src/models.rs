@@ -25,15 +25,23 @@ pub struct Loaded {
     pub load_ms: Vec<(String, f64)>,
 }
 
+/// How [`load_dir`] loads the models it finds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Loading {
+    /// Several at once, one thread per model up to the cores (one by one on wasm): the
+    /// shortest start, since a load is single-threaded graph rewriting inside tract.
+    Parallel,
+    /// One after another, so that each model's load time is its own (benchmarks).
+    OneByOne,
+}
+
 /// Loads every folder under `dir` that holds a `model.toml` (sorted by name), optionally
-/// only the model `only`. `clock` gives milliseconds for load timings.
-///
-/// The manifests are read first; the models are then read, parsed and optimised in parallel
-/// where the platform has threads (one per model, at most one per core), since a load is
-/// single-threaded graph rewriting inside tract. On wasm they load one by one.
+/// only the model `only`. `clock` gives milliseconds for load timings. The manifests are
+/// read first; then each model is read, parsed and optimised as `loading` says.
 pub fn load_dir(
     dir: &Path,
     only: Option<&str>,
+    loading: Loading,
     clock: &(dyn Fn() -> f64 + Sync),
 ) -> std::io::Result<Loaded> {
     let mut folders: Vec<PathBuf> = std::fs::read_dir(dir)?
@@ -58,7 +66,13 @@ pub fn load_dir(
         jobs.push((name, job));
     }
     let mut loaded = Loaded::default();
-    for (folder, result) in load_all(jobs, clock) {
+    let outcomes = match loading {
+        Loading::Parallel => load_all(jobs, clock),
+        Loading::OneByOne => {
+            jobs.into_iter().map(|(name, job)| (name, load_one(job, clock))).collect()
+        }
+    };
+    for (folder, result) in outcomes {
         let error = match result {
             Ok((model, ms)) => {
                 let id = model.manifest().id.clone();
@@ -152,7 +166,7 @@ mod tests {
         folder("f", "id = ", b"");
         std::fs::create_dir_all(dir.join("g")).unwrap();
 
-        let loaded = load_dir(&dir, None, &|| 0.0).unwrap();
+        let loaded = load_dir(&dir, None, Loading::Parallel, &|| 0.0).unwrap();
         let ids: Vec<&str> = loaded.registry.iter().map(|m| m.manifest().id.as_str()).collect();
         assert_eq!(ids, ["first", "second"]);
         let timed: Vec<&str> = loaded.load_ms.iter().map(|(id, _)| id.as_str()).collect();
@@ -170,7 +184,13 @@ mod tests {
             loaded.failures
         );
 
-        let only = load_dir(&dir, Some("second"), &|| 0.0).unwrap();
+        let one_by_one = load_dir(&dir, None, Loading::OneByOne, &|| 0.0).unwrap();
+        assert_eq!(one_by_one.failures, loaded.failures);
+        let ids_one_by_one: Vec<&str> =
+            one_by_one.registry.iter().map(|m| m.manifest().id.as_str()).collect();
+        assert_eq!(ids_one_by_one, ids);
+
+        let only = load_dir(&dir, Some("second"), Loading::Parallel, &|| 0.0).unwrap();
         assert_eq!(only.registry.len(), 1);
         assert!(only.registry.get("second").is_ok());
         std::fs::remove_dir_all(&dir).unwrap();

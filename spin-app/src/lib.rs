@@ -38,14 +38,18 @@ fn load_models() -> medinfer_service::models::Loaded {
     let platform = SystemPlatform::default();
     let start = medinfer_service::Platform::monotonic_ms(&platform);
     let clock = || medinfer_service::Platform::monotonic_ms(&platform) - start;
-    medinfer_service::models::load_dir(MODELS_DIR.as_ref(), None, &clock).unwrap_or_else(|e| {
-        medinfer_service::models::Loaded {
-            failures: vec![medinfer_service::models::LoadFailure {
-                folder: MODELS_DIR.into(),
-                error: format!("cannot read the folder: {e}"),
-            }],
-            ..Default::default()
-        }
+    medinfer_service::models::load_dir(
+        MODELS_DIR.as_ref(),
+        None,
+        medinfer_service::models::Loading::OneByOne,
+        &clock,
+    )
+    .unwrap_or_else(|e| medinfer_service::models::Loaded {
+        failures: vec![medinfer_service::models::LoadFailure {
+            folder: MODELS_DIR.into(),
+            error: format!("cannot read the folder: {e}"),
+        }],
+        ..Default::default()
     })
 }
 
