@@ -68,9 +68,7 @@ pub fn load_dir(
     let mut loaded = Loaded::default();
     let outcomes = match loading {
         Loading::Parallel => load_all(jobs, clock),
-        Loading::OneByOne => {
-            jobs.into_iter().map(|(name, job)| (name, load_one(job, clock))).collect()
-        }
+        Loading::OneByOne => one_by_one(jobs, clock),
     };
     for (folder, result) in outcomes {
         let error = match result {
@@ -129,6 +127,13 @@ fn load_all(jobs: Vec<(String, Job)>, clock: &(dyn Fn() -> f64 + Sync)) -> Vec<(
 /// One by one where there are no threads.
 #[cfg(target_family = "wasm")]
 fn load_all(jobs: Vec<(String, Job)>, clock: &(dyn Fn() -> f64 + Sync)) -> Vec<(String, Outcome)> {
+    one_by_one(jobs, clock)
+}
+
+fn one_by_one(
+    jobs: Vec<(String, Job)>,
+    clock: &(dyn Fn() -> f64 + Sync),
+) -> Vec<(String, Outcome)> {
     jobs.into_iter().map(|(name, job)| (name, load_one(job, clock))).collect()
 }
 
