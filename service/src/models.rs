@@ -66,9 +66,10 @@ pub fn load_dir(
         jobs.push((name, job));
     }
     let mut loaded = Loaded::default();
+    // wasm has no threads to spawn: one by one there.
     let outcomes = match loading {
-        Loading::Parallel => load_all(jobs, clock),
-        Loading::OneByOne => one_by_one(jobs, clock),
+        Loading::Parallel if cfg!(not(target_family = "wasm")) => in_parallel(jobs, clock),
+        _ => one_by_one(jobs, clock),
     };
     for (folder, result) in outcomes {
         let error = match result {
@@ -103,13 +104,14 @@ fn load_one(job: Job, clock: &(dyn Fn() -> f64 + Sync)) -> Outcome {
 }
 
 /// Runs `jobs` on up to one thread per core; the outcomes keep the jobs' order.
-#[cfg(not(target_family = "wasm"))]
-fn load_all(jobs: Vec<(String, Job)>, clock: &(dyn Fn() -> f64 + Sync)) -> Vec<(String, Outcome)> {
+fn in_parallel(
+    mut jobs: Vec<(String, Job)>,
+    clock: &(dyn Fn() -> f64 + Sync),
+) -> Vec<(String, Outcome)> {
     let cores = std::thread::available_parallelism().map_or(1, usize::from);
     let mut outcomes = Vec::with_capacity(jobs.len());
-    let mut jobs = jobs.into_iter().peekable();
-    while jobs.peek().is_some() {
-        let round: Vec<_> = jobs.by_ref().take(cores).collect();
+    while !jobs.is_empty() {
+        let round: Vec<_> = jobs.drain(..cores.min(jobs.len())).collect();
         std::thread::scope(|scope| {
             let handles: Vec<_> = round
                 .into_iter()
@@ -122,12 +124,6 @@ fn load_all(jobs: Vec<(String, Job)>, clock: &(dyn Fn() -> f64 + Sync)) -> Vec<(
         });
     }
     outcomes
-}
-
-/// One by one where there are no threads.
-#[cfg(target_family = "wasm")]
-fn load_all(jobs: Vec<(String, Job)>, clock: &(dyn Fn() -> f64 + Sync)) -> Vec<(String, Outcome)> {
-    one_by_one(jobs, clock)
 }
 
 fn one_by_one(
