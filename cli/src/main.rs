@@ -350,17 +350,17 @@ fn infer(
     let mut rows = Vec::new();
     let mut all_ok = true;
     for chunk in files.chunks(batch.max(1)) {
-        // Decode the chunk, then one model run for everything that decoded.
-        let mut decoded = Vec::new();
-        for path in chunk {
+        // Decode the chunk (several files at once with threads), then one model run for
+        // everything that decoded.
+        let decoded = medinfer_core::map_on_pool(chunk.iter().collect(), |path| {
             let t0 = clock.now_ms();
             let result = std::fs::read(path)
                 .map_err(|e| anyhow::anyhow!("cannot read the file: {e}"))
                 .and_then(|bytes| {
                     medinfer_core::decode(&bytes, &limits, &options).map_err(anyhow::Error::new)
                 });
-            decoded.push((path, result, clock.now_ms() - t0));
-        }
+            (path, result, clock.now_ms() - t0)
+        });
         let ok: Vec<_> =
             decoded.iter().filter_map(|(_, r, _)| r.as_ref().ok()).map(|d| &d.image).collect();
         let mut predictions = medinfer_core::predict(model, &ok, batch, &clock)?.into_iter();
@@ -578,9 +578,11 @@ fn bench(
         // One run: `batch` images, each decoded, then through the model `chunk` at a time.
         let run = || -> Result<(f64, f64)> {
             let t0 = clock.now_ms();
-            let decoded = (0..batch)
-                .map(|_| medinfer_core::decode(&bytes, &limits, &DecodeOptions::default()))
-                .collect::<medinfer_core::Result<Vec<_>>>()?;
+            let decoded = medinfer_core::map_on_pool(vec![(); batch], |()| {
+                medinfer_core::decode(&bytes, &limits, &DecodeOptions::default())
+            })
+            .into_iter()
+            .collect::<medinfer_core::Result<Vec<_>>>()?;
             let images: Vec<_> = decoded.iter().map(|d| &d.image).collect();
             let results = medinfer_core::predict(model, &images, chunk, &clock)?;
             let infer: f64 = results.iter().map(|(_, t)| t.infer_ms).sum();

@@ -210,18 +210,18 @@ impl LoadedModel {
             crate::Layout::Nhwc => [1, h, w, c],
         };
         let fail = |e: TractError| Error::Inference { reason: format!("{e:#}") };
-        // Image by image through the batch-1 plan: faster than tract's batch-N plans (above).
-        let mut out = Vec::with_capacity(batch);
-        for image in input.chunks_exact(per) {
+        let run_one = |image: &[f32]| -> Result<Vec<f32>> {
             let tensor = Tensor::from_shape(&shape, image).map_err(fail)?;
             let outputs = self.plan.run(tvec!(tensor.into())).map_err(fail)?;
             let values = outputs[0].to_plain_array_view::<f32>().map_err(fail)?;
             if values.len() != classes {
                 return Err(Error::Inference { reason: "unexpected output size".into() });
             }
-            out.push(values.iter().copied().collect());
-        }
-        Ok(out)
+            Ok(values.iter().copied().collect())
+        };
+        // Image by image through the batch-1 plan: faster than tract's batch-N plans (above);
+        // several images at once where `set_threads` started a pool.
+        crate::map_on_pool(input.chunks_exact(per).collect(), run_one).into_iter().collect()
     }
 
     /// Applies the manifest's activation and labels to one image's raw output.

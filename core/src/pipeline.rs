@@ -128,9 +128,10 @@ pub fn predict(
             continue;
         }
         let mut input = vec![0f32; per * chunk.len()];
-        for (image, dst) in chunk.iter().zip(input.chunks_exact_mut(per)) {
+        let slots: Vec<_> = chunk.iter().zip(input.chunks_exact_mut(per)).collect();
+        crate::map_on_pool(slots, |(image, dst)| {
             preprocess_into(&image.display(), model.manifest(), dst);
-        }
+        });
         let t1 = timer.now_ms();
         let raw = model.run_raw(input, chunk.len())?;
         let t2 = timer.now_ms();

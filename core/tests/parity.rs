@@ -33,6 +33,27 @@ fn mobilenetv2_matches_onnxruntime() {
     check("mobilenetv2-chexnet", "mobilenetv2.testvec_output_ort.f32");
 }
 
+/// Once `set_threads` started a pool, the CPU plan runs a batch's images side by side (one
+/// per thread): the same answers as onnxruntime's, in the batch's order. The batch repeats the
+/// test vector's two images in swapped order, so a result put in the wrong slot fails.
+#[cfg(feature = "threads")]
+#[test]
+fn a_batch_on_a_pool_keeps_its_order() {
+    medinfer_core::set_threads(2).unwrap();
+    let model = common::load_model("mobilenetv2-chexnet");
+    let input = common::f32_file("testdata/models/testvec_input_2x3x224x224.f32");
+    let expected = common::f32_file("testdata/models/mobilenetv2.testvec_output_ort.f32");
+    let (first, second) = input.split_at(input.len() / 2);
+    let batch = [second, first, second, first, second].concat();
+    let got = model.run_raw(batch, 5).unwrap();
+    assert_eq!(got.len(), 5);
+    for (i, row) in got.iter().enumerate() {
+        let want = &expected[(1 - i % 2) * 14..][..14];
+        let max = row.iter().zip(want).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(max <= TOL, "image {i}: max abs diff {max} > {TOL}");
+    }
+}
+
 #[test]
 fn postprocess_sorts_and_labels() {
     let model = common::load_model("mobilenetv2-chexnet");

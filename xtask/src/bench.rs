@@ -173,7 +173,7 @@ fn end_to_end(iterations: usize) -> Result<String> {
         "\n## 100 images end to end vs onnxruntime\n\nThe chest CR decoded 100 times, \
          windowed, resized, normalised and classified, 16 images per model call, 2 threads; \
          medinfer: `medinfer bench --batch 100 --chunk 16 --threads 2` (tract runs a chunk image \
-         by image, see ARCHITECTURE.md); onnxruntime: `bench/ort_e2e.py` (pydicom + Pillow + \
+         by image, one image per thread, see ARCHITECTURE.md); onnxruntime: `bench/ort_e2e.py` (pydicom + Pillow + \
          `session.run` per chunk). p50 of {n} runs after a warm-up.\n\n\
          | model | medinfer s | onnxruntime s | ratio |\n|---|---|---|---|\n"
     );
