@@ -584,13 +584,11 @@ impl Service {
             };
         let batch_id = uuid_v4(&*self.platform);
         let total = batch.items.len();
-        let prepared: Vec<Result<Prepared<'_>, Failure>> = batch
-            .items
-            .into_iter()
-            .map(|item| {
+        // Decoded several at a time where the process runs a thread pool (the native server).
+        let prepared: Vec<Result<Prepared<'_>, Failure>> =
+            medinfer_core::map_on_pool(batch.items, |item| {
                 item.map_err(|error| Failure { error, model_id: None }).and_then(|r| self.decode(r))
-            })
-            .collect();
+            });
 
         // Run each model over its images, `batch_chunk` at a time.
         let mut outcomes: Vec<Option<Result<InferenceResult, Failure>>> =
