@@ -28,8 +28,9 @@ pub struct Loaded {
 /// How [`load_dir`] loads the models it finds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Loading {
-    /// Several at once, one thread per model up to the cores (one by one on wasm): the
-    /// shortest start, since a load is single-threaded graph rewriting inside tract.
+    /// Several at once, one per thread of the pool `medinfer_core::set_threads` started
+    /// (`medinfer_core::map_on_pool`; one by one without a pool, as on wasm): the shortest
+    /// start, since a load is single-threaded graph rewriting inside tract.
     Parallel,
     /// One after another, so that each model's load time is its own (benchmarks).
     OneByOne,
@@ -66,10 +67,10 @@ pub fn load_dir(
         jobs.push((name, job));
     }
     let mut loaded = Loaded::default();
-    // wasm has no threads to spawn: one by one there.
-    let outcomes = match loading {
-        Loading::Parallel if cfg!(not(target_family = "wasm")) => in_parallel(jobs, clock),
-        _ => one_by_one(jobs, clock),
+    let load = |(name, job): (String, Job)| (name, load_one(job, clock));
+    let outcomes: Vec<(String, Outcome)> = match loading {
+        Loading::Parallel => medinfer_core::map_on_pool(jobs, load),
+        Loading::OneByOne => jobs.into_iter().map(load).collect(),
     };
     for (folder, result) in outcomes {
         let error = match result {
@@ -101,36 +102,6 @@ fn load_one(job: Job, clock: &(dyn Fn() -> f64 + Sync)) -> Outcome {
     let t = clock();
     let model = LoadedModel::load(manifest, &onnx).map_err(|e| e.to_string())?;
     Ok((model, clock() - t))
-}
-
-/// Runs `jobs` on up to one thread per core; the outcomes keep the jobs' order.
-fn in_parallel(
-    mut jobs: Vec<(String, Job)>,
-    clock: &(dyn Fn() -> f64 + Sync),
-) -> Vec<(String, Outcome)> {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    let mut outcomes = Vec::with_capacity(jobs.len());
-    while !jobs.is_empty() {
-        let round: Vec<_> = jobs.drain(..cores.min(jobs.len())).collect();
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = round
-                .into_iter()
-                .map(|(name, job)| (name, scope.spawn(move || load_one(job, clock))))
-                .collect();
-            for (name, handle) in handles {
-                let outcome = handle.join().unwrap_or_else(|_| Err("the loader panicked".into()));
-                outcomes.push((name, outcome));
-            }
-        });
-    }
-    outcomes
-}
-
-fn one_by_one(
-    jobs: Vec<(String, Job)>,
-    clock: &(dyn Fn() -> f64 + Sync),
-) -> Vec<(String, Outcome)> {
-    jobs.into_iter().map(|(name, job)| (name, load_one(job, clock))).collect()
 }
 
 #[cfg(all(test, not(target_family = "wasm")))]
@@ -167,6 +138,8 @@ mod tests {
         folder("f", "id = ", b"");
         std::fs::create_dir_all(dir.join("g")).unwrap();
 
+        // A pool, so that Loading::Parallel loads on it.
+        medinfer_core::set_threads(2).unwrap();
         let loaded = load_dir(&dir, None, Loading::Parallel, &|| 0.0).unwrap();
         let ids: Vec<&str> = loaded.registry.iter().map(|m| m.manifest().id.as_str()).collect();
         assert_eq!(ids, ["first", "second"]);
