@@ -37,6 +37,8 @@ mod registry;
 mod result;
 mod sniff;
 mod validate;
+#[cfg(all(target_arch = "wasm32", target_os = "wasi", target_feature = "simd128"))]
+pub mod wasm_mmm;
 
 pub use array::ArrayInput;
 pub use dicom::{DicomImage, DicomInfo, Frame, Voi, VoiFunction, Window};

@@ -165,6 +165,11 @@ pub(crate) fn host_state(
 pub(crate) fn engine() -> wasmtime::Result<Engine> {
     let mut config = Config::new();
     config.wasm_component_model_async(true);
+    // `WASM_HOST_PROFILE=perfmap`: write /tmp/perf-PID.map so that `perf record` names the
+    // component's functions (how the Spin rows of BENCHMARKS.md were profiled).
+    if std::env::var("WASM_HOST_PROFILE").as_deref() == Ok("perfmap") {
+        config.profiler(wasmtime::ProfilingStrategy::PerfMap);
+    }
     // Compiling the component takes seconds: cache the machine code across runs.
     if let Ok(cache) = wasmtime::Cache::new(wasmtime::CacheConfig::new()) {
         config.cache(Some(cache));

@@ -1,0 +1,305 @@
+//! A matrix-product kernel for tract on wasm32 SIMD whose working set fits 16 vector registers,
+//! built for wasip2: the Spin component, which wasmtime compiles with Cranelift.
+//!
+//! tract's own wasm kernel for f32 products is an 8×8 tile: 16 `v128` accumulators, plus two
+//! columns of B and a broadcast of A every step. Cranelift maps `v128` onto x86's 16 XMM
+//! registers and cannot hold that: it spilled and reloaded a dozen accumulators on every step
+//! of the inner loop (the machine code, read from a running instance), and that kernel was 75 %
+//! of a DenseNet-121 run in the Spin component. This one is a 4×8 tile: 8 accumulators, one
+//! vector of A (its four rows broadcast by shuffles), two of B, and nothing leaves the
+//! registers inside the loop. Measured in the Spin component (BENCHMARKS.md): DenseNet-121's
+//! model run 25 % shorter, MobileNetV2's unchanged. The browser builds keep tract's kernel:
+//! V8 allocates registers differently and this kernel was not measured there.
+//!
+//! It joins tract's kernel pool through tract-linalg's registries (`inventory`): a
+//! [`MmmRoutine`] makes it runnable, and an [`MmmTier`] above tract's own wasm tier prefers it
+//! for every f32 product with more than one column (matrix-vector products keep tract's
+//! kernels). The kernel implements every fused operation tract can hand a kernel, with tract's
+//! semantics: for an operation with a value `m`, `ScalarSub` is `m - acc` and `ScalarSubF` is
+//! `acc - m`, and the same for the per-row and per-column forms.
+//!
+//! `tests/wasm_kernel.rs` (run under wasmtime by `cargo xtask test`) holds it to a plain matrix
+//! product on tile and border shapes, with fused bias and ReLU, and checks that tract picked
+//! it; `tests/parity.rs` holds both bundled models to onnxruntime's outputs.
+use std::arch::wasm32::*;
+
+use tract_linalg::isa::{Arch, IsaSet};
+use tract_linalg::mmm::{DynKernel, FusedKerSpec, MatMatMul, OutputStoreKer, Query, Suitable};
+use tract_linalg::mmm_routines::MmmRoutine;
+use tract_linalg::mmm_tiers::MmmTier;
+use tract_linalg::pack::Packing;
+use tract_onnx::prelude::DatumType;
+
+/// Rows of the tile (A's panel width).
+const MR: usize = 4;
+/// Columns of the tile (B's panel width): two `v128` per row.
+const NR: usize = 8;
+const _: () = assert!(MR == 4, "add_mat_mul broadcasts four rows from one vector");
+
+/// The kernel's name in tract's pool (what its dispatch and debug output show).
+pub const NAME: &str = "medinfer_wasm_f32_4x8";
+
+/// `acc + a * b`. A multiplication and an addition, not relaxed SIMD's fused form, even where
+/// the build has it: Cranelift lowers `f32x4.relaxed_madd` to a three-operand FMA that
+/// overwrites a multiplicand, so every step copies the broadcast first and every iteration
+/// moves the accumulators back into place, while a separate `mulps` and `addps` (two pipes each
+/// on current x86 cores) keep each accumulator in its register. Results are the same on every
+/// engine, too.
+#[inline(always)]
+fn madd(acc: v128, a: v128, b: v128) -> v128 {
+    f32x4_add(acc, f32x4_mul(a, b))
+}
+
+/// The tile: row `r` is `lo[r]` (columns 0–3) and `hi[r]` (columns 4–7).
+struct Tile {
+    lo: [v128; MR],
+    hi: [v128; MR],
+}
+
+impl Tile {
+    #[inline(always)]
+    fn zero() -> Tile {
+        Tile { lo: [f32x4_splat(0.0); MR], hi: [f32x4_splat(0.0); MR] }
+    }
+
+    /// Every element becomes `f(m, element)`, `m` the same for the whole tile.
+    #[inline(always)]
+    fn each(&mut self, m: v128, f: impl Fn(v128, v128) -> v128) {
+        for r in 0..MR {
+            self.lo[r] = f(m, self.lo[r]);
+            self.hi[r] = f(m, self.hi[r]);
+        }
+    }
+
+    /// Row `r`'s elements become `f(rows[r], element)`.
+    ///
+    /// # Safety
+    /// `rows` points to `MR` readable f32.
+    #[inline(always)]
+    unsafe fn per_row(&mut self, rows: *const f32, f: impl Fn(v128, v128) -> v128) {
+        for r in 0..MR {
+            // SAFETY: the caller's contract.
+            let m = unsafe { v128_load32_splat(rows.add(r).cast()) };
+            self.lo[r] = f(m, self.lo[r]);
+            self.hi[r] = f(m, self.hi[r]);
+        }
+    }
+
+    /// Column `c`'s elements become `f(cols[c], element)`.
+    ///
+    /// # Safety
+    /// `cols` points to `NR` readable f32.
+    #[inline(always)]
+    unsafe fn per_col(&mut self, cols: *const f32, f: impl Fn(v128, v128) -> v128) {
+        // SAFETY: the caller's contract; wasm loads need no alignment.
+        let (lo, hi) = unsafe { (v128_load(cols.cast()), v128_load(cols.add(4).cast())) };
+        for r in 0..MR {
+            self.lo[r] = f(lo, self.lo[r]);
+            self.hi[r] = f(hi, self.hi[r]);
+        }
+    }
+
+    /// The f32 at row `r`, column `c` of a strided tile.
+    ///
+    /// # Safety
+    /// The tile's pointer and strides address `MR × NR` readable f32.
+    #[inline(always)]
+    unsafe fn at(tile: &OutputStoreKer, r: usize, c: usize) -> *mut f32 {
+        let offset = tile.row_byte_stride * r as isize + tile.col_byte_stride * c as isize;
+        // SAFETY: the caller's contract.
+        unsafe { tile.ptr.offset(offset).cast() }
+    }
+
+    /// # Safety
+    /// As [`Tile::at`], and the tile holds f32 (`item_size` 4).
+    unsafe fn add_unicast(&mut self, tile: &OutputStoreKer) {
+        for r in 0..MR {
+            // SAFETY: the caller's contract.
+            let v = |c: usize| unsafe { *Self::at(tile, r, c) };
+            self.lo[r] = f32x4_add(self.lo[r], f32x4(v(0), v(1), v(2), v(3)));
+            self.hi[r] = f32x4_add(self.hi[r], f32x4(v(4), v(5), v(6), v(7)));
+        }
+    }
+
+    /// # Safety
+    /// As [`Tile::at`], writable, and the tile holds f32.
+    unsafe fn store(&self, tile: &OutputStoreKer) {
+        for r in 0..MR {
+            // SAFETY: the caller's contract.
+            unsafe {
+                if tile.col_byte_stride == 4 {
+                    // A row is contiguous: two vector stores.
+                    let row = Self::at(tile, r, 0);
+                    v128_store(row.cast(), self.lo[r]);
+                    v128_store(row.add(4).cast(), self.hi[r]);
+                } else {
+                    let lanes = |v: v128| {
+                        [
+                            f32x4_extract_lane::<0>(v),
+                            f32x4_extract_lane::<1>(v),
+                            f32x4_extract_lane::<2>(v),
+                            f32x4_extract_lane::<3>(v),
+                        ]
+                    };
+                    for (c, x) in lanes(self.lo[r]).into_iter().chain(lanes(self.hi[r])).enumerate()
+                    {
+                        *Self::at(tile, r, c) = x;
+                    }
+                }
+            }
+        }
+    }
+
+    /// `C += A·B` over `k` steps of packed panels: A `[k][MR]`, B `[k][NR]`.
+    ///
+    /// # Safety
+    /// The panels hold `k × MR` and `k × NR` readable f32.
+    #[inline(always)]
+    unsafe fn add_mat_mul(&mut self, k: usize, a: *const f32, b: *const f32) {
+        let mut lo = self.lo;
+        let mut hi = self.hi;
+        for i in 0..k {
+            // SAFETY: the caller's contract; wasm loads need no alignment.
+            unsafe {
+                // A's four rows for this step are one vector; each row is broadcast from it
+                // with a shuffle (one instruction), not loaded again.
+                let a = v128_load(a.add(i * MR).cast());
+                let b = b.add(i * NR);
+                let (b_lo, b_hi) = (v128_load(b.cast()), v128_load(b.add(4).cast()));
+                let rows = [
+                    i32x4_shuffle::<0, 0, 0, 0>(a, a),
+                    i32x4_shuffle::<1, 1, 1, 1>(a, a),
+                    i32x4_shuffle::<2, 2, 2, 2>(a, a),
+                    i32x4_shuffle::<3, 3, 3, 3>(a, a),
+                ];
+                for r in 0..MR {
+                    lo[r] = madd(lo[r], rows[r], b_lo);
+                    hi[r] = madd(hi[r], rows[r], b_hi);
+                }
+            }
+        }
+        self.lo = lo;
+        self.hi = hi;
+    }
+}
+
+fn sub_flipped(m: v128, v: v128) -> v128 {
+    f32x4_sub(v, m)
+}
+
+/// One pass over tract's list of fused operations for one tile. Returns 0, or 1 for an
+/// operation this kernel has no form for (tract reports it as an error; none of them is
+/// reachable for an f32 product: other operand types never reach an f32-only packing).
+///
+/// # Safety
+/// The pointers in `ops` are what tract's scratch space prepared for this tile.
+unsafe fn kernel(ops: &[FusedKerSpec<f32>]) -> isize {
+    let mut t = Tile::zero();
+    for op in ops {
+        // SAFETY: the operations' pointers are tract's, valid for one tile (the contract).
+        unsafe {
+            match *op {
+                FusedKerSpec::Done => break,
+                FusedKerSpec::Clear => t = Tile::zero(),
+                FusedKerSpec::LoadTile(col_major, _) => {
+                    // Element (r, c) at col_major[c * MR + r].
+                    let v = |r: usize, c: usize| *col_major.add(c * MR + r);
+                    for r in 0..MR {
+                        t.lo[r] = f32x4(v(r, 0), v(r, 1), v(r, 2), v(r, 3));
+                        t.hi[r] = f32x4(v(r, 4), v(r, 5), v(r, 6), v(r, 7));
+                    }
+                }
+                FusedKerSpec::ScalarMin(m) => t.each(f32x4_splat(m), |m, v| f32x4_min(m, v)),
+                FusedKerSpec::ScalarMax(m) => t.each(f32x4_splat(m), |m, v| f32x4_max(m, v)),
+                FusedKerSpec::ScalarAdd(m) => t.each(f32x4_splat(m), |m, v| f32x4_add(m, v)),
+                FusedKerSpec::ScalarMul(m) => t.each(f32x4_splat(m), |m, v| f32x4_mul(m, v)),
+                FusedKerSpec::ScalarSub(m) => t.each(f32x4_splat(m), |m, v| f32x4_sub(m, v)),
+                FusedKerSpec::ScalarSubF(m) => t.each(f32x4_splat(m), sub_flipped),
+                FusedKerSpec::LeakyRelu(alpha) => t.each(f32x4_splat(alpha), |alpha, v| {
+                    v128_bitselect(v, f32x4_mul(alpha, v), f32x4_gt(v, f32x4_splat(0.0)))
+                }),
+                FusedKerSpec::PerRowMin(m) => t.per_row(m, |m, v| f32x4_min(m, v)),
+                FusedKerSpec::PerRowMax(m) => t.per_row(m, |m, v| f32x4_max(m, v)),
+                FusedKerSpec::PerRowAdd(m) => t.per_row(m, |m, v| f32x4_add(m, v)),
+                FusedKerSpec::PerRowMul(m) => t.per_row(m, |m, v| f32x4_mul(m, v)),
+                FusedKerSpec::PerRowSub(m) => t.per_row(m, |m, v| f32x4_sub(m, v)),
+                FusedKerSpec::PerRowSubF(m) => t.per_row(m, sub_flipped),
+                FusedKerSpec::PerColMin(m) => t.per_col(m, |m, v| f32x4_min(m, v)),
+                FusedKerSpec::PerColMax(m) => t.per_col(m, |m, v| f32x4_max(m, v)),
+                FusedKerSpec::PerColAdd(m) => t.per_col(m, |m, v| f32x4_add(m, v)),
+                FusedKerSpec::PerColMul(m) => t.per_col(m, |m, v| f32x4_mul(m, v)),
+                FusedKerSpec::PerColSub(m) => t.per_col(m, |m, v| f32x4_sub(m, v)),
+                FusedKerSpec::PerColSubF(m) => t.per_col(m, sub_flipped),
+                // Quantisation steps, as tract's f32 kernels read them: multiplications.
+                FusedKerSpec::QScale(shift, policy, mult) => {
+                    let scale = tract_linalg::Scaler::from_fuse_params(shift, policy, mult).scale;
+                    t.each(f32x4_splat(scale), |m, v| f32x4_mul(m, v))
+                }
+                FusedKerSpec::RoundingShiftRight(shift, _) => {
+                    t.each(f32x4_splat(2f32.powi(-(shift as i32))), |m, v| f32x4_mul(m, v))
+                }
+                FusedKerSpec::ShiftLeft(shift) => {
+                    t.each(f32x4_splat(2f32.powi(shift as i32)), |m, v| f32x4_mul(m, v))
+                }
+                FusedKerSpec::AddUnicast(tile) if tile.item_size == 4 => t.add_unicast(&tile),
+                FusedKerSpec::AddRowColProducts(rows, cols) => {
+                    let (lo, hi) = (v128_load(cols.cast()), v128_load(cols.add(4).cast()));
+                    for r in 0..MR {
+                        let s = v128_load32_splat(rows.add(r).cast());
+                        t.lo[r] = madd(t.lo[r], s, lo);
+                        t.hi[r] = madd(t.hi[r], s, hi);
+                    }
+                }
+                FusedKerSpec::Store(tile) if tile.item_size == 4 => t.store(&tile),
+                FusedKerSpec::AddMatMul { k, pa, pb, packing: 0 } => {
+                    t.add_mat_mul(k, pa.cast(), pb.cast())
+                }
+                _ => return 1,
+            }
+        }
+    }
+    0
+}
+
+/// The kernel as tract's pool holds it: f32 panels of 4 and 8, f32 stores only.
+pub fn make() -> Box<dyn MatMatMul> {
+    let mut k = DynKernel::<MR, NR, f32>::new(
+        NAME,
+        kernel,
+        f32::packing(MR).align(16),
+        f32::packing(NR).align(16),
+    );
+    k.arch = Some(Arch::Wasm32Simd128);
+    k.mmm()
+}
+
+/// Prefers this kernel for f32 products with more than one column; no opinion otherwise.
+fn preferred(
+    _isa: &IsaSet,
+    accumulator: DatumType,
+    query: &Query,
+    _suitable: &[Suitable],
+) -> Option<&'static str> {
+    (accumulator == DatumType::F32 && query.n != Some(1)).then_some(NAME)
+}
+
+inventory::submit! { MmmRoutine { make } }
+
+inventory::submit! {
+    MmmTier {
+        arch: Some(Arch::Wasm32Simd128),
+        // Above tract's own wasm tier (1): asked first.
+        precedence: 2,
+        name: "medinfer-wasm",
+        applies: |_| true,
+        preferred,
+    }
+}
+
+/// Whether tract's registries hold this kernel and its tier (`inventory` collects them when
+/// the module starts).
+pub fn registered() -> (bool, bool) {
+    let routine = tract_linalg::mmm_routines::declared().any(|r| (r.make)().name() == NAME);
+    let tier = tract_linalg::mmm_tiers::declared().any(|t| t.name == "medinfer-wasm");
+    (routine, tier)
+}
