@@ -79,7 +79,7 @@ impl LoadedModel {
     /// Parses, checks and optimises an ONNX model. Verifies the manifest's sha256 when given,
     /// and that the model's output width equals the number of labels.
     pub fn load(manifest: ModelManifest, onnx: &[u8]) -> Result<LoadedModel> {
-        // wasm32: medinfer's matrix kernel registers itself with tract when its module is
+        // wasip2: medinfer's matrix kernel registers itself with tract when its module is
         // linked in; this reference keeps the linker from dropping it.
         #[cfg(all(target_arch = "wasm32", target_os = "wasi", target_feature = "simd128"))]
         std::hint::black_box(crate::wasm_mmm::registered());
