@@ -25,6 +25,7 @@
 
 mod array;
 pub mod deid;
+mod depthwise;
 pub mod dicom;
 mod error;
 mod manifest;

@@ -33,6 +33,22 @@ fn mobilenetv2_matches_onnxruntime() {
     check("mobilenetv2-chexnet", "mobilenetv2.testvec_output_ort.f32");
 }
 
+/// MobileNetV2's 17 depthwise convolutions run on medinfer's operator on x86-64 and on
+/// tract's elsewhere (`core/src/depthwise.rs`); `mobilenetv2_matches_onnxruntime` checks the
+/// plan's numbers either way.
+#[test]
+fn mobilenetv2_depthwise_operator() {
+    let model = common::load_model("mobilenetv2-chexnet");
+    let ops = model.plan_operators();
+    let ours = ops.iter().filter(|op| *op == "medinfer.DepthwiseConv").count();
+    let tracts = ops.iter().filter(|op| *op == "DepthWiseConv").count();
+    if cfg!(target_arch = "x86_64") {
+        assert_eq!((ours, tracts), (17, 0), "{ops:?}");
+    } else {
+        assert_eq!(ours, 0, "{ops:?}");
+    }
+}
+
 /// Once `set_threads` started a pool, the CPU plan runs a batch's images side by side (one
 /// per thread): the same answers as onnxruntime's, in the batch's order. The batch repeats the
 /// test vector's two images in swapped order, so a result put in the wrong slot fails.

@@ -1,0 +1,638 @@
+//! Depthwise 2-D convolution (one filter per channel; f32, NCHW): medinfer's own operator in
+//! place of tract's `DepthWise` in the CPU plan.
+//!
+//! tract 0.23.9 runs a depthwise convolution row by row through a zone scanner: an AVX kernel
+//! for rows at stride 1 of 8 points and more, scalar code for stride 2, for the last points of
+//! a row (all of a 7-point row) and for the padded border. On MobileNetV2 that was 29 % of a
+//! native run (`perf record` of `medinfer bench`, one thread).
+//!
+//! Here each (image, channel) plane is first copied into a zero-padded scratch plane (the
+//! padding written once instead of tested per tap), split by column phase when the stride is
+//! above 1, so that every tap of every output block reads contiguous memory: tap column `kx`
+//! of output column `x` is padded column `x·s + kx`, which is column `x + kx / s` of phase
+//! `kx % s`. Output rows are computed in blocks of 8 lanes (64 or 32 where the row allows),
+//! written as plain array arithmetic that LLVM vectorises for the target: AVX2 and FMA on
+//! x86-64 (chosen at run time), NEON on aarch64, SIMD128 in the wasm builds.
+//!
+//! [`substitute`] swaps the operator into a decluttered graph with concrete shapes, before
+//! tract's codegen; the graph the GPU executor walks keeps tract's `Conv`. `LoadedModel::load`
+//! does so on x86-64 only, where it was measured faster (MobileNetV2 15–20 % on the 2-core
+//! EPYC VM, at one and two threads); the wasm builds were slower with it (see there). Its
+//! tests run on every target.
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec};
+use tract_onnx::tract_core::ops::nn::DataFormat;
+
+/// Lanes of the narrowest output block: rows are padded up to a multiple of it.
+const LANES: usize = 8;
+
+/// A depthwise convolution over NCHW f32 planes. Inputs: the image `[N, C, H, W]`, the
+/// kernel `[C, 1, KH, KW]` (ONNX's OIHW with one input channel per group) and the bias (`C`
+/// values, or one for every channel).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DepthwiseConv {
+    channels: usize,
+    input_hw: [usize; 2],
+    output_hw: [usize; 2],
+    kernel_hw: [usize; 2],
+    strides: [usize; 2],
+    /// Zero rows above and columns left of the image; those below and right follow from the
+    /// output size (everything outside the image reads as zero).
+    pad_before: [usize; 2],
+}
+
+/// Replaces every depthwise `Conv` of `model` that [`DepthwiseConv`] covers (f32, NCHW, OIHW
+/// kernel, 2-D, no dilation, concrete shapes) with it, in place. Returns how many.
+pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
+    let mut replaced = 0;
+    for id in 0..model.nodes().len() {
+        let node = model.node(id);
+        let Some(conv) = node.op_as::<Conv>() else { continue };
+        if node.inputs.len() != 3 {
+            continue;
+        }
+        let input = model.outlet_fact(node.inputs[0])?;
+        let kernel = model.outlet_fact(node.inputs[1])?;
+        let bias = model.outlet_fact(node.inputs[2])?;
+        let output = model.outlet_fact(OutletId::new(id, 0))?;
+        if let Some(op) = DepthwiseConv::for_conv(conv, input, kernel, bias, output) {
+            model.node_mut(id).op = Box::new(op);
+            replaced += 1;
+        }
+    }
+    Ok(replaced)
+}
+
+impl DepthwiseConv {
+    /// The operator for `conv` with these facts, when it covers them.
+    fn for_conv(
+        conv: &Conv,
+        input: &TypedFact,
+        kernel: &TypedFact,
+        bias: &TypedFact,
+        output: &TypedFact,
+    ) -> Option<DepthwiseConv> {
+        let spec = &conv.pool_spec;
+        let c = conv.group;
+        if conv.q_params.is_some()
+            || c < 2
+            || spec.input_channels != c
+            || spec.output_channels != c
+            || spec.data_format != DataFormat::NCHW
+            || conv.kernel_fmt != KernelFormat::OIHW
+            || spec.kernel_shape.len() != 2
+            || spec.dilations.as_ref().is_some_and(|d| d.iter().any(|&d| d != 1))
+            || [input, kernel, bias, output].iter().any(|f| f.datum_type != f32::datum_type())
+        {
+            return None;
+        }
+        let input = input.shape.as_concrete()?;
+        let output = output.shape.as_concrete()?;
+        let kernel = kernel.shape.as_concrete()?;
+        let bias = bias.shape.as_concrete()?.iter().product::<usize>();
+        let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
+        let strides = match &spec.strides {
+            None => [1, 1],
+            Some(s) if s.len() == 2 => [s[0], s[1]],
+            Some(_) => return None,
+        };
+        if input.len() != 4
+            || output.len() != 4
+            || input[1] != c
+            || output[..2] != input[..2]
+            || kernel != [c, 1, kh, kw]
+            || (bias != c && bias != 1)
+            || strides.contains(&0)
+            || kh == 0
+            || kw == 0
+        {
+            return None;
+        }
+        let (input_hw, output_hw) = ([input[2], input[3]], [output[2], output[3]]);
+        if output_hw.contains(&0) || input_hw.contains(&0) {
+            return None;
+        }
+        let kernel_hw = [kh, kw];
+        // Zero rows and columns before the image, per axis.
+        let pad_before = |axis: usize| -> Option<usize> {
+            // What a `Same` padding needs in all, split as ONNX says.
+            let same_total = ((output_hw[axis] - 1) * strides[axis] + kernel_hw[axis])
+                .saturating_sub(input_hw[axis]);
+            match &spec.padding {
+                PaddingSpec::Valid => Some(0),
+                PaddingSpec::Explicit(before, _) | PaddingSpec::ExplicitOnnxPool(before, _, _) => {
+                    before.get(axis).copied()
+                }
+                PaddingSpec::SameUpper => Some(same_total / 2),
+                PaddingSpec::SameLower => Some(same_total - same_total / 2),
+            }
+        };
+        let pad_before = [pad_before(0)?, pad_before(1)?];
+        // The windows must start inside the padded image: a padding as large as the kernel
+        // would be an output of zeros tract computes differently; leave such graphs to tract.
+        if pad_before[0] >= kh || pad_before[1] >= kw {
+            return None;
+        }
+        Some(DepthwiseConv { channels: c, input_hw, output_hw, kernel_hw, strides, pad_before })
+    }
+
+    /// The scratch plane's shape: `(phases, rows, phase width)`.
+    fn scratch_shape(&self) -> (usize, usize, usize) {
+        let [oh, ow] = self.output_hw;
+        let [kh, kw] = self.kernel_hw;
+        let [sh, sw] = self.strides;
+        (sw, (oh - 1) * sh + kh, ow.next_multiple_of(LANES) + (kw - 1) / sw)
+    }
+
+    /// Convolves `input` (whole `H × W` planes, the first of them plane `first` of the
+    /// `[N, C]` planes) into `output` (as many `OH × OW` planes). `kernel` holds
+    /// `C · KH · KW` taps, `bias` `C` values or one.
+    fn run(&self, input: &[f32], first: usize, kernel: &[f32], bias: &[f32], output: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA, the features `run_avx2` is compiled for.
+            return unsafe { self.run_avx2(input, first, kernel, bias, output) };
+        }
+        self.planes::<4, false>(input, first, kernel, bias, output)
+    }
+
+    /// [`DepthwiseConv::planes`] compiled for AVX2 with fused multiply-add: blocks of 8 rows
+    /// are 8 accumulator registers, enough independent sums to keep both FMA units busy.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn run_avx2(
+        &self,
+        input: &[f32],
+        first: usize,
+        kernel: &[f32],
+        bias: &[f32],
+        output: &mut [f32],
+    ) {
+        self.planes::<8, true>(input, first, kernel, bias, output)
+    }
+
+    /// Every plane: padded copy, then the output in blocks of `ROWS` rows × [`LANES`] columns
+    /// (single rows at the bottom). `FMA`: multiply-adds fused (only where the CPU has the
+    /// instruction; elsewhere `mul_add` would be a library call per lane).
+    #[inline(always)]
+    fn planes<const ROWS: usize, const FMA: bool>(
+        &self,
+        input: &[f32],
+        first: usize,
+        kernel: &[f32],
+        bias: &[f32],
+        output: &mut [f32],
+    ) {
+        let [ih, iw] = self.input_hw;
+        let [oh, ow] = self.output_hw;
+        let [kh, kw] = self.kernel_hw;
+        let [sh, sw] = self.strides;
+        let (phases, rows, width) = self.scratch_shape();
+        let mut scratch = vec![0f32; phases * rows * width];
+        let mut line = vec![0f32; if sw > 1 { sw * width } else { 0 }];
+        // Where tap t reads, relative to the top-left of its output block in the scratch.
+        let offsets: Vec<usize> = (0..kh * kw)
+            .map(|t| {
+                let (ky, kx) = (t / kw, t % kw);
+                ((kx % sw) * rows + ky) * width + kx / sw
+            })
+            .collect();
+        let row_step = sh * width;
+        // The farthest any block reads: the last output row's last block, at the largest
+        // offset. `block` reads without bounds checks on the strength of this.
+        let reach = offsets
+            .iter()
+            .max()
+            .map_or(0, |m| m + (oh - 1) * row_step + ow.next_multiple_of(LANES));
+        assert!(reach <= scratch.len(), "depthwise scratch too small");
+        let taps = kh * kw;
+        for (plane, (src, dst)) in
+            input.chunks_exact(ih * iw).zip(output.chunks_exact_mut(oh * ow)).enumerate()
+        {
+            let c = (first + plane) % self.channels;
+            self.pad_plane(src, &mut scratch, &mut line, rows, width);
+            let weights = &kernel[c * taps..(c + 1) * taps];
+            let b = if bias.len() == 1 { bias[0] } else { bias[c] };
+            let mut y = 0;
+            while y < oh {
+                let block_rows = if y + ROWS <= oh { ROWS } else { 1 };
+                for x in (0..ow).step_by(LANES) {
+                    let n = LANES.min(ow - x);
+                    let at = y * row_step + x;
+                    // SAFETY: `at` + any offset + a block's rows and lanes stay within `reach`.
+                    if block_rows == ROWS {
+                        let acc = unsafe {
+                            block::<ROWS, FMA>(&scratch, at, row_step, &offsets, weights, b)
+                        };
+                        for (r, lanes) in acc.iter().enumerate() {
+                            dst[(y + r) * ow + x..][..n].copy_from_slice(&lanes[..n]);
+                        }
+                    } else {
+                        let acc = unsafe {
+                            block::<1, FMA>(&scratch, at, row_step, &offsets, weights, b)
+                        };
+                        dst[y * ow + x..][..n].copy_from_slice(&acc[0][..n]);
+                    }
+                }
+                y += block_rows;
+            }
+        }
+    }
+
+    /// Writes `src` (one `H × W` plane) into `scratch` as `phases × rows × width`: padded
+    /// row `r`, column `p + s·j` lands at `[p][r][j]`; everything outside the image is zero.
+    /// `line` (`s · width` values, unused at stride 1) holds one padded row on its way.
+    #[inline(always)]
+    fn pad_plane(
+        &self,
+        src: &[f32],
+        scratch: &mut [f32],
+        line: &mut [f32],
+        rows: usize,
+        width: usize,
+    ) {
+        let [ih, iw] = self.input_hw;
+        let [pt, pl] = self.pad_before;
+        let sw = self.strides[1];
+        for r in 0..rows {
+            let image_row = r.checked_sub(pt).filter(|&iy| iy < ih).map(|iy| &src[iy * iw..][..iw]);
+            // The padded row: zeros, the image row at column `pl`, zeros.
+            let padded: &mut [f32] =
+                if sw == 1 { &mut scratch[r * width..][..width] } else { &mut line[..] };
+            match image_row {
+                Some(image_row) => {
+                    let start = pl.min(padded.len());
+                    let n = iw.min(padded.len() - start);
+                    let (left, rest) = padded.split_at_mut(start);
+                    left.fill(0.0);
+                    rest[..n].copy_from_slice(&image_row[..n]);
+                    rest[n..].fill(0.0);
+                }
+                None => padded.fill(0.0),
+            }
+            if sw == 1 {
+                continue;
+            }
+            // Deinterleave the padded row into the phases.
+            if sw == 2 {
+                let (even, odd) = scratch.split_at_mut(rows * width);
+                let (even, odd) = (&mut even[r * width..][..width], &mut odd[r * width..][..width]);
+                for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(line.chunks_exact(2))
+                {
+                    *e = pair[0];
+                    *o = pair[1];
+                }
+            } else {
+                for (p, phase) in scratch.chunks_exact_mut(rows * width).enumerate() {
+                    for (d, chunk) in
+                        phase[r * width..][..width].iter_mut().zip(line.chunks_exact(sw))
+                    {
+                        *d = chunk[p];
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `ROWS × LANES` outputs: row `r`, lane `l` is the bias plus, for every tap, its weight
+/// times the scratch value at `at + r · row_step + offset + l`. Plain array arithmetic,
+/// vectorised by the compiler.
+///
+/// # Safety
+/// Every index read, up to `at + (ROWS - 1) · row_step + max(offsets) + LANES - 1`, must be
+/// inside `scratch`.
+#[inline(always)]
+unsafe fn block<const ROWS: usize, const FMA: bool>(
+    scratch: &[f32],
+    at: usize,
+    row_step: usize,
+    offsets: &[usize],
+    weights: &[f32],
+    bias: f32,
+) -> [[f32; LANES]; ROWS] {
+    let mut acc = [[bias; LANES]; ROWS];
+    for (&offset, &w) in offsets.iter().zip(weights) {
+        for (r, lanes) in acc.iter_mut().enumerate() {
+            // SAFETY: the caller vouches for the whole block's reach.
+            let src = unsafe {
+                &*scratch.as_ptr().add(at + r * row_step + offset).cast::<[f32; LANES]>()
+            };
+            for (a, &s) in lanes.iter_mut().zip(src) {
+                *a = if FMA { w.mul_add(s, *a) } else { *a + w * s };
+            }
+        }
+    }
+    acc
+}
+
+impl Op for DepthwiseConv {
+    fn name(&self) -> StaticName {
+        "medinfer.DepthwiseConv".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "kernel {:?}, strides {:?}, padding before {:?}",
+            self.kernel_hw, self.strides, self.pad_before
+        )])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Rounding
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for DepthwiseConv {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (input, kernel, bias) = args_3!(inputs);
+        fn slice(t: &TValue) -> TractResult<&[f32]> {
+            t.try_as_plain_ram()?.as_slice::<f32>()
+        }
+        let (input, kernel, bias) = (slice(&input)?, slice(&kernel)?, slice(&bias)?);
+        let [ih, iw] = self.input_hw;
+        let [oh, ow] = self.output_hw;
+        let [kh, kw] = self.kernel_hw;
+        let c = self.channels;
+        if input.len() % (c * ih * iw) != 0
+            || kernel.len() != c * kh * kw
+            || (bias.len() != c && bias.len() != 1)
+        {
+            bail!("{}: inputs of unexpected sizes", self.name());
+        }
+        let n = input.len() / (c * ih * iw);
+        // SAFETY: f32 has no invalid bit patterns, and `run` writes every element.
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&[n, c, oh, ow])? };
+        let mut view = output.try_as_plain_ram_mut()?;
+        let planes = view.as_slice_mut::<f32>()?;
+        // Planes side by side on tract's executor where it has threads (`par_chunks_mut`
+        // calls once, inline, where it has not, or for outputs too small to share).
+        #[cfg(feature = "threads")]
+        {
+            let total = planes.len();
+            tract_linalg::multithread::par_chunks_mut(planes, oh * ow, total, |first, chunk| {
+                self.run(&input[first * ih * iw..], first, kernel, bias, chunk);
+                Ok(())
+            })?;
+        }
+        #[cfg(not(feature = "threads"))]
+        self.run(input, 0, kernel, bias, planes);
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for DepthwiseConv {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let Some(input) = inputs.first() else { bail!("{}: no input", self.name()) };
+        if input.rank() != 4 {
+            bail!("{}: a rank-{} input", self.name(), input.rank());
+        }
+        let [oh, ow] = self.output_hw;
+        let shape = [input.shape[0].clone(), self.channels.to_dim(), oh.to_dim(), ow.to_dim()];
+        Ok(tvec!(f32::fact(shape)))
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let [oh, ow] = self.output_hw;
+        let [kh, kw] = self.kernel_hw;
+        let n = inputs.first().map_or(1.to_dim(), |f| f.shape[0].clone());
+        Ok(tvec!((Cost::FMA(f32::datum_type()), n * (self.channels * oh * ow * kh * kw))))
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::tract_core::ops::cnn::PoolSpec;
+
+    /// A deterministic pseudo-random value in -1..1.
+    fn value(i: usize, salt: usize) -> f32 {
+        let h = (i as u64 ^ (salt as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        ((h >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    struct Case {
+        n: usize,
+        c: usize,
+        hw: [usize; 2],
+        k: [usize; 2],
+        s: [usize; 2],
+        before: [usize; 2],
+        after: [usize; 2],
+        bias_per_channel: bool,
+    }
+
+    impl Case {
+        fn out(&self) -> [usize; 2] {
+            [0, 1]
+                .map(|a| (self.hw[a] + self.before[a] + self.after[a] - self.k[a]) / self.s[a] + 1)
+        }
+        fn data(&self) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+            let input =
+                (0..self.n * self.c * self.hw[0] * self.hw[1]).map(|i| value(i, 1)).collect();
+            let kernel = (0..self.c * self.k[0] * self.k[1]).map(|i| value(i, 2)).collect();
+            let bias =
+                (0..if self.bias_per_channel { self.c } else { 1 }).map(|i| value(i, 3)).collect();
+            (input, kernel, bias)
+        }
+        /// The convolution in f64, straight from the definition.
+        fn oracle(&self) -> Vec<f64> {
+            let (input, kernel, bias) = self.data();
+            let [oh, ow] = self.out();
+            let [h, w] = self.hw;
+            let mut out = Vec::new();
+            for n in 0..self.n {
+                for c in 0..self.c {
+                    for y in 0..oh {
+                        for x in 0..ow {
+                            let mut sum =
+                                f64::from(bias[if self.bias_per_channel { c } else { 0 }]);
+                            for ky in 0..self.k[0] {
+                                for kx in 0..self.k[1] {
+                                    let iy =
+                                        (y * self.s[0] + ky) as isize - self.before[0] as isize;
+                                    let ix =
+                                        (x * self.s[1] + kx) as isize - self.before[1] as isize;
+                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
+                                        continue;
+                                    }
+                                    let v = input
+                                        [((n * self.c + c) * h + iy as usize) * w + ix as usize];
+                                    let k = kernel[(c * self.k[0] + ky) * self.k[1] + kx];
+                                    sum += f64::from(v) * f64::from(k);
+                                }
+                            }
+                            out.push(sum);
+                        }
+                    }
+                }
+            }
+            out
+        }
+        /// A one-node graph holding tract's depthwise `Conv` for this case.
+        fn model(&self) -> TypedModel {
+            let (_, kernel, bias) = self.data();
+            let mut model = TypedModel::default();
+            let x = model
+                .add_source("x", f32::fact([self.n, self.c, self.hw[0], self.hw[1]]))
+                .expect("source");
+            let k = model
+                .add_const(
+                    "k",
+                    tensor1(&kernel).into_shape(&[self.c, 1, self.k[0], self.k[1]]).expect("k"),
+                )
+                .expect("kernel");
+            // A shared bias is a scalar in tract's Conv.
+            let bias = if self.bias_per_channel { tensor1(&bias) } else { tensor0(bias[0]) };
+            let b = model.add_const("b", bias).expect("bias");
+            let conv = Conv {
+                pool_spec: PoolSpec {
+                    data_format: DataFormat::NCHW,
+                    kernel_shape: self.k.iter().copied().collect(),
+                    padding: PaddingSpec::Explicit(
+                        self.before.iter().copied().collect(),
+                        self.after.iter().copied().collect(),
+                    ),
+                    dilations: None,
+                    strides: Some(self.s.iter().copied().collect()),
+                    input_channels: self.c,
+                    output_channels: self.c,
+                },
+                kernel_fmt: KernelFormat::OIHW,
+                group: self.c,
+                q_params: None,
+            };
+            let y = model.wire_node("conv", conv, &[x, k, b]).expect("conv");
+            model.select_output_outlets(&y).expect("outputs");
+            model
+        }
+        fn run(&self, model: TypedModel) -> Vec<f32> {
+            let (input, _, _) = self.data();
+            let input = tensor1(&input)
+                .into_shape(&[self.n, self.c, self.hw[0], self.hw[1]])
+                .expect("input");
+            let plan = model.into_optimized().and_then(|m| m.into_runnable()).expect("plan");
+            let out = plan.run(tvec!(input.into_tvalue())).expect("run");
+            out[0].try_as_plain_ram().and_then(|v| v.as_slice::<f32>()).expect("f32").to_vec()
+        }
+    }
+
+    fn cases() -> Vec<Case> {
+        let case = |n, c, hw, k, s, before, after, bias_per_channel| Case {
+            n,
+            c,
+            hw,
+            k,
+            s,
+            before,
+            after,
+            bias_per_channel,
+        };
+        vec![
+            // MobileNetV2's: 3×3, padding 1, stride 1 and 2, on planes narrower and wider
+            // than a block.
+            case(1, 4, [7, 7], [3, 3], [1, 1], [1, 1], [1, 1], true),
+            case(1, 3, [14, 14], [3, 3], [2, 2], [1, 1], [1, 1], true),
+            case(1, 2, [112, 112], [3, 3], [1, 1], [1, 1], [1, 1], true),
+            case(1, 2, [112, 112], [3, 3], [2, 2], [0, 0], [1, 1], true),
+            case(2, 3, [13, 75], [3, 3], [2, 2], [1, 1], [1, 1], false),
+            // Other kernels, strides, paddings and odd sizes.
+            case(1, 5, [9, 70], [5, 5], [1, 1], [2, 2], [2, 2], true),
+            case(1, 2, [11, 10], [3, 5], [1, 3], [1, 0], [0, 2], true),
+            case(2, 2, [6, 33], [1, 1], [1, 1], [0, 0], [0, 0], true),
+            case(1, 3, [8, 8], [3, 3], [1, 1], [0, 0], [0, 0], false),
+            case(1, 2, [5, 67], [2, 7], [3, 2], [1, 3], [1, 3], true),
+        ]
+    }
+
+    fn assert_close(what: &str, got: &[f32], want: &[f64]) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (f64::from(g) - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                "{what}: element {i}: {g} against {w}"
+            );
+        }
+    }
+
+    /// Through tract's optimiser and plan, substituted and not: both match the f64 oracle,
+    /// and the substituted plan holds medinfer's operator.
+    #[test]
+    fn matches_the_definition_and_tract() {
+        for (i, case) in cases().iter().enumerate() {
+            let want = case.oracle();
+            let tract = case.run(case.model());
+            assert_close(&format!("case {i}, tract"), &tract, &want);
+            let mut model = case.model();
+            assert_eq!(substitute(&mut model).expect("substitute"), 1, "case {i}");
+            let optimised = model.clone().into_optimized().expect("optimise");
+            assert!(
+                optimised.nodes().iter().any(|n| n.op_is::<DepthwiseConv>()),
+                "case {i}: the optimised plan lost medinfer's operator"
+            );
+            assert_close(&format!("case {i}, medinfer"), &case.run(model), &want);
+        }
+    }
+
+    /// The portable path (what wasm and CPUs without AVX2 run) on its own.
+    #[test]
+    fn portable_path_matches_the_definition() {
+        for (i, case) in cases().iter().enumerate() {
+            let mut model = case.model();
+            substitute(&mut model).expect("substitute");
+            let op =
+                model.nodes().iter().find_map(|n| n.op_as::<DepthwiseConv>()).expect("op").clone();
+            let (input, kernel, bias) = case.data();
+            let [oh, ow] = case.out();
+            let mut out = vec![f32::NAN; case.n * case.c * oh * ow];
+            op.planes::<4, false>(&input, 0, &kernel, &bias, &mut out);
+            assert_close(&format!("case {i}, portable"), &out, &case.oracle());
+        }
+    }
+
+    /// Planes split across tract's executor: each chunk's first plane picks its channels'
+    /// weights and bias.
+    #[cfg(feature = "threads")]
+    #[test]
+    fn planes_split_across_threads() {
+        use tract_linalg::multithread::{Executor, multithread_tract_scope};
+        // 24 planes of 56 × 56 outputs: above tract's 32 768-element threshold for sharing.
+        let case = Case {
+            n: 2,
+            c: 12,
+            hw: [56, 56],
+            k: [3, 3],
+            s: [1, 1],
+            before: [1, 1],
+            after: [1, 1],
+            bias_per_channel: true,
+        };
+        let mut model = case.model();
+        substitute(&mut model).expect("substitute");
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
+        let executor = Executor::MultiThread(std::sync::Arc::new(pool));
+        let got = multithread_tract_scope(executor, || case.run(model));
+        assert_close("two threads", &got, &case.oracle());
+    }
+
+    /// What it leaves to tract: a dilated kernel.
+    #[test]
+    fn leaves_what_it_does_not_cover() {
+        let case = &cases()[0];
+        let mut model = case.model();
+        let id = model.nodes().iter().position(|n| n.op_is::<Conv>()).expect("conv");
+        model.node_mut(id).op_as_mut::<Conv>().expect("conv").pool_spec.dilations =
+            Some([2, 2].into_iter().collect());
+        assert_eq!(substitute(&mut model).expect("substitute"), 0);
+    }
+}
