@@ -10,9 +10,9 @@
 //! padding written once instead of tested per tap), split by column phase when the stride is
 //! above 1, so that every tap of every output block reads contiguous memory: tap column `kx`
 //! of output column `x` is padded column `x·s + kx`, which is column `x + kx / s` of phase
-//! `kx % s`. Output rows are computed in blocks of 8 lanes (64 or 32 where the row allows),
-//! written as plain array arithmetic that LLVM vectorises for the target: AVX2 and FMA on
-//! x86-64 (chosen at run time), NEON on aarch64, SIMD128 in the wasm builds.
+//! `kx % s`. The output is computed in blocks of 8 rows × 8 columns (4 rows without AVX2;
+//! single rows at the bottom), written as plain array arithmetic that LLVM vectorises for the
+//! target: AVX2 and FMA on x86-64, chosen at run time; the portable form elsewhere.
 //!
 //! [`substitute`] swaps the operator into a decluttered graph with concrete shapes, before
 //! tract's codegen; the graph the GPU executor walks keeps tract's `Conv`. `LoadedModel::load`
@@ -130,8 +130,8 @@ impl DepthwiseConv {
             }
         };
         let pad_before = [pad_before(0)?, pad_before(1)?];
-        // The windows must start inside the padded image: a padding as large as the kernel
-        // would be an output of zeros tract computes differently; leave such graphs to tract.
+        // A padding as large as the kernel (output rows or columns of bias only) is left to
+        // tract: real models have none and the tests do not cover it.
         if pad_before[0] >= kh || pad_before[1] >= kw {
             return None;
         }
