@@ -38,7 +38,7 @@ mod registry;
 mod result;
 mod sniff;
 mod validate;
-#[cfg(all(target_arch = "wasm32", target_os = "wasi", target_feature = "simd128"))]
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 pub mod wasm_mmm;
 
 pub use array::ArrayInput;

@@ -79,9 +79,9 @@ impl LoadedModel {
     /// Parses, checks and optimises an ONNX model. Verifies the manifest's sha256 when given,
     /// and that the model's output width equals the number of labels.
     pub fn load(manifest: ModelManifest, onnx: &[u8]) -> Result<LoadedModel> {
-        // wasip2: medinfer's matrix kernel registers itself with tract when its module is
-        // linked in; this reference keeps the linker from dropping it.
-        #[cfg(all(target_arch = "wasm32", target_os = "wasi", target_feature = "simd128"))]
+        // wasm: medinfer's matrix kernel registers itself with tract when its module is linked
+        // in; this reference keeps the linker from dropping it.
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         std::hint::black_box(crate::wasm_mmm::registered());
         let sha256 = sha256_hex(onnx);
         if let Some(expected) = &manifest.sha256
@@ -161,6 +161,23 @@ impl LoadedModel {
     /// what tract's optimiser made of the model, for tests and reports.
     pub fn plan_operators(&self) -> Vec<String> {
         self.plan.model().nodes().iter().map(|n| n.op.name().to_string()).collect()
+    }
+
+    /// The matrix-product kernels tract's CPU plan picked (e.g. "fma_mmm_f32_16x6",
+    /// "medinfer_wasm_f32_4x8"), each once, sorted: which code runs the model's products on
+    /// this machine, for reports and tests.
+    pub fn matmul_kernels(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .plan
+            .model()
+            .nodes()
+            .iter()
+            .filter_map(|n| n.op_as::<tract_onnx::tract_core::ops::matmul::optimized::OptMatMul>())
+            .flat_map(|op| op.mmm.iter().map(|k| k.name().to_string()))
+            .collect();
+        names.sort();
+        names.dedup();
+        names
     }
 
     /// Runs this model with `executor` instead of tract's plan.

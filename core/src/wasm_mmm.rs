@@ -1,5 +1,6 @@
-//! A matrix-product kernel for tract on wasm32 SIMD whose working set fits 16 vector registers,
-//! built for wasip2: the Spin component, which wasmtime compiles with Cranelift.
+//! A matrix-product kernel for tract on wasm32 SIMD whose working set fits 16 vector registers:
+//! the Spin component (wasip2, which wasmtime compiles with Cranelift) and both browser builds
+//! (V8) run their f32 products on it.
 //!
 //! tract's own wasm kernel for f32 products is an 8×8 tile: 16 `v128` accumulators, plus two
 //! columns of B and a broadcast of A every step. Cranelift maps `v128` onto x86's 16 XMM
@@ -8,8 +9,8 @@
 //! of a DenseNet-121 run in the Spin component. This one is a 4×8 tile: 8 accumulators, one
 //! vector of A (its four rows broadcast by shuffles), two of B, and nothing leaves the
 //! registers inside the loop. Measured in the Spin component (BENCHMARKS.md): DenseNet-121's
-//! model run 25 % shorter, MobileNetV2's unchanged. The browser builds keep tract's kernel:
-//! V8 allocates registers differently and this kernel was not measured there.
+//! model run 25 % shorter, MobileNetV2's unchanged. In Chromium it also beat tract's kernel,
+//! on both builds and both models (BENCHMARKS.md), fused multiply-add included there.
 //!
 //! It joins tract's kernel pool through tract-linalg's registries (`inventory`): a
 //! [`MmmRoutine`] makes it runnable, and an [`MmmTier`] above tract's own wasm tier prefers it
@@ -39,15 +40,23 @@ const _: () = assert!(MR == 4, "add_mat_mul broadcasts four rows from one vector
 /// The kernel's name in tract's pool (what its dispatch and debug output show).
 pub const NAME: &str = "medinfer_wasm_f32_4x8";
 
-/// `acc + a * b`. A multiplication and an addition, not relaxed SIMD's fused form, even where
-/// the build has it: Cranelift lowers `f32x4.relaxed_madd` to a three-operand FMA that
-/// overwrites a multiplicand, so every step copies the broadcast first and every iteration
+/// `acc + a * b`. On wasip2 a multiplication and an addition, not relaxed SIMD's fused form,
+/// even where the build has it: Cranelift lowers `f32x4.relaxed_madd` to a three-operand FMA
+/// that overwrites a multiplicand, so every step copies the broadcast first and every iteration
 /// moves the accumulators back into place, while a separate `mulps` and `addps` (two pipes each
-/// on current x86 cores) keep each accumulator in its register. Results are the same on every
-/// engine, too.
+/// on current x86 cores) keep each accumulator in its register. The browser's relaxed-SIMD
+/// build fuses (V8 accumulates in place; faster in Chromium than the two operations, measured),
+/// as tract's own kernel does there.
+#[cfg(not(all(target_feature = "relaxed-simd", not(target_os = "wasi"))))]
 #[inline(always)]
 fn madd(acc: v128, a: v128, b: v128) -> v128 {
     f32x4_add(acc, f32x4_mul(a, b))
+}
+
+#[cfg(all(target_feature = "relaxed-simd", not(target_os = "wasi")))]
+#[inline(always)]
+fn madd(acc: v128, a: v128, b: v128) -> v128 {
+    f32x4_relaxed_madd(a, b, acc)
 }
 
 /// The tile: row `r` is `lo[r]` (columns 0–3) and `hi[r]` (columns 4–7).

@@ -49,6 +49,16 @@ fn mobilenetv2_depthwise_operator() {
     }
 }
 
+/// The plan names its matrix kernels: tract's own natively, medinfer's 4×8 one on wasm32
+/// (`core/src/wasm_mmm.rs`, preferred for every product with more than one column).
+#[test]
+fn matmul_kernels_are_reported() {
+    let kernels = common::load_model("densenet121-chexnet").matmul_kernels();
+    assert!(!kernels.is_empty());
+    let ours = kernels.iter().any(|k| k == "medinfer_wasm_f32_4x8");
+    assert_eq!(ours, cfg!(target_arch = "wasm32"), "{kernels:?}");
+}
+
 /// Once `set_threads` started a pool, the CPU plan runs a batch's images side by side (one
 /// per thread): the same answers as onnxruntime's, in the batch's order. The batch repeats the
 /// test vector's two images in swapped order, so a result put in the wrong slot fails.

@@ -77,6 +77,8 @@ export interface ModelInfo {
   sha256: string;
   default: boolean;
   load_ms: number;
+  /** The matrix-product kernels the CPU plan runs (e.g. "medinfer_wasm_f32_4x8"). */
+  matmul_kernels: string[];
 }
 export interface FileInfo {
   format: "png" | "jpeg" | "dicom";
@@ -867,6 +869,7 @@ impl Engine {
             "sha256": m.sha256(),
             "default": self.registry.resolve(None).is_ok_and(|d| d.manifest().id == manifest.id),
             "load_ms": round_ms(load_ms),
+            "matmul_kernels": m.matmul_kernels(),
         })
     }
 
