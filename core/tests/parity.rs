@@ -49,6 +49,20 @@ fn mobilenetv2_depthwise_operator() {
     }
 }
 
+/// DenseNet-121's 3×3 convolutions and 7×7 stem (59 of its 120) and MobileNetV2's 3×3 stem
+/// run on medinfer's direct convolution on x86-64 (`core/src/conv.rs`), on tract's elsewhere;
+/// the 1×1 ones stay tract's matrix products. The `*_matches_onnxruntime` tests check the
+/// numbers either way.
+#[test]
+fn direct_convolutions() {
+    for (model, want) in [("densenet121-chexnet", 59), ("mobilenetv2-chexnet", 1)] {
+        let ops = common::load_model(model).plan_operators();
+        let ours = ops.iter().filter(|op| *op == "medinfer.Conv").count();
+        let want = if cfg!(target_arch = "x86_64") { want } else { 0 };
+        assert_eq!(ours, want, "{model}: {ops:?}");
+    }
+}
+
 /// The plan names its matrix kernels: tract's own natively, medinfer's 4×8 one on wasm32
 /// (`core/src/wasm_mmm.rs`, preferred for every product with more than one column).
 #[test]

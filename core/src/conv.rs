@@ -1,0 +1,855 @@
+//! Dense 2-D convolution (f32, NCHW, one group, kernels larger than 1×1): medinfer's own
+//! operator in place of tract's padding, lazy im2col and matrix product in the CPU plan.
+//!
+//! tract 0.23.9 lowers such a convolution to a `Pad` node (a padded copy of the input), then a
+//! matrix product whose right-hand panels are packed from that copy on the fly ("lazy
+//! im2col"). DenseNet-121's 3×3 convolutions have 32 output channels, so each packed panel
+//! serves only two passes of tract's 16×6 kernel: measured per node in the plan, they ran at
+//! about half the multiply-add rate of its 1×1 convolutions and took 70 of a 148 ms run
+//! (one thread, the 2-core EPYC VM), with the padding copies another 6.6 ms.
+//!
+//! Here nothing is packed from the image. Each image is copied once into a zero-padded
+//! scratch, split into `sh × sw` phase planes when strided (as in [`crate::depthwise`]), so
+//! that an output position `p = y · Wq + x` (`Wq` the phase planes' width; the columns from
+//! `OW` to `Wq` are computed and dropped) reads tap `(c, ky, kx)` at `p` plus a fixed offset.
+//! A block is then [`TILE`] consecutive positions — three vectors of 8 read straight from the
+//! scratch at each tap — times [`NR`] output channels whose weights are broadcast: 12
+//! accumulators, no gather. The sum over taps runs in steps of [`K_STEP`] so that the input
+//! rows a step reads stay in L1 across the panels of output channels, and the blocks are
+//! shared on tract's executor where it has threads. The bias is added when the blocks are
+//! copied out to NCHW. The arithmetic is plain array code that LLVM vectorises for the
+//! target: AVX2 and FMA on x86-64, chosen at run time.
+//!
+//! [`substitute`] swaps the operator into a decluttered graph with concrete shapes, before
+//! tract's codegen; the graph the GPU executor walks keeps tract's `Conv`. `LoadedModel::load`
+//! does so on x86-64 only (where it was measured); its tests run on every target.
+
+use std::cell::RefCell;
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec};
+use tract_onnx::tract_core::ops::nn::DataFormat;
+
+/// Output channels per block: weights broadcast from one panel row each step.
+const NR: usize = 6;
+/// Output positions per block: two vectors of 8.
+const TILE: usize = 16;
+/// Steps of the sum (input channel × tap) per pass over a block.
+const K_STEP: usize = 256;
+
+/// A convolution over NCHW f32 images with one group. Inputs: the image `[N, C, H, W]`, the
+/// kernel `[M, C, KH, KW]` (ONNX's OIHW) and the bias (`M` values, or one for every channel).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DirectConv {
+    input_channels: usize,
+    output_channels: usize,
+    input_hw: [usize; 2],
+    output_hw: [usize; 2],
+    kernel_hw: [usize; 2],
+    strides: [usize; 2],
+    /// Zero rows above and columns left of the image; those below and right follow from the
+    /// output size (everything outside the image reads as zero).
+    pad_before: [usize; 2],
+}
+
+/// Replaces every `Conv` of `model` that [`DirectConv`] covers (f32, NCHW, OIHW kernel larger
+/// than 1×1, 2-D, one group, no dilation, concrete shapes) with it, in place. Returns how many.
+pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
+    let mut replaced = 0;
+    for id in 0..model.nodes().len() {
+        let node = model.node(id);
+        let Some(conv) = node.op_as::<Conv>() else { continue };
+        if node.inputs.len() != 3 {
+            continue;
+        }
+        let input = model.outlet_fact(node.inputs[0])?;
+        let kernel = model.outlet_fact(node.inputs[1])?;
+        let bias = model.outlet_fact(node.inputs[2])?;
+        let output = model.outlet_fact(OutletId::new(id, 0))?;
+        if let Some(op) = DirectConv::for_conv(conv, input, kernel, bias, output) {
+            model.node_mut(id).op = Box::new(op);
+            replaced += 1;
+        }
+    }
+    Ok(replaced)
+}
+
+/// Where everything lies in the scratch, for one operator.
+struct Layout {
+    /// Rows and width of a phase plane.
+    rows: usize,
+    width: usize,
+    /// Output positions computed per image (`OH · width`) and blocks covering them.
+    positions: usize,
+    tiles: usize,
+    /// Output channels rounded up to whole panels.
+    channels: usize,
+    /// Scratch floats per image, reach of the farthest read included.
+    scratch: usize,
+    /// Where tap `k` (input channel, kernel row, kernel column) reads, relative to `p`.
+    offsets: Vec<usize>,
+}
+
+/// A thread's reusable buffers: the padded image, the blocks, the packed weights.
+#[derive(Default)]
+struct Buffers {
+    image: Vec<f32>,
+    blocks: Vec<f32>,
+    weights: Vec<f32>,
+}
+
+thread_local! {
+    static BUFFERS: RefCell<Buffers> = RefCell::default();
+}
+
+/// `v` grown to at least `n` values (new ones zero); what it held is kept.
+fn at_least(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+    &mut v[..n]
+}
+
+impl DirectConv {
+    /// The operator for `conv` with these facts, when it covers them.
+    fn for_conv(
+        conv: &Conv,
+        input: &TypedFact,
+        kernel: &TypedFact,
+        bias: &TypedFact,
+        output: &TypedFact,
+    ) -> Option<DirectConv> {
+        let spec = &conv.pool_spec;
+        if conv.q_params.is_some()
+            || conv.group != 1
+            || spec.data_format != DataFormat::NCHW
+            || conv.kernel_fmt != KernelFormat::OIHW
+            || spec.kernel_shape.len() != 2
+            || spec.kernel_shape.iter().product::<usize>() < 2
+            || spec.dilations.as_ref().is_some_and(|d| d.iter().any(|&d| d != 1))
+            || [input, kernel, bias, output].iter().any(|f| f.datum_type != f32::datum_type())
+        {
+            return None;
+        }
+        let (c, m) = (spec.input_channels, spec.output_channels);
+        let input = input.shape.as_concrete()?;
+        let output = output.shape.as_concrete()?;
+        let kernel = kernel.shape.as_concrete()?;
+        let bias = bias.shape.as_concrete()?.iter().product::<usize>();
+        let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
+        let strides = match &spec.strides {
+            None => [1, 1],
+            Some(s) if s.len() == 2 => [s[0], s[1]],
+            Some(_) => return None,
+        };
+        if input.len() != 4
+            || output.len() != 4
+            || input[1] != c
+            || output[0] != input[0]
+            || output[1] != m
+            || kernel != [m, c, kh, kw]
+            || (bias != m && bias != 1)
+            || strides.contains(&0)
+            || c == 0
+            || m == 0
+        {
+            return None;
+        }
+        let (input_hw, output_hw) = ([input[2], input[3]], [output[2], output[3]]);
+        if output_hw.contains(&0) || input_hw.contains(&0) {
+            return None;
+        }
+        let kernel_hw = [kh, kw];
+        let pad_before = |axis: usize| -> Option<usize> {
+            let same_total = ((output_hw[axis] - 1) * strides[axis] + kernel_hw[axis])
+                .saturating_sub(input_hw[axis]);
+            match &spec.padding {
+                PaddingSpec::Valid => Some(0),
+                PaddingSpec::Explicit(before, _) | PaddingSpec::ExplicitOnnxPool(before, _, _) => {
+                    before.get(axis).copied()
+                }
+                PaddingSpec::SameUpper => Some(same_total / 2),
+                PaddingSpec::SameLower => Some(same_total - same_total / 2),
+            }
+        };
+        let pad_before = [pad_before(0)?, pad_before(1)?];
+        // A padding as large as the kernel (outputs of bias only) is left to tract.
+        if pad_before[0] >= kh || pad_before[1] >= kw {
+            return None;
+        }
+        Some(DirectConv {
+            input_channels: c,
+            output_channels: m,
+            input_hw,
+            output_hw,
+            kernel_hw,
+            strides,
+            pad_before,
+        })
+    }
+
+    fn layout(&self) -> Layout {
+        let [oh, ow] = self.output_hw;
+        let [kh, kw] = self.kernel_hw;
+        let [sh, sw] = self.strides;
+        let (rows, width) = (oh + (kh - 1) / sh, ow + (kw - 1) / sw);
+        let plane = rows * width;
+        let offsets: Vec<usize> = (0..self.input_channels * kh * kw)
+            .map(|k| {
+                let (c, ky, kx) = (k / (kh * kw), k / kw % kh, k % kw);
+                ((c * sh + ky % sh) * sw + kx % sw) * plane + (ky / sh) * width + kx / sw
+            })
+            .collect();
+        let positions = oh * width;
+        let tiles = positions.div_ceil(TILE);
+        // The last block reads TILE values from its last position at the largest offset.
+        let reach = offsets.iter().max().map_or(0, |m| m + tiles * TILE);
+        let scratch = reach.max(self.input_channels * sh * sw * plane);
+        let channels = self.output_channels.next_multiple_of(NR);
+        Layout { rows, width, positions, tiles, channels, scratch, offsets }
+    }
+
+    /// Writes channels of one image (`H × W` planes) into `scratch` as `sh × sw` phase
+    /// planes of `rows × width` each: padded row `r`, column `j` of a channel lands in phase
+    /// `(r % sh, j % sw)` at `[r / sh][j / sw]`; everything outside the image is zero. As many
+    /// channels as `scratch` holds phase planes for.
+    fn pad_channels(&self, image: &[f32], scratch: &mut [f32], layout: &Layout) {
+        let [ih, iw] = self.input_hw;
+        let [pt, pl] = self.pad_before;
+        let [sh, sw] = self.strides;
+        let (rows, width) = (layout.rows, layout.width);
+        for (channel, planes) in
+            image.chunks_exact(ih * iw).zip(scratch.chunks_exact_mut(sh * sw * rows * width))
+        {
+            for (phase, plane) in planes.chunks_exact_mut(rows * width).enumerate() {
+                let (py, px) = (phase / sw, phase % sw);
+                for (qy, row) in plane.chunks_exact_mut(width).enumerate() {
+                    let iy = (qy * sh + py).checked_sub(pt).filter(|&iy| iy < ih);
+                    let Some(iy) = iy else {
+                        row.fill(0.0);
+                        continue;
+                    };
+                    let src = &channel[iy * iw..][..iw];
+                    if sw == 1 {
+                        // Zeros, the image row from column `pl`, zeros.
+                        let start = pl.min(width);
+                        let n = iw.min(width - start);
+                        let (left, rest) = row.split_at_mut(start);
+                        left.fill(0.0);
+                        rest[..n].copy_from_slice(&src[..n]);
+                        rest[n..].fill(0.0);
+                    } else {
+                        for (qx, d) in row.iter_mut().enumerate() {
+                            let ix = (qx * sw + px).checked_sub(pl).filter(|&ix| ix < iw);
+                            *d = ix.map_or(0.0, |ix| src[ix]);
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes one image (`C` planes of `H × W`) into `scratch` as [`DirectConv::pad_channels`]
+    /// says, channels side by side on tract's executor where it has threads, and zeroes the
+    /// tail past the planes.
+    fn pad_image(&self, image: &[f32], scratch: &mut [f32], layout: &Layout) {
+        let [ih, iw] = self.input_hw;
+        let [sh, sw] = self.strides;
+        let planes = sh * sw * layout.rows * layout.width;
+        let (used, tail) = scratch.split_at_mut(self.input_channels * planes);
+        share(used, planes, used.len(), |first, chunk| {
+            self.pad_channels(&image[first * ih * iw..], chunk, layout)
+        });
+        tail.fill(0.0);
+    }
+
+    /// Packs the OIHW kernel as panels of [`NR`] output channels, `[panel][k][NR]`, zero for
+    /// the channels past `M` in the last panel.
+    fn pack_weights(&self, kernel: &[f32], packed: &mut [f32], layout: &Layout) {
+        let k = layout.offsets.len();
+        for (panel, dst) in packed.chunks_exact_mut(k * NR).enumerate() {
+            for (step, lanes) in dst.chunks_exact_mut(NR).enumerate() {
+                for (r, lane) in lanes.iter_mut().enumerate() {
+                    let o = panel * NR + r;
+                    *lane = if o < self.output_channels { kernel[o * k + step] } else { 0.0 };
+                }
+            }
+        }
+    }
+
+    /// Computes the blocks `first..` of one padded image into `blocks` (`[tile][channels][TILE]`).
+    fn run_tiles(
+        &self,
+        image: &[f32],
+        weights: &[f32],
+        layout: &Layout,
+        first: usize,
+        blocks: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
+        {
+            // SAFETY: the CPU has AVX2 and FMA, the features `tiles_avx2` is compiled for.
+            return unsafe { tiles_avx2(image, weights, layout, first, blocks) };
+        }
+        tiles_portable(image, weights, layout, first, blocks)
+    }
+
+    /// Convolves `n` images, each `C × H × W` in `input`, into `output` (`n × M × OH × OW`).
+    fn run(&self, input: &[f32], kernel: &[f32], bias: &[f32], output: &mut [f32]) {
+        let [ih, iw] = self.input_hw;
+        let [oh, ow] = self.output_hw;
+        let layout = self.layout();
+        // Every read of every block stays inside the scratch: `tiles` reads unchecked.
+        assert!(
+            layout.offsets.iter().max().map_or(0, |m| m + layout.tiles * TILE) <= layout.scratch,
+            "direct convolution scratch too small"
+        );
+        // Taken out of the thread's slot for the call (and put back after), so that a
+        // convolution started on this thread while this one runs would find it empty, not
+        // borrowed.
+        let mut buffers = BUFFERS.take();
+        {
+            let Buffers { image, blocks, weights } = &mut buffers;
+            let image = at_least(image, layout.scratch);
+            let blocks = at_least(blocks, layout.tiles * layout.channels * TILE);
+            let weights = at_least(weights, layout.channels * layout.offsets.len());
+            self.pack_weights(kernel, weights, &layout);
+            let image_in = self.input_channels * ih * iw;
+            let image_out = self.output_channels * oh * ow;
+            for (src, dst) in input.chunks_exact(image_in).zip(output.chunks_exact_mut(image_out))
+            {
+                self.pad_image(src, image, &layout);
+                let (image, weights, layout) = (&*image, &*weights, &layout);
+                let work = image_out * layout.offsets.len();
+                share(blocks, layout.channels * TILE, work, |first, chunk| {
+                    self.run_tiles(image, weights, layout, first, chunk)
+                });
+                let blocks = &*blocks;
+                share(dst, oh * ow, image_out, |first, planes| {
+                    self.unpack(blocks, bias, layout, first, planes)
+                });
+            }
+        }
+        BUFFERS.set(buffers);
+    }
+
+    /// Copies the valid positions of the blocks out as `OH × OW` planes, adding the bias:
+    /// as many planes as `out` holds, the first being output channel `first`.
+    fn unpack(&self, blocks: &[f32], bias: &[f32], layout: &Layout, first: usize, out: &mut [f32]) {
+        let [oh, ow] = self.output_hw;
+        for (plane, o) in out.chunks_exact_mut(oh * ow).zip(first..) {
+            let b = if bias.len() == 1 { bias[0] } else { bias[o] };
+            for (y, row) in plane.chunks_exact_mut(ow).enumerate() {
+                let mut x = 0;
+                while x < ow {
+                    let p = y * layout.width + x;
+                    let (tile, lane) = (p / TILE, p % TILE);
+                    let n = (TILE - lane).min(ow - x);
+                    let src = &blocks[(tile * layout.channels + o) * TILE + lane..][..n];
+                    for (d, &s) in row[x..x + n].iter_mut().zip(src) {
+                        *d = s + b;
+                    }
+                    x += n;
+                }
+            }
+        }
+    }
+}
+
+/// Runs `f(first, chunk)` over `out` in chunks of whole rows (`row` values each; `first` is
+/// the chunk's first row), side by side on tract's executor where it has threads and `work`
+/// (values touched) is worth sharing, else once over all of `out`.
+fn share(out: &mut [f32], row: usize, work: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+    #[cfg(feature = "threads")]
+    tract_linalg::multithread::par_chunks_mut(out, row, work, |first, chunk| {
+        f(first, chunk);
+        Ok(())
+    })
+    .expect("the closure does not fail");
+    #[cfg(not(feature = "threads"))]
+    {
+        let _ = (row, work);
+        f(0, out);
+    }
+}
+
+/// [`tiles`] with [`block_avx2`]: AVX2 with fused multiply-add.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn tiles_avx2(image: &[f32], weights: &[f32], layout: &Layout, first: usize, out: &mut [f32]) {
+    tiles(image, weights, layout, first, out, |image, p, offsets, weights, acc, first| {
+        // SAFETY: the CPU has AVX2 and FMA (the caller's contract), and `tiles` vouches for
+        // the reach.
+        unsafe { block_avx2(image, p, offsets, weights, acc, first) }
+    })
+}
+
+/// [`tiles`] with the portable [`block`].
+fn tiles_portable(image: &[f32], weights: &[f32], layout: &Layout, first: usize, out: &mut [f32]) {
+    tiles(image, weights, layout, first, out, |image, p, offsets, weights, acc, first| {
+        // SAFETY: `tiles` vouches for the reach.
+        unsafe { block::<false>(image, p, offsets, weights, acc, first) }
+    })
+}
+
+/// What computes one block: `(image, p, offsets, weights, acc, first)` as [`block`] takes them.
+type Block<'a> = &'a [f32];
+
+/// The blocks in `out` (whole `[channels][TILE]` groups, the first being block `first`):
+/// for each step range of [`K_STEP`], every panel of output channels, by `block` (with
+/// [`block`]'s arguments and contract).
+#[inline(always)]
+fn tiles(
+    image: &[f32],
+    weights: &[f32],
+    layout: &Layout,
+    first: usize,
+    out: &mut [f32],
+    block: impl Fn(Block, usize, &[usize], &[f32], &mut [f32], bool),
+) {
+    let k = layout.offsets.len();
+    for (t, tile_out) in out.chunks_exact_mut(layout.channels * TILE).enumerate() {
+        let p = (first + t) * TILE;
+        debug_assert!(p < layout.positions.next_multiple_of(TILE));
+        for k0 in (0..k).step_by(K_STEP) {
+            let k1 = (k0 + K_STEP).min(k);
+            for (panel, acc) in tile_out.chunks_exact_mut(NR * TILE).enumerate() {
+                let w = &weights[(panel * k + k0) * NR..(panel * k + k1) * NR];
+                // `run` checked that `p` plus any offset plus TILE stays in `image`.
+                block(image, p, &layout.offsets[k0..k1], w, acc, k0 == 0);
+            }
+        }
+    }
+}
+
+/// One block: `acc[r][l]` (output channel `r` of the panel, position `p + l`) gains, for every
+/// step, the step's weight for `r` times the image at `p + offset + l`. Starts from zero when
+/// `first`, else from what `acc` holds. Plain array arithmetic, vectorised by the compiler.
+///
+/// # Safety
+/// `p + max(offsets) + TILE` must not exceed `image.len()`.
+#[inline(always)]
+unsafe fn block<const FMA: bool>(
+    image: &[f32],
+    p: usize,
+    offsets: &[usize],
+    weights: &[f32],
+    acc: &mut [f32],
+    first: bool,
+) {
+    let mut sums = [[0f32; TILE]; NR];
+    if !first {
+        for (r, s) in sums.iter_mut().enumerate() {
+            s.copy_from_slice(&acc[r * TILE..][..TILE]);
+        }
+    }
+    let base = image.as_ptr();
+    for (&offset, w) in offsets.iter().zip(weights.chunks_exact(NR)) {
+        // SAFETY: the caller vouches for the reach.
+        let x = unsafe { &*base.add(p + offset).cast::<[f32; TILE]>() };
+        for (s, &w) in sums.iter_mut().zip(w) {
+            for (a, &x) in s.iter_mut().zip(x) {
+                *a = if FMA { w.mul_add(x, *a) } else { *a + w * x };
+            }
+        }
+    }
+    for (r, s) in sums.iter().enumerate() {
+        acc[r * TILE..][..TILE].copy_from_slice(s);
+    }
+}
+
+/// [`block`] in AVX2 intrinsics, each of the 12 sums its own register. (Given the portable
+/// form, or 4 × 24 blocks whose 12 sums, 3 image vectors and a broadcast need all 16
+/// registers, LLVM rotated the sums through registers and the stack on every step.)
+///
+/// # Safety
+/// As [`block`], and the CPU has AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn block_avx2(
+    image: &[f32],
+    p: usize,
+    offsets: &[usize],
+    weights: &[f32],
+    acc: &mut [f32],
+    first: bool,
+) {
+    use std::arch::x86_64::*;
+    const _: () = assert!(NR == 6 && TILE == 16, "block_avx2 is written for 6 × 16");
+    assert!(acc.len() >= NR * TILE && weights.len() >= offsets.len() * NR);
+    let a = acc.as_mut_ptr();
+    // SAFETY: `acc` holds NR × TILE values (asserted); the image reads are the caller's
+    // contract; `weights` holds NR per step (asserted).
+    unsafe {
+        let load = |r: usize, v: usize| {
+            if first { _mm256_setzero_ps() } else { _mm256_loadu_ps(a.add(r * TILE + v * 8)) }
+        };
+        let (mut s00, mut s01) = (load(0, 0), load(0, 1));
+        let (mut s10, mut s11) = (load(1, 0), load(1, 1));
+        let (mut s20, mut s21) = (load(2, 0), load(2, 1));
+        let (mut s30, mut s31) = (load(3, 0), load(3, 1));
+        let (mut s40, mut s41) = (load(4, 0), load(4, 1));
+        let (mut s50, mut s51) = (load(5, 0), load(5, 1));
+        let base = image.as_ptr().add(p);
+        let mut w = weights.as_ptr();
+        for &offset in offsets {
+            let x = base.add(offset);
+            let (x0, x1) = (_mm256_loadu_ps(x), _mm256_loadu_ps(x.add(8)));
+            let b = _mm256_broadcast_ss(&*w);
+            s00 = _mm256_fmadd_ps(b, x0, s00);
+            s01 = _mm256_fmadd_ps(b, x1, s01);
+            let b = _mm256_broadcast_ss(&*w.add(1));
+            s10 = _mm256_fmadd_ps(b, x0, s10);
+            s11 = _mm256_fmadd_ps(b, x1, s11);
+            let b = _mm256_broadcast_ss(&*w.add(2));
+            s20 = _mm256_fmadd_ps(b, x0, s20);
+            s21 = _mm256_fmadd_ps(b, x1, s21);
+            let b = _mm256_broadcast_ss(&*w.add(3));
+            s30 = _mm256_fmadd_ps(b, x0, s30);
+            s31 = _mm256_fmadd_ps(b, x1, s31);
+            let b = _mm256_broadcast_ss(&*w.add(4));
+            s40 = _mm256_fmadd_ps(b, x0, s40);
+            s41 = _mm256_fmadd_ps(b, x1, s41);
+            let b = _mm256_broadcast_ss(&*w.add(5));
+            s50 = _mm256_fmadd_ps(b, x0, s50);
+            s51 = _mm256_fmadd_ps(b, x1, s51);
+            w = w.add(NR);
+        }
+        let store = |r: usize, v: usize, s: __m256| _mm256_storeu_ps(a.add(r * TILE + v * 8), s);
+        store(0, 0, s00);
+        store(0, 1, s01);
+        store(1, 0, s10);
+        store(1, 1, s11);
+        store(2, 0, s20);
+        store(2, 1, s21);
+        store(3, 0, s30);
+        store(3, 1, s31);
+        store(4, 0, s40);
+        store(4, 1, s41);
+        store(5, 0, s50);
+        store(5, 1, s51);
+    }
+}
+
+impl Op for DirectConv {
+    fn name(&self) -> StaticName {
+        "medinfer.Conv".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        Ok(vec![format!(
+            "{} -> {} channels, kernel {:?}, strides {:?}, padding before {:?}",
+            self.input_channels, self.output_channels, self.kernel_hw, self.strides, self.pad_before
+        )])
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Rounding
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for DirectConv {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        let (input, kernel, bias) = args_3!(inputs);
+        fn slice(t: &TValue) -> TractResult<&[f32]> {
+            t.try_as_plain_ram()?.as_slice::<f32>()
+        }
+        let (input, kernel, bias) = (slice(&input)?, slice(&kernel)?, slice(&bias)?);
+        let [ih, iw] = self.input_hw;
+        let [oh, ow] = self.output_hw;
+        let [kh, kw] = self.kernel_hw;
+        let (c, m) = (self.input_channels, self.output_channels);
+        if input.len() % (c * ih * iw) != 0
+            || kernel.len() != m * c * kh * kw
+            || (bias.len() != m && bias.len() != 1)
+        {
+            bail!("{}: inputs of unexpected sizes", self.name());
+        }
+        let n = input.len() / (c * ih * iw);
+        // SAFETY: f32 has no invalid bit patterns, and `run` writes every element.
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&[n, m, oh, ow])? };
+        let mut view = output.try_as_plain_ram_mut()?;
+        self.run(input, kernel, bias, view.as_slice_mut::<f32>()?);
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for DirectConv {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let Some(input) = inputs.first() else { bail!("{}: no input", self.name()) };
+        if input.rank() != 4 {
+            bail!("{}: a rank-{} input", self.name(), input.rank());
+        }
+        let [oh, ow] = self.output_hw;
+        let shape =
+            [input.shape[0].clone(), self.output_channels.to_dim(), oh.to_dim(), ow.to_dim()];
+        Ok(tvec!(f32::fact(shape)))
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let [oh, ow] = self.output_hw;
+        let [kh, kw] = self.kernel_hw;
+        let n = inputs.first().map_or(1.to_dim(), |f| f.shape[0].clone());
+        let macs = self.output_channels * oh * ow * self.input_channels * kh * kw;
+        Ok(tvec!((Cost::FMA(f32::datum_type()), n * macs)))
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tract_onnx::tract_core::ops::cnn::PoolSpec;
+
+    /// A deterministic pseudo-random value in -1..1.
+    fn value(i: usize, salt: usize) -> f32 {
+        let h = (i as u64 ^ (salt as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        ((h >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    struct Case {
+        n: usize,
+        c: usize,
+        m: usize,
+        hw: [usize; 2],
+        k: [usize; 2],
+        s: [usize; 2],
+        before: [usize; 2],
+        after: [usize; 2],
+        bias_per_channel: bool,
+    }
+
+    impl Case {
+        fn out(&self) -> [usize; 2] {
+            [0, 1]
+                .map(|a| (self.hw[a] + self.before[a] + self.after[a] - self.k[a]) / self.s[a] + 1)
+        }
+        fn data(&self) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+            let input =
+                (0..self.n * self.c * self.hw[0] * self.hw[1]).map(|i| value(i, 1)).collect();
+            let kernel =
+                (0..self.m * self.c * self.k[0] * self.k[1]).map(|i| value(i, 2)).collect();
+            let bias =
+                (0..if self.bias_per_channel { self.m } else { 1 }).map(|i| value(i, 3)).collect();
+            (input, kernel, bias)
+        }
+        /// The convolution in f64, straight from the definition.
+        fn oracle(&self) -> Vec<f64> {
+            let (input, kernel, bias) = self.data();
+            let [oh, ow] = self.out();
+            let [h, w] = self.hw;
+            let [kh, kw] = self.k;
+            let mut out = Vec::new();
+            for n in 0..self.n {
+                for o in 0..self.m {
+                    for y in 0..oh {
+                        for x in 0..ow {
+                            let mut sum =
+                                f64::from(bias[if self.bias_per_channel { o } else { 0 }]);
+                            for c in 0..self.c {
+                                for ky in 0..kh {
+                                    for kx in 0..kw {
+                                        let iy = (y * self.s[0] + ky) as isize
+                                            - self.before[0] as isize;
+                                        let ix = (x * self.s[1] + kx) as isize
+                                            - self.before[1] as isize;
+                                        if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize
+                                        {
+                                            continue;
+                                        }
+                                        let v = input[((n * self.c + c) * h + iy as usize) * w
+                                            + ix as usize];
+                                        let k = kernel[((o * self.c + c) * kh + ky) * kw + kx];
+                                        sum += f64::from(v) * f64::from(k);
+                                    }
+                                }
+                            }
+                            out.push(sum);
+                        }
+                    }
+                }
+            }
+            out
+        }
+        /// A one-node graph holding tract's `Conv` for this case.
+        fn model(&self) -> TypedModel {
+            let (_, kernel, bias) = self.data();
+            let mut model = TypedModel::default();
+            let x = model
+                .add_source("x", f32::fact([self.n, self.c, self.hw[0], self.hw[1]]))
+                .expect("source");
+            let shape = [self.m, self.c, self.k[0], self.k[1]];
+            let k = model.add_const("k", tensor1(&kernel).into_shape(&shape).expect("k"));
+            let k = k.expect("kernel");
+            // A shared bias is a scalar in tract's Conv.
+            let bias = if self.bias_per_channel { tensor1(&bias) } else { tensor0(bias[0]) };
+            let b = model.add_const("b", bias).expect("bias");
+            let conv = Conv {
+                pool_spec: PoolSpec {
+                    data_format: DataFormat::NCHW,
+                    kernel_shape: self.k.iter().copied().collect(),
+                    padding: PaddingSpec::Explicit(
+                        self.before.iter().copied().collect(),
+                        self.after.iter().copied().collect(),
+                    ),
+                    dilations: None,
+                    strides: Some(self.s.iter().copied().collect()),
+                    input_channels: self.c,
+                    output_channels: self.m,
+                },
+                kernel_fmt: KernelFormat::OIHW,
+                group: 1,
+                q_params: None,
+            };
+            let y = model.wire_node("conv", conv, &[x, k, b]).expect("conv");
+            model.select_output_outlets(&y).expect("outputs");
+            model
+        }
+        fn run(&self, model: TypedModel) -> Vec<f32> {
+            let (input, _, _) = self.data();
+            let input = tensor1(&input)
+                .into_shape(&[self.n, self.c, self.hw[0], self.hw[1]])
+                .expect("input");
+            let plan = model.into_optimized().and_then(|m| m.into_runnable()).expect("plan");
+            let out = plan.run(tvec!(input.into_tvalue())).expect("run");
+            out[0].try_as_plain_ram().and_then(|v| v.as_slice::<f32>()).expect("f32").to_vec()
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn case(
+        n: usize,
+        c: usize,
+        m: usize,
+        hw: [usize; 2],
+        k: [usize; 2],
+        s: [usize; 2],
+        before: [usize; 2],
+        after: [usize; 2],
+        bias_per_channel: bool,
+    ) -> Case {
+        Case { n, c, m, hw, k, s, before, after, bias_per_channel }
+    }
+
+    fn cases() -> Vec<Case> {
+        vec![
+            // DenseNet-121's 3×3 convolutions (32 outputs; more input channels than one step
+            // of the sum holds: 40 · 9 = 360 > K_STEP) on planes narrower and wider than a
+            // block, and its 7×7 stride-2 stem.
+            case(1, 40, 32, [7, 7], [3, 3], [1, 1], [1, 1], [1, 1], false),
+            case(1, 40, 32, [29, 29], [3, 3], [1, 1], [1, 1], [1, 1], true),
+            case(1, 3, 16, [40, 38], [7, 7], [2, 2], [3, 3], [3, 3], true),
+            // MobileNetV2's stem: 3×3 stride 2, padding 1 (and ONNX's asymmetric 0 / 1).
+            case(1, 3, 8, [32, 32], [3, 3], [2, 2], [1, 1], [1, 1], true),
+            case(1, 3, 8, [32, 32], [3, 3], [2, 2], [0, 0], [1, 1], true),
+            // Output channels not a multiple of the panel, batches, odd kernels and strides,
+            // no padding, outputs smaller than a block.
+            case(2, 5, 7, [9, 30], [3, 3], [1, 1], [1, 1], [1, 1], true),
+            case(1, 2, 3, [11, 10], [3, 5], [1, 3], [1, 0], [0, 2], true),
+            case(3, 4, 6, [8, 8], [3, 3], [1, 1], [0, 0], [0, 0], false),
+            case(1, 6, 5, [5, 67], [2, 7], [3, 2], [1, 3], [1, 3], true),
+            case(1, 3, 4, [3, 3], [2, 2], [1, 1], [0, 0], [0, 0], true),
+            case(1, 1, 1, [4, 9], [1, 2], [1, 1], [0, 1], [0, 0], true),
+        ]
+    }
+
+    fn assert_close(what: &str, got: &[f32], want: &[f64]) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (f64::from(g) - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                "{what}: element {i}: {g} against {w}"
+            );
+        }
+    }
+
+    /// Through tract's optimiser and plan, substituted and not: both match the f64 oracle,
+    /// and the substituted plan holds medinfer's operator.
+    #[test]
+    fn matches_the_definition_and_tract() {
+        for (i, case) in cases().iter().enumerate() {
+            let want = case.oracle();
+            let tract = case.run(case.model());
+            assert_close(&format!("case {i}, tract"), &tract, &want);
+            let mut model = case.model();
+            assert_eq!(substitute(&mut model).expect("substitute"), 1, "case {i}");
+            let optimised = model.clone().into_optimized().expect("optimise");
+            assert!(
+                optimised.nodes().iter().any(|n| n.op_is::<DirectConv>()),
+                "case {i}: the optimised plan lost medinfer's operator"
+            );
+            assert_close(&format!("case {i}, medinfer"), &case.run(model), &want);
+        }
+    }
+
+    /// The portable path (what CPUs without AVX2 run) on its own, twice on the same thread:
+    /// the second call reuses the first's buffers, larger ones included.
+    #[test]
+    fn portable_path_matches_the_definition() {
+        for _ in 0..2 {
+            for (i, case) in cases().iter().enumerate() {
+                let mut model = case.model();
+                substitute(&mut model).expect("substitute");
+                let op = model.nodes().iter().find_map(|n| n.op_as::<DirectConv>());
+                let op = op.expect("op").clone();
+                let (input, kernel, bias) = case.data();
+                let layout = op.layout();
+                let mut image = vec![f32::NAN; layout.scratch];
+                let mut weights = vec![f32::NAN; layout.channels * layout.offsets.len()];
+                let mut blocks = vec![f32::NAN; layout.tiles * layout.channels * TILE];
+                op.pack_weights(&kernel, &mut weights, &layout);
+                let [oh, ow] = case.out();
+                let per_image = case.m * oh * ow;
+                let mut out = vec![f32::NAN; case.n * per_image];
+                let image_in = case.c * case.hw[0] * case.hw[1];
+                for (src, dst) in input.chunks_exact(image_in).zip(out.chunks_exact_mut(per_image))
+                {
+                    op.pad_image(src, &mut image, &layout);
+                    tiles_portable(&image, &weights, &layout, 0, &mut blocks);
+                    op.unpack(&blocks, &bias, &layout, 0, dst);
+                }
+                assert_close(&format!("case {i}, portable"), &out, &case.oracle());
+            }
+        }
+    }
+
+    /// Blocks split across tract's executor: each chunk's first block starts at its own
+    /// position.
+    #[cfg(feature = "threads")]
+    #[test]
+    fn blocks_split_across_threads() {
+        use tract_linalg::multithread::{Executor, multithread_tract_scope};
+        // 2 images of 32 → 32 channels on 56 × 56: above tract's threshold for sharing.
+        let case = case(2, 32, 32, [56, 56], [3, 3], [1, 1], [1, 1], [1, 1], true);
+        let mut model = case.model();
+        substitute(&mut model).expect("substitute");
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
+        let executor = Executor::MultiThread(std::sync::Arc::new(pool));
+        let got = multithread_tract_scope(executor, || case.run(model));
+        assert_close("two threads", &got, &case.oracle());
+    }
+
+    /// What it leaves to tract: 1×1 kernels (a plain matrix product there), dilation, groups.
+    #[test]
+    fn leaves_what_it_does_not_cover() {
+        let one = case(1, 4, 4, [6, 6], [1, 1], [1, 1], [0, 0], [0, 0], true);
+        assert_eq!(substitute(&mut one.model()).expect("substitute"), 0);
+        let base = &cases()[0];
+        let mut dilated = base.model();
+        let id = dilated.nodes().iter().position(|n| n.op_is::<Conv>()).expect("conv");
+        dilated.node_mut(id).op_as_mut::<Conv>().expect("conv").pool_spec.dilations =
+            Some([2, 2].into_iter().collect());
+        assert_eq!(substitute(&mut dilated).expect("substitute"), 0);
+        let mut grouped = base.model();
+        grouped.node_mut(id).op_as_mut::<Conv>().expect("conv").group = 2;
+        assert_eq!(substitute(&mut grouped).expect("substitute"), 0);
+    }
+}
