@@ -12,13 +12,13 @@
 //! scratch, split into `sh × sw` phase planes when strided (as in [`crate::depthwise`]), so
 //! that an output position `p = y · Wq + x` (`Wq` the phase planes' width; the columns from
 //! `OW` to `Wq` are computed and dropped) reads tap `(c, ky, kx)` at `p` plus a fixed offset.
-//! A block is then [`TILE`] consecutive positions — three vectors of 8 read straight from the
+//! A block is then [`TILE`] consecutive positions — two vectors of 8 read straight from the
 //! scratch at each tap — times [`NR`] output channels whose weights are broadcast: 12
 //! accumulators, no gather. The sum over taps runs in steps of [`K_STEP`] so that the input
-//! rows a step reads stay in L1 across the panels of output channels, and the blocks are
-//! shared on tract's executor where it has threads. The bias is added when the blocks are
-//! copied out to NCHW. The arithmetic is plain array code that LLVM vectorises for the
-//! target: AVX2 and FMA on x86-64, chosen at run time.
+//! rows a step reads stay in L1 across the panels of output channels; the padding, the blocks
+//! and the copy out are shared on tract's executor where it has threads. The bias is added
+//! when the blocks are copied out to NCHW. The block is AVX2 + FMA intrinsics on x86-64,
+//! chosen at run time, and plain array arithmetic elsewhere (what the tests also check).
 //!
 //! [`substitute`] swaps the operator into a decluttered graph with concrete shapes, before
 //! tract's codegen; the graph the GPU executor walks keeps tract's `Conv`. `LoadedModel::load`
@@ -390,12 +390,9 @@ unsafe fn tiles_avx2(image: &[f32], weights: &[f32], layout: &Layout, first: usi
 fn tiles_portable(image: &[f32], weights: &[f32], layout: &Layout, first: usize, out: &mut [f32]) {
     tiles(image, weights, layout, first, out, |image, p, offsets, weights, acc, first| {
         // SAFETY: `tiles` vouches for the reach.
-        unsafe { block::<false>(image, p, offsets, weights, acc, first) }
+        unsafe { block(image, p, offsets, weights, acc, first) }
     })
 }
-
-/// What computes one block: `(image, p, offsets, weights, acc, first)` as [`block`] takes them.
-type Block<'a> = &'a [f32];
 
 /// The blocks in `out` (whole `[channels][TILE]` groups, the first being block `first`):
 /// for each step range of [`K_STEP`], every panel of output channels, by `block` (with
@@ -407,7 +404,7 @@ fn tiles(
     layout: &Layout,
     first: usize,
     out: &mut [f32],
-    block: impl Fn(Block, usize, &[usize], &[f32], &mut [f32], bool),
+    block: impl Fn(&[f32], usize, &[usize], &[f32], &mut [f32], bool),
 ) {
     let k = layout.offsets.len();
     for (t, tile_out) in out.chunks_exact_mut(layout.channels * TILE).enumerate() {
@@ -431,7 +428,7 @@ fn tiles(
 /// # Safety
 /// `p + max(offsets) + TILE` must not exceed `image.len()`.
 #[inline(always)]
-unsafe fn block<const FMA: bool>(
+unsafe fn block(
     image: &[f32],
     p: usize,
     offsets: &[usize],
@@ -451,7 +448,7 @@ unsafe fn block<const FMA: bool>(
         let x = unsafe { &*base.add(p + offset).cast::<[f32; TILE]>() };
         for (s, &w) in sums.iter_mut().zip(w) {
             for (a, &x) in s.iter_mut().zip(x) {
-                *a = if FMA { w.mul_add(x, *a) } else { *a + w * x };
+                *a += w * x;
             }
         }
     }
