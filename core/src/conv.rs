@@ -28,7 +28,9 @@ use std::cell::RefCell;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
+use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec};
+use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 /// Output channels per block: weights broadcast from one panel row each step.
@@ -37,6 +39,9 @@ const NR: usize = 6;
 const TILE: usize = 16;
 /// Steps of the sum (input channel × tap) per pass over a block.
 const K_STEP: usize = 256;
+/// Blocks that pass over a panel's weights in turn (their image lines, `K_STEP` × 64 bytes
+/// each when packed, stay in L2 across the panels).
+const GROUP: usize = 8;
 
 /// A convolution over NCHW f32 images with one group. Inputs: the image `[N, C, H, W]`, the
 /// kernel `[M, C, KH, KW]` (ONNX's OIHW) and the bias (`M` values, or one for every channel).
@@ -51,6 +56,13 @@ pub struct DirectConv {
     /// Zero rows above and columns left of the image; those below and right follow from the
     /// output size (everything outside the image reads as zero).
     pad_before: [usize; 2],
+    /// The input first goes through `max(x · scale[c] + shift[c], 0)` (a batch
+    /// normalisation and ReLU before the convolution, as DenseNet's layers have): two more
+    /// inputs, `scale` and `shift`, `C` values each. Applied as the image is copied in, so it
+    /// costs no pass of its own; the padding stays zero.
+    prologue: bool,
+    /// The output goes through ReLU after the bias.
+    relu: bool,
 }
 
 /// Replaces every `Conv` of `model` that [`DirectConv`] covers (f32, NCHW, OIHW kernel larger
@@ -75,6 +87,158 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
     Ok(replaced)
 }
 
+/// Replaces each 1×1 convolution that declutter left as an `EinSum` (`NIHW,OI->NOHW`, f32,
+/// constant weights, concrete shapes) and whose input is a batch normalisation and ReLU of its
+/// own — `Mul` by a per-channel constant, `Add` of one, `Max` with zero, each used only by the
+/// next (DenseNet's pre-activation layers) — with one [`DirectConv`] that applies them while it
+/// copies the input in: tract would run them as a separate pass, then pack the result for its
+/// matrix product. The `Add` of a per-channel constant and the `Max` with zero that follow the
+/// product, where they do, become its bias and ReLU. Returns how many.
+pub fn substitute_pointwise(model: &mut TypedModel) -> TractResult<usize> {
+    let mut replaced = 0;
+    for id in 0..model.nodes().len() {
+        if let Some(patch) = pointwise_patch(model, id)? {
+            patch.apply(model)?;
+            replaced += 1;
+        }
+    }
+    if replaced > 0 {
+        model.compact()?;
+    }
+    Ok(replaced)
+}
+
+/// The f32 values of a constant `outlet`, when it is one.
+fn constant(model: &TypedModel, outlet: OutletId) -> TractResult<Option<Vec<f32>>> {
+    let fact = model.outlet_fact(outlet)?;
+    match &fact.konst {
+        Some(t) if fact.datum_type == f32::datum_type() => {
+            Ok(Some(t.try_as_plain_ram()?.as_slice::<f32>()?.to_vec()))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// When `outlet` is the only output of a binary `op` ("Mul", "Add", "Max") of a tensor and a
+/// constant — and, where `sole`, has exactly one consumer and is no output of the model (a
+/// link the fused operator makes disappear): the tensor's outlet and the constant.
+fn with_constant(
+    model: &TypedModel,
+    outlet: OutletId,
+    op: &str,
+    sole: bool,
+) -> TractResult<Option<(OutletId, Vec<f32>)>> {
+    let node = model.node(outlet.node);
+    if !node.op_is::<TypedBinOp>()
+        || node.op.name() != op
+        || node.inputs.len() != 2
+        || node.outputs.len() != 1
+        || (sole && (node.outputs[0].successors.len() != 1 || model.outputs.contains(&outlet)))
+    {
+        return Ok(None);
+    }
+    for (tensor, konst) in [(0, 1), (1, 0)] {
+        if let Some(values) = constant(model, node.inputs[konst])?
+            && model.outlet_fact(node.inputs[tensor])?.konst.is_none()
+        {
+            return Ok(Some((node.inputs[tensor], values)));
+        }
+    }
+    Ok(None)
+}
+
+/// `values` as one per channel: as they are when there are `n`, repeated when there is one.
+fn per_channel(values: Vec<f32>, n: usize) -> Option<Vec<f32>> {
+    match values.len() {
+        1 => Some(vec![values[0]; n]),
+        len if len == n => Some(values),
+        _ => None,
+    }
+}
+
+/// The patch [`substitute_pointwise`] applies at node `id`, when the pattern is there.
+fn pointwise_patch(model: &TypedModel, id: usize) -> TractResult<Option<TypedModelPatch>> {
+    let node = model.node(id);
+    let Some(einsum) = node.op_as::<EinSum>() else { return Ok(None) };
+    if einsum.q_params.is_some()
+        || einsum.operating_dt != f32::datum_type()
+        || einsum.axes.to_string() != "NIHW,OI->NOHW"
+        || node.inputs.len() != 2
+    {
+        return Ok(None);
+    }
+    let Some(weights) = constant(model, node.inputs[1])? else { return Ok(None) };
+    let Some(shape) = model.outlet_fact(node.inputs[0])?.shape.as_concrete().map(|s| s.to_vec())
+    else {
+        return Ok(None);
+    };
+    let [_, c, h, w] = shape[..] else { return Ok(None) };
+    if c == 0 || h == 0 || w == 0 || weights.len() % c != 0 {
+        return Ok(None);
+    }
+    let o = weights.len() / c;
+    // Before: Max(Add(Mul(x, scale), shift), 0), each used only by the next.
+    let Some((added, zero)) = with_constant(model, node.inputs[0], "Max", true)? else {
+        return Ok(None);
+    };
+    let Some((scaled, shift)) = with_constant(model, added, "Add", true)? else { return Ok(None) };
+    let Some((x, scale)) = with_constant(model, scaled, "Mul", true)? else { return Ok(None) };
+    let (Some(scale), Some(shift)) = (per_channel(scale, c), per_channel(shift, c)) else {
+        return Ok(None);
+    };
+    if zero.iter().any(|&v| v != 0.0) {
+        return Ok(None);
+    }
+    // After, where they are: Add(·, bias), then Max(·, 0).
+    let mut last = OutletId::new(id, 0);
+    let mut bias = vec![0f32];
+    let mut relu = false;
+    let successors = &node.outputs[0].successors;
+    if successors.len() == 1 && !model.outputs.contains(&last) {
+        let next = OutletId::new(successors[0].node, 0);
+        if let Some((from, b)) = with_constant(model, next, "Add", false)?
+            && from == last
+            && let Some(b) = per_channel(b, o)
+        {
+            (last, bias) = (next, b);
+            let after = &model.node(next.node).outputs[0].successors;
+            if after.len() == 1 && !model.outputs.contains(&next) {
+                let then = OutletId::new(after[0].node, 0);
+                if let Some((from, zero)) = with_constant(model, then, "Max", false)?
+                    && from == last
+                    && zero.iter().all(|&v| v == 0.0)
+                {
+                    (last, relu) = (then, true);
+                }
+            }
+        }
+    }
+    let op = DirectConv {
+        input_channels: c,
+        output_channels: o,
+        input_hw: [h, w],
+        output_hw: [h, w],
+        kernel_hw: [1, 1],
+        strides: [1, 1],
+        pad_before: [0, 0],
+        prologue: true,
+        relu,
+    };
+    let mut patch = TypedModelPatch::default();
+    let input = patch.tap_model(model, x)?;
+    let name = &node.name;
+    let konst = |patch: &mut TypedModelPatch, what: &str, v: &[f32], shape: &[usize]| {
+        patch.add_const(format!("{name}.medinfer.{what}"), tensor1(v).into_shape(shape)?)
+    };
+    let kernel = konst(&mut patch, "kernel", &weights, &[o, c, 1, 1])?;
+    let bias = konst(&mut patch, "bias", &bias, &[bias.len()])?;
+    let scale = konst(&mut patch, "scale", &scale, &[c])?;
+    let shift = konst(&mut patch, "shift", &shift, &[c])?;
+    let wire = patch.wire_node(name.clone(), op, &[input, kernel, bias, scale, shift])?;
+    patch.shunt_outside(model, last, wire[0])?;
+    Ok(Some(patch))
+}
+
 /// Where everything lies in the scratch, for one operator.
 struct Layout {
     /// Rows and width of a phase plane.
@@ -87,8 +251,22 @@ struct Layout {
     channels: usize,
     /// Scratch floats per image, reach of the farthest read included.
     scratch: usize,
-    /// Where tap `k` (input channel, kernel row, kernel column) reads, relative to `p`.
+    /// Where tap `k` (input channel, kernel row, kernel column) reads, relative to its
+    /// block's start in the scratch.
     offsets: Vec<usize>,
+    /// Scratch floats from one block's start to the next: [`TILE`] for the padded planes;
+    /// `C · TILE` where the scratch is `packed`.
+    tile_stride: usize,
+    /// 1×1 kernels at stride 1 without padding: the scratch holds the image block by block,
+    /// `[block][C][TILE]`, so that each step of the sum reads one contiguous line (read in
+    /// place, a plane per step put every step on another page: slower than tract's packing).
+    packed: bool,
+    /// The blocks' buffer is `[panel][block][NR × TILE]` and threads share it by panels
+    /// (each reads the whole image and its own weights), rather than `[block][channels][TILE]`
+    /// shared by blocks (each reads all the weights). By panels where there are panels enough
+    /// for every thread twice: with DenseNet-121's deep layers (196 or 49 positions, weights of
+    /// up to 0.5 MB) a thread's few blocks reread all the weights for little work.
+    by_panel: bool,
 }
 
 /// A thread's reusable buffers: the padded image, the blocks, the packed weights.
@@ -186,6 +364,8 @@ impl DirectConv {
             kernel_hw,
             strides,
             pad_before,
+            prologue: false,
+            relu: false,
         })
     }
 
@@ -203,25 +383,64 @@ impl DirectConv {
             .collect();
         let positions = oh * width;
         let tiles = positions.div_ceil(TILE);
+        let channels = self.output_channels.next_multiple_of(NR);
+        if self.kernel_hw == [1, 1] && self.strides == [1, 1] && self.pad_before == [0, 0] {
+            let c = self.input_channels;
+            let offsets = (0..c).map(|c| c * TILE).collect();
+            let (scratch, tile_stride) = (tiles * c * TILE, c * TILE);
+            return Layout {
+                rows,
+                width,
+                positions,
+                tiles,
+                channels,
+                scratch,
+                offsets,
+                tile_stride,
+                packed: true,
+                by_panel: false,
+            };
+        }
         // The last block reads TILE values from its last position at the largest offset.
         let reach = offsets.iter().max().map_or(0, |m| m + tiles * TILE);
         let scratch = reach.max(self.input_channels * sh * sw * plane);
-        let channels = self.output_channels.next_multiple_of(NR);
-        Layout { rows, width, positions, tiles, channels, scratch, offsets }
+        Layout {
+            rows,
+            width,
+            positions,
+            tiles,
+            channels,
+            scratch,
+            offsets,
+            tile_stride: TILE,
+            packed: false,
+            by_panel: false,
+        }
     }
 
     /// Writes channels of one image (`H × W` planes) into `scratch` as `sh × sw` phase
     /// planes of `rows × width` each: padded row `r`, column `j` of a channel lands in phase
     /// `(r % sh, j % sw)` at `[r / sh][j / sw]`; everything outside the image is zero. As many
     /// channels as `scratch` holds phase planes for.
-    fn pad_channels(&self, image: &[f32], scratch: &mut [f32], layout: &Layout) {
+    /// `affine`: the prologue's scale and shift for these channels (then ReLU), if any.
+    fn pad_channels(
+        &self,
+        image: &[f32],
+        scratch: &mut [f32],
+        layout: &Layout,
+        affine: Option<(&[f32], &[f32])>,
+    ) {
         let [ih, iw] = self.input_hw;
         let [pt, pl] = self.pad_before;
         let [sh, sw] = self.strides;
         let (rows, width) = (layout.rows, layout.width);
-        for (channel, planes) in
-            image.chunks_exact(ih * iw).zip(scratch.chunks_exact_mut(sh * sw * rows * width))
+        for (c, (channel, planes)) in image
+            .chunks_exact(ih * iw)
+            .zip(scratch.chunks_exact_mut(sh * sw * rows * width))
+            .enumerate()
         {
+            let (a, b) = affine.map_or((1.0, 0.0), |(scale, shift)| (scale[c], shift[c]));
+            let f = |x: f32| if affine.is_some() { (x * a + b).max(0.0) } else { x };
             for (phase, plane) in planes.chunks_exact_mut(rows * width).enumerate() {
                 let (py, px) = (phase / sw, phase % sw);
                 for (qy, row) in plane.chunks_exact_mut(width).enumerate() {
@@ -237,12 +456,18 @@ impl DirectConv {
                         let n = iw.min(width - start);
                         let (left, rest) = row.split_at_mut(start);
                         left.fill(0.0);
-                        rest[..n].copy_from_slice(&src[..n]);
+                        if affine.is_some() {
+                            for (d, &x) in rest[..n].iter_mut().zip(src) {
+                                *d = f(x);
+                            }
+                        } else {
+                            rest[..n].copy_from_slice(&src[..n]);
+                        }
                         rest[n..].fill(0.0);
                     } else {
                         for (qx, d) in row.iter_mut().enumerate() {
                             let ix = (qx * sw + px).checked_sub(pl).filter(|&ix| ix < iw);
-                            *d = ix.map_or(0.0, |ix| src[ix]);
+                            *d = ix.map_or(0.0, |ix| f(src[ix]));
                         }
                     }
                 }
@@ -253,15 +478,66 @@ impl DirectConv {
     /// Writes one image (`C` planes of `H × W`) into `scratch` as [`DirectConv::pad_channels`]
     /// says, channels side by side on tract's executor where it has threads, and zeroes the
     /// tail past the planes.
-    fn pad_image(&self, image: &[f32], scratch: &mut [f32], layout: &Layout) {
+    fn pad_image(
+        &self,
+        image: &[f32],
+        scratch: &mut [f32],
+        layout: &Layout,
+        affine: Option<(&[f32], &[f32])>,
+    ) {
         let [ih, iw] = self.input_hw;
         let [sh, sw] = self.strides;
+        if layout.packed {
+            let block = layout.tile_stride;
+            share(&mut scratch[..layout.scratch], block, layout.scratch, |first, chunk| {
+                self.pack_blocks(image, chunk, layout, first, affine)
+            });
+            return;
+        }
         let planes = sh * sw * layout.rows * layout.width;
         let (used, tail) = scratch.split_at_mut(self.input_channels * planes);
         share(used, planes, used.len(), |first, chunk| {
-            self.pad_channels(&image[first * ih * iw..], chunk, layout)
+            let affine = affine.map(|(a, b)| (&a[first..], &b[first..]));
+            self.pad_channels(&image[first * ih * iw..], chunk, layout, affine)
         });
         tail.fill(0.0);
+    }
+
+    /// Writes blocks `first..` of a packed scratch (`[block][C][TILE]`, as many blocks as
+    /// `scratch` holds) from one image of `C` planes, through the prologue where there is one;
+    /// the positions past the image are zero.
+    fn pack_blocks(
+        &self,
+        image: &[f32],
+        scratch: &mut [f32],
+        layout: &Layout,
+        first: usize,
+        affine: Option<(&[f32], &[f32])>,
+    ) {
+        let plane = self.input_hw[0] * self.input_hw[1];
+        for (dst, block) in scratch.chunks_exact_mut(layout.tile_stride).zip(first..) {
+            let p = block * TILE;
+            let n = TILE.min(layout.positions - p);
+            for (c, (line, src)) in
+                dst.chunks_exact_mut(TILE).zip(image.chunks_exact(plane)).enumerate()
+            {
+                let (line, src) = (&mut line[..n], &src[p..p + n]);
+                match affine {
+                    Some((scale, shift)) => {
+                        let (a, b) = (scale[c], shift[c]);
+                        for (d, &x) in line.iter_mut().zip(src) {
+                            *d = (x * a + b).max(0.0);
+                        }
+                    }
+                    None => line.copy_from_slice(src),
+                }
+            }
+            if n < TILE {
+                for line in dst.chunks_exact_mut(TILE) {
+                    line[n..].fill(0.0);
+                }
+            }
+        }
     }
 
     /// Packs the OIHW kernel as panels of [`NR`] output channels, `[panel][k][NR]`, zero for
@@ -297,13 +573,24 @@ impl DirectConv {
     }
 
     /// Convolves `n` images, each `C × H × W` in `input`, into `output` (`n × M × OH × OW`).
-    fn run(&self, input: &[f32], kernel: &[f32], bias: &[f32], output: &mut [f32]) {
+    /// `affine`: the prologue's scale and shift (`C` values each), where it has one.
+    fn run(
+        &self,
+        input: &[f32],
+        kernel: &[f32],
+        bias: &[f32],
+        affine: Option<(&[f32], &[f32])>,
+        output: &mut [f32],
+    ) {
         let [ih, iw] = self.input_hw;
         let [oh, ow] = self.output_hw;
-        let layout = self.layout();
+        let mut layout = self.layout();
+        layout.by_panel = layout.channels / NR >= 2 * threads();
         // Every read of every block stays inside the scratch: `tiles` reads unchecked.
         assert!(
-            layout.offsets.iter().max().map_or(0, |m| m + layout.tiles * TILE) <= layout.scratch,
+            layout.offsets.iter().max().map_or(0, |m| m + (layout.tiles - 1) * layout.tile_stride)
+                + TILE
+                <= layout.scratch,
             "direct convolution scratch too small"
         );
         // Taken out of the thread's slot for the call (and put back after), so that a
@@ -318,12 +605,13 @@ impl DirectConv {
             self.pack_weights(kernel, weights, &layout);
             let image_in = self.input_channels * ih * iw;
             let image_out = self.output_channels * oh * ow;
-            for (src, dst) in input.chunks_exact(image_in).zip(output.chunks_exact_mut(image_out))
-            {
-                self.pad_image(src, image, &layout);
+            for (src, dst) in input.chunks_exact(image_in).zip(output.chunks_exact_mut(image_out)) {
+                self.pad_image(src, image, &layout, affine);
                 let (image, weights, layout) = (&*image, &*weights, &layout);
                 let work = image_out * layout.offsets.len();
-                share(blocks, layout.channels * TILE, work, |first, chunk| {
+                let row =
+                    if layout.by_panel { layout.tiles * NR * TILE } else { layout.channels * TILE };
+                share(blocks, row, work, |first, chunk| {
                     self.run_tiles(image, weights, layout, first, chunk)
                 });
                 let blocks = &*blocks;
@@ -335,7 +623,8 @@ impl DirectConv {
         BUFFERS.set(buffers);
     }
 
-    /// Copies the valid positions of the blocks out as `OH × OW` planes, adding the bias:
+    /// Copies the valid positions of the blocks out as `OH × OW` planes, adding the bias (then
+    /// ReLU, where the operator has it):
     /// as many planes as `out` holds, the first being output channel `first`.
     fn unpack(&self, blocks: &[f32], bias: &[f32], layout: &Layout, first: usize, out: &mut [f32]) {
         let [oh, ow] = self.output_hw;
@@ -347,15 +636,35 @@ impl DirectConv {
                     let p = y * layout.width + x;
                     let (tile, lane) = (p / TILE, p % TILE);
                     let n = (TILE - lane).min(ow - x);
-                    let src = &blocks[(tile * layout.channels + o) * TILE + lane..][..n];
+                    let at = if layout.by_panel {
+                        ((o / NR * layout.tiles + tile) * NR + o % NR) * TILE
+                    } else {
+                        (tile * layout.channels + o) * TILE
+                    };
+                    let src = &blocks[at + lane..][..n];
                     for (d, &s) in row[x..x + n].iter_mut().zip(src) {
-                        *d = s + b;
+                        *d = if self.relu { (s + b).max(0.0) } else { s + b };
                     }
                     x += n;
                 }
             }
         }
     }
+}
+
+/// The threads of tract's executor on this thread (1 without one, or without threads).
+fn threads() -> usize {
+    #[cfg(feature = "threads")]
+    {
+        use tract_linalg::multithread::{Executor, current_tract_executor};
+        match current_tract_executor() {
+            Executor::MultiThread(pool) => pool.current_num_threads(),
+            Executor::RayonGlobal => rayon::current_num_threads(),
+            _ => 1,
+        }
+    }
+    #[cfg(not(feature = "threads"))]
+    1
 }
 
 /// Runs `f(first, chunk)` over `out` in chunks of whole rows (`row` values each; `first` is
@@ -378,7 +687,13 @@ fn share(out: &mut [f32], row: usize, work: usize, f: impl Fn(usize, &mut [f32])
 /// [`tiles`] with [`block_avx2`]: AVX2 with fused multiply-add.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tiles_avx2(image: &[f32], weights: &[f32], layout: &Layout, first: usize, out: &mut [f32]) {
+unsafe fn tiles_avx2(
+    image: &[f32],
+    weights: &[f32],
+    layout: &Layout,
+    first: usize,
+    out: &mut [f32],
+) {
     tiles(image, weights, layout, first, out, |image, p, offsets, weights, acc, first| {
         // SAFETY: the CPU has AVX2 and FMA (the caller's contract), and `tiles` vouches for
         // the reach.
@@ -394,9 +709,9 @@ fn tiles_portable(image: &[f32], weights: &[f32], layout: &Layout, first: usize,
     })
 }
 
-/// The blocks in `out` (whole `[channels][TILE]` groups, the first being block `first`):
-/// for each step range of [`K_STEP`], every panel of output channels, by `block` (with
-/// [`block`]'s arguments and contract).
+/// The sums in `out`, a chunk of the blocks' buffer: whole blocks from block `first` on, or
+/// whole panels from panel `first` on where the layout shares by panel. Each through `block`
+/// (with [`block`]'s arguments and contract).
 #[inline(always)]
 fn tiles(
     image: &[f32],
@@ -407,15 +722,34 @@ fn tiles(
     block: impl Fn(&[f32], usize, &[usize], &[f32], &mut [f32], bool),
 ) {
     let k = layout.offsets.len();
-    for (t, tile_out) in out.chunks_exact_mut(layout.channels * TILE).enumerate() {
-        let p = (first + t) * TILE;
-        debug_assert!(p < layout.positions.next_multiple_of(TILE));
-        for k0 in (0..k).step_by(K_STEP) {
-            let k1 = (k0 + K_STEP).min(k);
-            for (panel, acc) in tile_out.chunks_exact_mut(NR * TILE).enumerate() {
+    // The blocks and panels of this chunk, and where a block's sums for a panel lie in it.
+    let (tiles, panels) = if layout.by_panel {
+        (0..layout.tiles, first..first + out.len() / (layout.tiles * NR * TILE))
+    } else {
+        (first..first + out.len() / (layout.channels * TILE), 0..layout.channels / NR)
+    };
+    debug_assert!(tiles.end <= layout.tiles && panels.end <= layout.channels / NR);
+    let at = |t: usize, panel: usize| {
+        if layout.by_panel {
+            ((panel - panels.start) * layout.tiles + t) * NR * TILE
+        } else {
+            ((t - tiles.start) * layout.channels + panel * NR) * TILE
+        }
+    };
+    // A range of steps, then a group of blocks, then panels, then the group's blocks: a
+    // panel's weights for the steps stay in L1 while the group's blocks pass over them, and
+    // the group's image lines for the steps stay in L2 across the panels.
+    for k0 in (0..k).step_by(K_STEP) {
+        let k1 = (k0 + K_STEP).min(k);
+        for group in tiles.clone().step_by(GROUP) {
+            for panel in panels.clone() {
                 let w = &weights[(panel * k + k0) * NR..(panel * k + k1) * NR];
-                // `run` checked that `p` plus any offset plus TILE stays in `image`.
-                block(image, p, &layout.offsets[k0..k1], w, acc, k0 == 0);
+                for t in group..(group + GROUP).min(tiles.end) {
+                    let p = t * layout.tile_stride;
+                    let acc = &mut out[at(t, panel)..][..NR * TILE];
+                    // `run` checked that `p` plus any offset plus TILE stays in `image`.
+                    block(image, p, &layout.offsets[k0..k1], w, acc, k0 == 0);
+                }
             }
         }
     }
@@ -537,8 +871,14 @@ impl Op for DirectConv {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "{} -> {} channels, kernel {:?}, strides {:?}, padding before {:?}",
-            self.input_channels, self.output_channels, self.kernel_hw, self.strides, self.pad_before
+            "{} -> {} channels, kernel {:?}, strides {:?}, padding before {:?}{}{}",
+            self.input_channels,
+            self.output_channels,
+            self.kernel_hw,
+            self.strides,
+            self.pad_before,
+            if self.prologue { ", scale + shift + ReLU before" } else { "" },
+            if self.relu { ", ReLU after" } else { "" },
         )])
     }
 
@@ -553,11 +893,22 @@ impl EvalOp for DirectConv {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
-        let (input, kernel, bias) = args_3!(inputs);
         fn slice(t: &TValue) -> TractResult<&[f32]> {
             t.try_as_plain_ram()?.as_slice::<f32>()
         }
-        let (input, kernel, bias) = (slice(&input)?, slice(&kernel)?, slice(&bias)?);
+        if inputs.len() != if self.prologue { 5 } else { 3 } {
+            bail!("{}: {} inputs", self.name(), inputs.len());
+        }
+        let (input, kernel, bias) = (slice(&inputs[0])?, slice(&inputs[1])?, slice(&inputs[2])?);
+        let affine = if self.prologue {
+            let (scale, shift) = (slice(&inputs[3])?, slice(&inputs[4])?);
+            if scale.len() != self.input_channels || shift.len() != self.input_channels {
+                bail!("{}: a prologue of unexpected size", self.name());
+            }
+            Some((scale, shift))
+        } else {
+            None
+        };
         let [ih, iw] = self.input_hw;
         let [oh, ow] = self.output_hw;
         let [kh, kw] = self.kernel_hw;
@@ -572,7 +923,7 @@ impl EvalOp for DirectConv {
         // SAFETY: f32 has no invalid bit patterns, and `run` writes every element.
         let mut output = unsafe { Tensor::uninitialized::<f32>(&[n, m, oh, ow])? };
         let mut view = output.try_as_plain_ram_mut()?;
-        self.run(input, kernel, bias, view.as_slice_mut::<f32>()?);
+        self.run(input, kernel, bias, affine, view.as_slice_mut::<f32>()?);
         Ok(tvec!(output.into_tvalue()))
     }
 }
@@ -654,10 +1005,10 @@ mod tests {
                             for c in 0..self.c {
                                 for ky in 0..kh {
                                     for kx in 0..kw {
-                                        let iy = (y * self.s[0] + ky) as isize
-                                            - self.before[0] as isize;
-                                        let ix = (x * self.s[1] + kx) as isize
-                                            - self.before[1] as isize;
+                                        let iy =
+                                            (y * self.s[0] + ky) as isize - self.before[0] as isize;
+                                        let ix =
+                                            (x * self.s[1] + kx) as isize - self.before[1] as isize;
                                         if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize
                                         {
                                             continue;
@@ -787,18 +1138,19 @@ mod tests {
         }
     }
 
-    /// The portable path (what CPUs without AVX2 run) on its own, twice on the same thread:
-    /// the second call reuses the first's buffers, larger ones included.
+    /// The portable path (what CPUs without AVX2 run) on its own, with the blocks' buffer laid
+    /// out by block and by panel.
     #[test]
     fn portable_path_matches_the_definition() {
-        for _ in 0..2 {
+        for by_panel in [false, true] {
             for (i, case) in cases().iter().enumerate() {
                 let mut model = case.model();
                 substitute(&mut model).expect("substitute");
                 let op = model.nodes().iter().find_map(|n| n.op_as::<DirectConv>());
                 let op = op.expect("op").clone();
                 let (input, kernel, bias) = case.data();
-                let layout = op.layout();
+                let mut layout = op.layout();
+                layout.by_panel = by_panel;
                 let mut image = vec![f32::NAN; layout.scratch];
                 let mut weights = vec![f32::NAN; layout.channels * layout.offsets.len()];
                 let mut blocks = vec![f32::NAN; layout.tiles * layout.channels * TILE];
@@ -809,11 +1161,15 @@ mod tests {
                 let image_in = case.c * case.hw[0] * case.hw[1];
                 for (src, dst) in input.chunks_exact(image_in).zip(out.chunks_exact_mut(per_image))
                 {
-                    op.pad_image(src, &mut image, &layout);
+                    op.pad_image(src, &mut image, &layout, None);
                     tiles_portable(&image, &weights, &layout, 0, &mut blocks);
                     op.unpack(&blocks, &bias, &layout, 0, dst);
                 }
-                assert_close(&format!("case {i}, portable"), &out, &case.oracle());
+                assert_close(
+                    &format!("case {i}, portable, by panel {by_panel}"),
+                    &out,
+                    &case.oracle(),
+                );
             }
         }
     }
@@ -824,14 +1180,131 @@ mod tests {
     #[test]
     fn blocks_split_across_threads() {
         use tract_linalg::multithread::{Executor, multithread_tract_scope};
-        // 2 images of 32 → 32 channels on 56 × 56: above tract's threshold for sharing.
-        let case = case(2, 32, 32, [56, 56], [3, 3], [1, 1], [1, 1], [1, 1], true);
-        let mut model = case.model();
-        substitute(&mut model).expect("substitute");
+        // 2 images of 32 → 32 (by panels: 6 of them) and 32 → 6 channels (by blocks: one
+        // panel) on 56 × 56: above tract's threshold for sharing.
+        for m in [32, 6] {
+            let case = case(2, 32, m, [56, 56], [3, 3], [1, 1], [1, 1], [1, 1], true);
+            let mut model = case.model();
+            substitute(&mut model).expect("substitute");
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
+            let executor = Executor::MultiThread(std::sync::Arc::new(pool));
+            let got = multithread_tract_scope(executor, || case.run(model));
+            assert_close(&format!("two threads, {m} outputs"), &got, &case.oracle());
+        }
+        // A packed 1×1 with its prologue: the packing shared by blocks, the sums by panels.
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
         let executor = Executor::MultiThread(std::sync::Arc::new(pool));
-        let got = multithread_tract_scope(executor, || case.run(model));
-        assert_close("two threads", &got, &case.oracle());
+        multithread_tract_scope(executor, || {
+            check_pointwise("two threads, 1×1", 96, 128, [28, 28], true, false)
+        });
+    }
+
+    /// DenseNet's pre-activation 1×1 convolution as tract declutters it — `Mul`, `Add`, `Max`
+    /// with zero, `EinSum`, then (where `epilogue`) `Add` of a bias and `Max` with zero —
+    /// against an f64 oracle, through tract's plan with and without [`substitute_pointwise`];
+    /// positions not a multiple of a block, a shared scale, and 1, 2 and many panels.
+    #[test]
+    fn pointwise_with_its_prologue_matches_the_definition() {
+        for (i, &(c, o, hw, epilogue, shared_scale)) in [
+            (8, 12, [7, 9], true, false),
+            (300, 32, [14, 14], true, false),
+            (5, 2, [3, 11], false, true),
+            (16, 64, [8, 8], false, false),
+        ]
+        .iter()
+        .enumerate()
+        {
+            check_pointwise(&format!("case {i}"), c, o, hw, epilogue, shared_scale);
+        }
+    }
+
+    /// One case of [`pointwise_with_its_prologue_matches_the_definition`].
+    fn check_pointwise(
+        case: &str,
+        c: usize,
+        o: usize,
+        [h, w]: [usize; 2],
+        epilogue: bool,
+        shared_scale: bool,
+    ) {
+        use tract_onnx::tract_core::ops::math;
+        let x: Vec<f32> = (0..c * h * w).map(|i| value(i, 11)).collect();
+        let scale: Vec<f32> = (0..if shared_scale { 1 } else { c }).map(|i| value(i, 12)).collect();
+        let shift: Vec<f32> = (0..c).map(|i| value(i, 13)).collect();
+        let weights: Vec<f32> = (0..o * c).map(|i| value(i, 14)).collect();
+        let bias: Vec<f32> = (0..o).map(|i| value(i, 15)).collect();
+        let mut want = vec![0f64; o * h * w];
+        for (j, out) in want.iter_mut().enumerate() {
+            let (oc, p) = (j / (h * w), j % (h * w));
+            let mut sum = 0f64;
+            for ci in 0..c {
+                let a = f64::from(scale[if shared_scale { 0 } else { ci }]);
+                let v = (f64::from(x[ci * h * w + p]) * a + f64::from(shift[ci])).max(0.0);
+                sum += v * f64::from(weights[oc * c + ci]);
+            }
+            *out = if epilogue { (sum + f64::from(bias[oc])).max(0.0) } else { sum };
+        }
+        let build = || -> TractResult<TypedModel> {
+            let mut m = TypedModel::default();
+            let input = m.add_source("x", f32::fact([1, c, h, w]))?;
+            let per = |m: &mut TypedModel, name: &str, v: &[f32]| {
+                m.add_const(name, tensor1(v).into_shape(&[1, v.len(), 1, 1])?)
+            };
+            let sc = per(&mut m, "scale", &scale)?;
+            let sh = per(&mut m, "shift", &shift)?;
+            let zero = m.add_const("zero", tensor0(0f32).broadcast_into_rank(4)?)?;
+            let y = m.wire_node("bn.mul", math::mul(), &[input, sc])?[0];
+            let y = m.wire_node("bn.add", math::add(), &[y, sh])?[0];
+            let y = m.wire_node("relu", math::max(), &[y, zero])?[0];
+            let k = m.add_const("w", tensor1(&weights).into_shape(&[o, c])?)?;
+            let einsum = EinSum::new("NIHW,OI->NOHW".parse()?, f32::datum_type());
+            let mut y = m.wire_node("conv", einsum, &[y, k])?[0];
+            if epilogue {
+                let b = per(&mut m, "bias", &bias)?;
+                y = m.wire_node("bias_add", math::add(), &[y, b])?[0];
+                y = m.wire_node("relu2", math::max(), &[y, zero])?[0];
+            }
+            m.select_output_outlets(&[y])?;
+            Ok(m)
+        };
+        let run = |m: TypedModel| -> Vec<f32> {
+            let input = tensor1(&x).into_shape(&[1, c, h, w]).expect("input");
+            let plan = m.into_optimized().and_then(|m| m.into_runnable()).expect("plan");
+            let out = plan.run(tvec!(input.into_tvalue())).expect("run");
+            out[0].try_as_plain_ram().and_then(|v| v.as_slice::<f32>()).expect("f32").to_vec()
+        };
+        let tract = build().expect("graph");
+        assert_close(&format!("{case}, tract"), &run(tract), &want);
+        let mut ours = build().expect("graph");
+        assert_eq!(substitute_pointwise(&mut ours).expect("substitute"), 1, "{case}");
+        let op = ours.nodes().iter().find_map(|n| n.op_as::<DirectConv>()).expect("op");
+        assert!(op.prologue && op.relu == epilogue, "{case}: {op:?}");
+        // Only the source, the operator and its constants are left.
+        assert!(!ours.nodes().iter().any(|n| n.op_is::<EinSum>() || n.op_is::<TypedBinOp>()));
+        assert_close(&format!("{case}, medinfer"), &run(ours), &want);
+    }
+
+    /// The pattern only where every link is used by the next alone: a second use of the ReLU
+    /// leaves the graph to tract.
+    #[test]
+    fn pointwise_leaves_a_shared_prologue() {
+        use tract_onnx::tract_core::ops::math;
+        let build = || -> TractResult<TypedModel> {
+            let mut m = TypedModel::default();
+            let input = m.add_source("x", f32::fact([1, 4, 5, 5]))?;
+            let one = m.add_const("one", tensor1(&[1f32; 4]).into_shape(&[1, 4, 1, 1])?)?;
+            let zero = m.add_const("zero", tensor0(0f32).broadcast_into_rank(4)?)?;
+            let y = m.wire_node("bn.mul", math::mul(), &[input, one])?[0];
+            let y = m.wire_node("bn.add", math::add(), &[y, one])?[0];
+            let relu = m.wire_node("relu", math::max(), &[y, zero])?[0];
+            let k = m.add_const("w", tensor1(&[0.5f32; 12]).into_shape(&[3, 4])?)?;
+            let einsum = EinSum::new("NIHW,OI->NOHW".parse()?, f32::datum_type());
+            let conv = m.wire_node("conv", einsum, &[relu, k])?[0];
+            m.select_output_outlets(&[conv, relu])?;
+            Ok(m)
+        };
+        let mut model = build().expect("graph");
+        assert_eq!(substitute_pointwise(&mut model).expect("substitute"), 0);
     }
 
     /// What it leaves to tract: 1×1 kernels (a plain matrix product there), dilation, groups.

@@ -135,6 +135,7 @@ impl LoadedModel {
                 if cfg!(target_arch = "x86_64") {
                     crate::depthwise::substitute(&mut m)?;
                     crate::conv::substitute(&mut m)?;
+                    crate::conv::substitute_pointwise(&mut m)?;
                 }
                 Ok(m)
             })
