@@ -1,5 +1,7 @@
-//! Dense 2-D convolution (f32, NCHW, one group, kernels larger than 1×1): medinfer's own
-//! operator in place of tract's padding, lazy im2col and matrix product in the CPU plan.
+//! Dense 2-D convolution (f32, NCHW, one group): medinfer's own operator in place of tract's
+//! padding, lazy im2col and matrix product for kernels larger than 1×1, and of tract's batch
+//! normalisation, ReLU, packing and matrix product for 1×1 kernels that have DenseNet's
+//! pre-activation before them ([`substitute_pointwise`]), in the CPU plan.
 //!
 //! tract 0.23.9 lowers such a convolution to a `Pad` node (a padded copy of the input), then a
 //! matrix product whose right-hand panels are packed from that copy on the fly ("lazy
@@ -20,8 +22,12 @@
 //! when the blocks are copied out to NCHW. The block is AVX2 + FMA intrinsics on x86-64,
 //! chosen at run time, and plain array arithmetic elsewhere (what the tests also check).
 //!
-//! [`substitute`] swaps the operator into a decluttered graph with concrete shapes, before
-//! tract's codegen; the graph the GPU executor walks keeps tract's `Conv`. `LoadedModel::load`
+//! A 1×1 kernel reads a scratch packed block by block instead (`[block][C][TILE]`, the
+//! normalisation and ReLU applied on the way in), so that each step of its sum reads one
+//! contiguous line.
+//!
+//! [`substitute`] and [`substitute_pointwise`] swap the operator into a decluttered graph with
+//! concrete shapes, before tract's codegen; the graph the GPU executor walks keeps tract's `Conv`. `LoadedModel::load`
 //! does so on x86-64 only (where it was measured); its tests run on every target.
 
 use std::cell::RefCell;

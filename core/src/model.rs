@@ -123,7 +123,8 @@ impl LoadedModel {
         }
         let one = HashMap::from([(batch.clone(), TDim::Val(1))]);
         // On x86-64, tract's depthwise convolutions give way to medinfer's (`depthwise`), and
-        // its dense ones with kernels above 1×1 to medinfer's direct convolution (`conv`), in
+        // its dense ones with kernels above 1×1, and 1×1 ones with a batch normalisation +
+        // ReLU before them, to medinfer's direct convolution (`conv`), in
         // the CPU plan only; `typed`, which the GPU executor walks, keeps them. Other targets
         // keep tract's: in the Spin component tract runs MobileNetV2's depthwise convolutions
         // channel-last, and with ours in the graph the model ran 12 % slower there; the direct
