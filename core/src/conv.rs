@@ -269,9 +269,9 @@ struct Layout {
     packed: bool,
     /// The blocks' buffer is `[panel][block][NR × TILE]` and threads share it by panels
     /// (each reads the whole image and its own weights), rather than `[block][channels][TILE]`
-    /// shared by blocks (each reads all the weights). By panels where there are panels enough
-    /// for every thread twice: with DenseNet-121's deep layers (196 or 49 positions, weights of
-    /// up to 0.5 MB) a thread's few blocks reread all the weights for little work.
+    /// shared by blocks (each reads its part of the image and all the weights). By panels
+    /// where that reads less: DenseNet-121's deep layers (49–196 positions, weights of up to
+    /// 0.5 MB), where a thread's few blocks would reread all the weights for little work.
     by_panel: bool,
 }
 
@@ -591,7 +591,14 @@ impl DirectConv {
         let [ih, iw] = self.input_hw;
         let [oh, ow] = self.output_hw;
         let mut layout = self.layout();
-        layout.by_panel = layout.channels / NR >= 2 * threads();
+        // What one thread reads, in values: by panels, the whole image and its share of the
+        // weights; by blocks, its share of the image and all the weights once per group of
+        // blocks it runs.
+        let (threads, weights) = (threads(), layout.channels * layout.offsets.len());
+        let groups = layout.tiles.div_ceil(threads * GROUP);
+        layout.by_panel = threads > 1
+            && layout.channels / NR >= threads
+            && layout.scratch + weights / threads < layout.scratch / threads + weights * groups;
         // Every read of every block stays inside the scratch: `tiles` reads unchecked.
         assert!(
             layout.offsets.iter().max().map_or(0, |m| m + (layout.tiles - 1) * layout.tile_stride)
