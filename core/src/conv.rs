@@ -35,7 +35,7 @@ use std::cell::RefCell;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::binary::TypedBinOp;
-use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec};
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
@@ -74,6 +74,16 @@ pub struct DirectConv {
 /// Replaces every `Conv` of `model` that [`DirectConv`] covers (f32, NCHW, OIHW kernel larger
 /// than 1×1, 2-D, one group, no dilation, concrete shapes) with it, in place. Returns how many.
 pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
+    replace_convs(model, DirectConv::for_conv)
+}
+
+/// Replaces, in place, every `Conv` of `model` (with its three inputs) for which `make` gives
+/// an operator, from the conv and the facts of its image, kernel, bias and output. Returns
+/// how many.
+pub(crate) fn replace_convs<O: TypedOp>(
+    model: &mut TypedModel,
+    make: impl Fn(&Conv, &TypedFact, &TypedFact, &TypedFact, &TypedFact) -> Option<O>,
+) -> TractResult<usize> {
     let mut replaced = 0;
     for id in 0..model.nodes().len() {
         let node = model.node(id);
@@ -85,12 +95,39 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
         let kernel = model.outlet_fact(node.inputs[1])?;
         let bias = model.outlet_fact(node.inputs[2])?;
         let output = model.outlet_fact(OutletId::new(id, 0))?;
-        if let Some(op) = DirectConv::for_conv(conv, input, kernel, bias, output) {
+        if let Some(op) = make(conv, input, kernel, bias, output) {
             model.node_mut(id).op = Box::new(op);
             replaced += 1;
         }
     }
     Ok(replaced)
+}
+
+/// The zero rows and columns before the image that `spec`'s padding asks for, for these
+/// sizes (a `Same` padding split as ONNX says); `None` for a spec of another rank. One as
+/// large as the kernel (outputs of bias only) is `None` too: left to tract, as real models
+/// have none.
+pub(crate) fn pad_before(
+    spec: &PoolSpec,
+    input_hw: [usize; 2],
+    output_hw: [usize; 2],
+    kernel_hw: [usize; 2],
+    strides: [usize; 2],
+) -> Option<[usize; 2]> {
+    let axis = |axis: usize| -> Option<usize> {
+        let same_total = ((output_hw[axis] - 1) * strides[axis] + kernel_hw[axis])
+            .saturating_sub(input_hw[axis]);
+        let before = match &spec.padding {
+            PaddingSpec::Valid => 0,
+            PaddingSpec::Explicit(before, _) | PaddingSpec::ExplicitOnnxPool(before, _, _) => {
+                *before.get(axis)?
+            }
+            PaddingSpec::SameUpper => same_total / 2,
+            PaddingSpec::SameLower => same_total - same_total / 2,
+        };
+        (before < kernel_hw[axis]).then_some(before)
+    };
+    Some([axis(0)?, axis(1)?])
 }
 
 /// Replaces each 1×1 convolution that declutter left as an `EinSum` (`NIHW,OI->NOHW`, f32,
@@ -345,23 +382,7 @@ impl DirectConv {
             return None;
         }
         let kernel_hw = [kh, kw];
-        let pad_before = |axis: usize| -> Option<usize> {
-            let same_total = ((output_hw[axis] - 1) * strides[axis] + kernel_hw[axis])
-                .saturating_sub(input_hw[axis]);
-            match &spec.padding {
-                PaddingSpec::Valid => Some(0),
-                PaddingSpec::Explicit(before, _) | PaddingSpec::ExplicitOnnxPool(before, _, _) => {
-                    before.get(axis).copied()
-                }
-                PaddingSpec::SameUpper => Some(same_total / 2),
-                PaddingSpec::SameLower => Some(same_total - same_total / 2),
-            }
-        };
-        let pad_before = [pad_before(0)?, pad_before(1)?];
-        // A padding as large as the kernel (outputs of bias only) is left to tract.
-        if pad_before[0] >= kh || pad_before[1] >= kw {
-            return None;
-        }
+        let pad_before = pad_before(spec, input_hw, output_hw, kernel_hw, strides)?;
         Some(DirectConv {
             input_channels: c,
             output_channels: m,
@@ -964,58 +985,60 @@ impl TypedOp for DirectConv {
     as_op!();
 }
 
+/// What this module's tests and [`crate::depthwise`]'s share.
 #[cfg(test)]
-mod tests {
+pub(crate) mod testing {
     use super::*;
-    use tract_onnx::tract_core::ops::cnn::PoolSpec;
 
-    /// A deterministic pseudo-random value in -1..1.
-    fn value(i: usize, salt: usize) -> f32 {
-        let h = (i as u64 ^ (salt as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
-            .wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        ((h >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-
-    struct Case {
-        n: usize,
-        c: usize,
-        m: usize,
-        hw: [usize; 2],
-        k: [usize; 2],
-        s: [usize; 2],
-        before: [usize; 2],
-        after: [usize; 2],
-        bias_per_channel: bool,
+    /// A convolution case: `n` images of `c` channels, `m` outputs, `group` groups.
+    pub struct Case {
+        pub n: usize,
+        pub c: usize,
+        pub m: usize,
+        pub group: usize,
+        pub hw: [usize; 2],
+        pub k: [usize; 2],
+        pub s: [usize; 2],
+        pub before: [usize; 2],
+        pub after: [usize; 2],
+        pub bias_per_channel: bool,
     }
 
     impl Case {
-        fn out(&self) -> [usize; 2] {
+        pub fn out(&self) -> [usize; 2] {
             [0, 1]
                 .map(|a| (self.hw[a] + self.before[a] + self.after[a] - self.k[a]) / self.s[a] + 1)
         }
-        fn data(&self) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        /// Input channels per group, the kernel's second dimension.
+        fn per_group(&self) -> usize {
+            self.c / self.group
+        }
+        pub fn data(&self) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
             let input =
                 (0..self.n * self.c * self.hw[0] * self.hw[1]).map(|i| value(i, 1)).collect();
-            let kernel =
-                (0..self.m * self.c * self.k[0] * self.k[1]).map(|i| value(i, 2)).collect();
+            let kernel = (0..self.m * self.per_group() * self.k[0] * self.k[1])
+                .map(|i| value(i, 2))
+                .collect();
             let bias =
                 (0..if self.bias_per_channel { self.m } else { 1 }).map(|i| value(i, 3)).collect();
             (input, kernel, bias)
         }
         /// The convolution in f64, straight from the definition.
-        fn oracle(&self) -> Vec<f64> {
+        pub fn oracle(&self) -> Vec<f64> {
             let (input, kernel, bias) = self.data();
             let [oh, ow] = self.out();
             let [h, w] = self.hw;
             let [kh, kw] = self.k;
+            let (per_group, outputs_per_group) = (self.per_group(), self.m / self.group);
             let mut out = Vec::new();
             for n in 0..self.n {
                 for o in 0..self.m {
+                    let first = o / outputs_per_group * per_group;
                     for y in 0..oh {
                         for x in 0..ow {
                             let mut sum =
                                 f64::from(bias[if self.bias_per_channel { o } else { 0 }]);
-                            for c in 0..self.c {
+                            for ci in 0..per_group {
                                 for ky in 0..kh {
                                     for kx in 0..kw {
                                         let iy =
@@ -1026,9 +1049,10 @@ mod tests {
                                         {
                                             continue;
                                         }
+                                        let c = first + ci;
                                         let v = input[((n * self.c + c) * h + iy as usize) * w
                                             + ix as usize];
-                                        let k = kernel[((o * self.c + c) * kh + ky) * kw + kx];
+                                        let k = kernel[((o * per_group + ci) * kh + ky) * kw + kx];
                                         sum += f64::from(v) * f64::from(k);
                                     }
                                 }
@@ -1041,13 +1065,13 @@ mod tests {
             out
         }
         /// A one-node graph holding tract's `Conv` for this case.
-        fn model(&self) -> TypedModel {
+        pub fn model(&self) -> TypedModel {
             let (_, kernel, bias) = self.data();
             let mut model = TypedModel::default();
             let x = model
                 .add_source("x", f32::fact([self.n, self.c, self.hw[0], self.hw[1]]))
                 .expect("source");
-            let shape = [self.m, self.c, self.k[0], self.k[1]];
+            let shape = [self.m, self.per_group(), self.k[0], self.k[1]];
             let k = model.add_const("k", tensor1(&kernel).into_shape(&shape).expect("k"));
             let k = k.expect("kernel");
             // A shared bias is a scalar in tract's Conv.
@@ -1067,14 +1091,16 @@ mod tests {
                     output_channels: self.m,
                 },
                 kernel_fmt: KernelFormat::OIHW,
-                group: 1,
+                group: self.group,
                 q_params: None,
             };
             let y = model.wire_node("conv", conv, &[x, k, b]).expect("conv");
             model.select_output_outlets(&y).expect("outputs");
             model
         }
-        fn run(&self, model: TypedModel) -> Vec<f32> {
+        /// Runs `model` (this case's, substituted or not) through tract's plan on the case's
+        /// input.
+        pub fn run(&self, model: TypedModel) -> Vec<f32> {
             let (input, _, _) = self.data();
             let input = tensor1(&input)
                 .into_shape(&[self.n, self.c, self.hw[0], self.hw[1]])
@@ -1084,6 +1110,30 @@ mod tests {
             out[0].try_as_plain_ram().and_then(|v| v.as_slice::<f32>()).expect("f32").to_vec()
         }
     }
+
+    /// A deterministic pseudo-random value in -1..1.
+    pub fn value(i: usize, salt: usize) -> f32 {
+        let h = (i as u64 ^ (salt as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
+            .wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        ((h >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// `got` within 1e-5 (relative, plus as much absolute) of the f64 `want`.
+    pub fn assert_close(what: &str, got: &[f32], want: &[f64]) {
+        assert_eq!(got.len(), want.len(), "{what}: length");
+        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (f64::from(g) - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                "{what}: element {i}: {g} against {w}"
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::testing::{Case, assert_close, value};
+    use super::*;
 
     #[allow(clippy::too_many_arguments)]
     fn case(
@@ -1097,7 +1147,7 @@ mod tests {
         after: [usize; 2],
         bias_per_channel: bool,
     ) -> Case {
-        Case { n, c, m, hw, k, s, before, after, bias_per_channel }
+        Case { n, c, m, group: 1, hw, k, s, before, after, bias_per_channel }
     }
 
     fn cases() -> Vec<Case> {
@@ -1120,16 +1170,6 @@ mod tests {
             case(1, 3, 4, [3, 3], [2, 2], [1, 1], [0, 0], [0, 0], true),
             case(1, 1, 1, [4, 9], [1, 2], [1, 1], [0, 1], [0, 0], true),
         ]
-    }
-
-    fn assert_close(what: &str, got: &[f32], want: &[f64]) {
-        assert_eq!(got.len(), want.len(), "{what}: length");
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            assert!(
-                (f64::from(g) - w).abs() <= 1e-5 * (1.0 + w.abs()),
-                "{what}: element {i}: {g} against {w}"
-            );
-        }
     }
 
     /// Through tract's optimiser and plan, substituted and not: both match the f64 oracle,

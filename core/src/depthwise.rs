@@ -22,7 +22,7 @@
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
-use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec};
+use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 /// Lanes of the narrowest output block: rows are padded up to a multiple of it.
@@ -46,23 +46,7 @@ pub struct DepthwiseConv {
 /// Replaces every depthwise `Conv` of `model` that [`DepthwiseConv`] covers (f32, NCHW, OIHW
 /// kernel, 2-D, no dilation, concrete shapes) with it, in place. Returns how many.
 pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
-    let mut replaced = 0;
-    for id in 0..model.nodes().len() {
-        let node = model.node(id);
-        let Some(conv) = node.op_as::<Conv>() else { continue };
-        if node.inputs.len() != 3 {
-            continue;
-        }
-        let input = model.outlet_fact(node.inputs[0])?;
-        let kernel = model.outlet_fact(node.inputs[1])?;
-        let bias = model.outlet_fact(node.inputs[2])?;
-        let output = model.outlet_fact(OutletId::new(id, 0))?;
-        if let Some(op) = DepthwiseConv::for_conv(conv, input, kernel, bias, output) {
-            model.node_mut(id).op = Box::new(op);
-            replaced += 1;
-        }
-    }
-    Ok(replaced)
+    crate::conv::replace_convs(model, DepthwiseConv::for_conv)
 }
 
 impl DepthwiseConv {
@@ -115,26 +99,8 @@ impl DepthwiseConv {
             return None;
         }
         let kernel_hw = [kh, kw];
-        // Zero rows and columns before the image, per axis.
-        let pad_before = |axis: usize| -> Option<usize> {
-            // What a `Same` padding needs in all, split as ONNX says.
-            let same_total = ((output_hw[axis] - 1) * strides[axis] + kernel_hw[axis])
-                .saturating_sub(input_hw[axis]);
-            match &spec.padding {
-                PaddingSpec::Valid => Some(0),
-                PaddingSpec::Explicit(before, _) | PaddingSpec::ExplicitOnnxPool(before, _, _) => {
-                    before.get(axis).copied()
-                }
-                PaddingSpec::SameUpper => Some(same_total / 2),
-                PaddingSpec::SameLower => Some(same_total - same_total / 2),
-            }
-        };
-        let pad_before = [pad_before(0)?, pad_before(1)?];
-        // A padding as large as the kernel (output rows or columns of bias only) is left to
-        // tract: real models have none and the tests do not cover it.
-        if pad_before[0] >= kh || pad_before[1] >= kw {
-            return None;
-        }
+        let pad_before =
+            crate::conv::pad_before(&conv.pool_spec, input_hw, output_hw, kernel_hw, strides)?;
         Some(DepthwiseConv { channels: c, input_hw, output_hw, kernel_hw, strides, pad_before })
     }
 
@@ -412,125 +378,14 @@ impl TypedOp for DepthwiseConv {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tract_onnx::tract_core::ops::cnn::PoolSpec;
-
-    /// A deterministic pseudo-random value in -1..1.
-    fn value(i: usize, salt: usize) -> f32 {
-        let h = (i as u64 ^ (salt as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15))
-            .wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        ((h >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-    }
-
-    struct Case {
-        n: usize,
-        c: usize,
-        hw: [usize; 2],
-        k: [usize; 2],
-        s: [usize; 2],
-        before: [usize; 2],
-        after: [usize; 2],
-        bias_per_channel: bool,
-    }
-
-    impl Case {
-        fn out(&self) -> [usize; 2] {
-            [0, 1]
-                .map(|a| (self.hw[a] + self.before[a] + self.after[a] - self.k[a]) / self.s[a] + 1)
-        }
-        fn data(&self) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
-            let input =
-                (0..self.n * self.c * self.hw[0] * self.hw[1]).map(|i| value(i, 1)).collect();
-            let kernel = (0..self.c * self.k[0] * self.k[1]).map(|i| value(i, 2)).collect();
-            let bias =
-                (0..if self.bias_per_channel { self.c } else { 1 }).map(|i| value(i, 3)).collect();
-            (input, kernel, bias)
-        }
-        /// The convolution in f64, straight from the definition.
-        fn oracle(&self) -> Vec<f64> {
-            let (input, kernel, bias) = self.data();
-            let [oh, ow] = self.out();
-            let [h, w] = self.hw;
-            let mut out = Vec::new();
-            for n in 0..self.n {
-                for c in 0..self.c {
-                    for y in 0..oh {
-                        for x in 0..ow {
-                            let mut sum =
-                                f64::from(bias[if self.bias_per_channel { c } else { 0 }]);
-                            for ky in 0..self.k[0] {
-                                for kx in 0..self.k[1] {
-                                    let iy =
-                                        (y * self.s[0] + ky) as isize - self.before[0] as isize;
-                                    let ix =
-                                        (x * self.s[1] + kx) as isize - self.before[1] as isize;
-                                    if iy < 0 || ix < 0 || iy >= h as isize || ix >= w as isize {
-                                        continue;
-                                    }
-                                    let v = input
-                                        [((n * self.c + c) * h + iy as usize) * w + ix as usize];
-                                    let k = kernel[(c * self.k[0] + ky) * self.k[1] + kx];
-                                    sum += f64::from(v) * f64::from(k);
-                                }
-                            }
-                            out.push(sum);
-                        }
-                    }
-                }
-            }
-            out
-        }
-        /// A one-node graph holding tract's depthwise `Conv` for this case.
-        fn model(&self) -> TypedModel {
-            let (_, kernel, bias) = self.data();
-            let mut model = TypedModel::default();
-            let x = model
-                .add_source("x", f32::fact([self.n, self.c, self.hw[0], self.hw[1]]))
-                .expect("source");
-            let k = model
-                .add_const(
-                    "k",
-                    tensor1(&kernel).into_shape(&[self.c, 1, self.k[0], self.k[1]]).expect("k"),
-                )
-                .expect("kernel");
-            // A shared bias is a scalar in tract's Conv.
-            let bias = if self.bias_per_channel { tensor1(&bias) } else { tensor0(bias[0]) };
-            let b = model.add_const("b", bias).expect("bias");
-            let conv = Conv {
-                pool_spec: PoolSpec {
-                    data_format: DataFormat::NCHW,
-                    kernel_shape: self.k.iter().copied().collect(),
-                    padding: PaddingSpec::Explicit(
-                        self.before.iter().copied().collect(),
-                        self.after.iter().copied().collect(),
-                    ),
-                    dilations: None,
-                    strides: Some(self.s.iter().copied().collect()),
-                    input_channels: self.c,
-                    output_channels: self.c,
-                },
-                kernel_fmt: KernelFormat::OIHW,
-                group: self.c,
-                q_params: None,
-            };
-            let y = model.wire_node("conv", conv, &[x, k, b]).expect("conv");
-            model.select_output_outlets(&y).expect("outputs");
-            model
-        }
-        fn run(&self, model: TypedModel) -> Vec<f32> {
-            let (input, _, _) = self.data();
-            let input = tensor1(&input)
-                .into_shape(&[self.n, self.c, self.hw[0], self.hw[1]])
-                .expect("input");
-            let plan = model.into_optimized().and_then(|m| m.into_runnable()).expect("plan");
-            let out = plan.run(tvec!(input.into_tvalue())).expect("run");
-            out[0].try_as_plain_ram().and_then(|v| v.as_slice::<f32>()).expect("f32").to_vec()
-        }
-    }
+    use crate::conv::testing::{Case, assert_close};
 
     fn cases() -> Vec<Case> {
         let case = |n, c, hw, k, s, before, after, bias_per_channel| Case {
             n,
             c,
+            m: c,
+            group: c,
             hw,
             k,
             s,
@@ -553,16 +408,6 @@ mod tests {
             case(1, 3, [8, 8], [3, 3], [1, 1], [0, 0], [0, 0], false),
             case(1, 2, [5, 67], [2, 7], [3, 2], [1, 3], [1, 3], true),
         ]
-    }
-
-    fn assert_close(what: &str, got: &[f32], want: &[f64]) {
-        assert_eq!(got.len(), want.len(), "{what}: length");
-        for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
-            assert!(
-                (f64::from(g) - w).abs() <= 1e-5 * (1.0 + w.abs()),
-                "{what}: element {i}: {g} against {w}"
-            );
-        }
     }
 
     /// Through tract's optimiser and plan, substituted and not: both match the f64 oracle,
@@ -610,6 +455,8 @@ mod tests {
         let case = Case {
             n: 2,
             c: 12,
+            m: 12,
+            group: 12,
             hw: [56, 56],
             k: [3, 3],
             s: [1, 1],
