@@ -581,7 +581,8 @@ impl DirectConv {
         }
     }
 
-    /// Computes the blocks `first..` of one padded image into `blocks` (`[tile][channels][TILE]`).
+    /// Computes one chunk of the blocks' buffer for one scratch image: whole blocks from
+    /// block `first`, or whole panels from panel `first` where the layout shares by panel.
     fn run_tiles(
         &self,
         image: &[f32],

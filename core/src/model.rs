@@ -122,14 +122,14 @@ impl LoadedModel {
             });
         }
         let one = HashMap::from([(batch.clone(), TDim::Val(1))]);
-        // On x86-64, tract's depthwise convolutions give way to medinfer's (`depthwise`), and
-        // its dense ones with kernels above 1×1, and 1×1 ones with a batch normalisation +
-        // ReLU before them, to medinfer's direct convolution (`conv`), in
-        // the CPU plan only; `typed`, which the GPU executor walks, keeps them. Other targets
-        // keep tract's: in the Spin component tract runs MobileNetV2's depthwise convolutions
-        // channel-last, and with ours in the graph the model ran 12 % slower there; the direct
-        // convolution is AVX2 code (its portable form is for tests and old CPUs); aarch64 is
-        // not measured.
+        // On x86-64, in the CPU plan only (`typed`, which the GPU executor walks, keeps
+        // tract's ops), tract's depthwise convolutions give way to medinfer's (`depthwise`),
+        // and its dense ones with kernels above 1×1, and the 1×1 ones with a batch
+        // normalisation + ReLU before them, to medinfer's direct convolution (`conv`). Other
+        // targets keep tract's: in the Spin component tract runs MobileNetV2's depthwise
+        // convolutions channel-last, and with ours in the graph the model ran 12 % slower
+        // there; the direct convolution's fast path is AVX2 (its portable form is for tests
+        // and old CPUs); aarch64 is not measured.
         let plan = typed
             .set_symbols(&one)
             .and_then(|mut m| {
