@@ -50,7 +50,8 @@ const K_STEP: usize = 256;
 const GROUP: usize = 8;
 
 /// A convolution over NCHW f32 images with one group. Inputs: the image `[N, C, H, W]`, the
-/// kernel `[M, C, KH, KW]` (ONNX's OIHW) and the bias (`M` values, or one for every channel).
+/// kernel (ONNX's OIHW `[M, C, KH, KW]`, packed by [`DirectConv::pack`] when the graph is
+/// rewritten) and the bias (`M` values, or one for every channel).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DirectConv {
     input_channels: usize,
@@ -71,15 +72,41 @@ pub struct DirectConv {
     relu: bool,
 }
 
-/// Replaces every `Conv` of `model` that [`DirectConv`] covers (f32, NCHW, OIHW kernel larger
-/// than 1×1, 2-D, one group, no dilation, concrete shapes) with it, in place. Returns how many.
+/// Replaces every `Conv` of `model` that [`DirectConv`] covers (f32, NCHW, constant OIHW
+/// kernel larger than 1×1, 2-D, one group, no dilation, concrete shapes) with it, the kernel
+/// packed once here rather than at every run. Returns how many.
 pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
-    replace_convs(model, DirectConv::for_conv)
+    let mut replaced = 0;
+    for id in 0..model.nodes().len() {
+        let node = model.node(id);
+        let Some(conv) = node.op_as::<Conv>() else { continue };
+        if node.inputs.len() != 3 {
+            continue;
+        }
+        let facts = |i: usize| model.outlet_fact(node.inputs[i]);
+        let output = model.outlet_fact(OutletId::new(id, 0))?;
+        let Some(op) = DirectConv::for_conv(conv, facts(0)?, facts(1)?, facts(2)?, output) else {
+            continue;
+        };
+        let Some(kernel) = constant(model, node.inputs[1])? else { continue };
+        let mut patch = TypedModelPatch::default();
+        let input = patch.tap_model(model, node.inputs[0])?;
+        let bias = patch.tap_model(model, node.inputs[2])?;
+        let packed = patch.add_const(format!("{}.medinfer.kernel", node.name), op.pack(&kernel))?;
+        let wire = patch.wire_node(node.name.clone(), op, &[input, packed, bias])?;
+        patch.shunt_outside(model, OutletId::new(id, 0), wire[0])?;
+        patch.apply(model)?;
+        replaced += 1;
+    }
+    if replaced > 0 {
+        model.compact()?;
+    }
+    Ok(replaced)
 }
 
 /// Replaces, in place, every `Conv` of `model` (with its three inputs) for which `make` gives
 /// an operator, from the conv and the facts of its image, kernel, bias and output. Returns
-/// how many.
+/// how many. (What [`crate::depthwise`] does; [`substitute`] also rewires the kernel.)
 pub(crate) fn replace_convs<O: TypedOp>(
     model: &mut TypedModel,
     make: impl Fn(&Conv, &TypedFact, &TypedFact, &TypedFact, &TypedFact) -> Option<O>,
@@ -273,7 +300,7 @@ fn pointwise_patch(model: &TypedModel, id: usize) -> TractResult<Option<TypedMod
     let konst = |patch: &mut TypedModelPatch, what: &str, v: &[f32], shape: &[usize]| {
         patch.add_const(format!("{name}.medinfer.{what}"), tensor1(v).into_shape(shape)?)
     };
-    let kernel = konst(&mut patch, "kernel", &weights, &[o, c, 1, 1])?;
+    let kernel = patch.add_const(format!("{name}.medinfer.kernel"), op.pack(&weights))?;
     let bias = konst(&mut patch, "bias", &bias, &[bias.len()])?;
     let scale = konst(&mut patch, "scale", &scale, &[c])?;
     let shift = konst(&mut patch, "shift", &shift, &[c])?;
@@ -312,12 +339,11 @@ struct Layout {
     by_panel: bool,
 }
 
-/// A thread's reusable buffers: the padded image, the blocks, the packed weights.
+/// A thread's reusable buffers: the padded image and the blocks.
 #[derive(Default)]
 struct Buffers {
     image: Vec<f32>,
     blocks: Vec<f32>,
-    weights: Vec<f32>,
 }
 
 thread_local! {
@@ -511,23 +537,23 @@ impl DirectConv {
         scratch: &mut [f32],
         layout: &Layout,
         affine: Option<(&[f32], &[f32])>,
-    ) {
+    ) -> TractResult<()> {
         let [ih, iw] = self.input_hw;
         let [sh, sw] = self.strides;
         if layout.packed {
             let block = layout.tile_stride;
-            share(&mut scratch[..layout.scratch], block, layout.scratch, |first, chunk| {
+            return share(&mut scratch[..layout.scratch], block, layout.scratch, |first, chunk| {
                 self.pack_blocks(image, chunk, layout, first, affine)
             });
-            return;
         }
         let planes = sh * sw * layout.rows * layout.width;
         let (used, tail) = scratch.split_at_mut(self.input_channels * planes);
         share(used, planes, used.len(), |first, chunk| {
             let affine = affine.map(|(a, b)| (&a[first..], &b[first..]));
             self.pad_channels(&image[first * ih * iw..], chunk, layout, affine)
-        });
+        })?;
         tail.fill(0.0);
+        Ok(())
     }
 
     /// Writes blocks `first..` of a packed scratch (`[block][C][TILE]`, as many blocks as
@@ -567,6 +593,15 @@ impl DirectConv {
         }
     }
 
+    /// The OIHW kernel packed as [`DirectConv::pack_weights`] does: what the operator's kernel
+    /// input holds.
+    fn pack(&self, kernel: &[f32]) -> Tensor {
+        let layout = self.layout();
+        let mut packed = vec![0f32; layout.channels * layout.offsets.len()];
+        self.pack_weights(kernel, &mut packed, &layout);
+        tensor1(&packed)
+    }
+
     /// Packs the OIHW kernel as panels of [`NR`] output channels, `[panel][k][NR]`, zero for
     /// the channels past `M` in the last panel.
     fn pack_weights(&self, kernel: &[f32], packed: &mut [f32], layout: &Layout) {
@@ -601,61 +636,61 @@ impl DirectConv {
     }
 
     /// Convolves `n` images, each `C × H × W` in `input`, into `output` (`n × M × OH × OW`).
-    /// `affine`: the prologue's scale and shift (`C` values each), where it has one.
+    /// `weights`: the packed kernel; `affine`: the prologue's scale and shift (`C` values
+    /// each), where it has one.
     fn run(
         &self,
         input: &[f32],
-        kernel: &[f32],
+        weights: &[f32],
         bias: &[f32],
         affine: Option<(&[f32], &[f32])>,
         output: &mut [f32],
-    ) {
+    ) -> TractResult<()> {
         let [ih, iw] = self.input_hw;
         let [oh, ow] = self.output_hw;
         let mut layout = self.layout();
         // What one thread reads, in values: by panels, the whole image and its share of the
         // weights; by blocks, its share of the image and all the weights once per group of
         // blocks it runs.
-        let (threads, weights) = (threads(), layout.channels * layout.offsets.len());
+        let (threads, all) = (threads(), weights.len());
         let groups = layout.tiles.div_ceil(threads * GROUP);
         layout.by_panel = threads > 1
             && layout.channels / NR >= threads
-            && layout.scratch + weights / threads < layout.scratch / threads + weights * groups;
+            && layout.scratch + all / threads < layout.scratch / threads + all * groups;
         // Every read of every block stays inside the scratch: `tiles` reads unchecked.
-        assert!(
-            layout.offsets.iter().max().map_or(0, |m| m + (layout.tiles - 1) * layout.tile_stride)
-                + TILE
-                <= layout.scratch,
-            "direct convolution scratch too small"
-        );
+        let reach =
+            layout.offsets.iter().max().map_or(0, |m| m + (layout.tiles - 1) * layout.tile_stride);
+        if reach + TILE > layout.scratch {
+            bail!("{}: scratch smaller than the blocks' reach", self.name());
+        }
         // Taken out of the thread's slot for the call (and put back after), so that a
         // convolution started on this thread while this one runs would find it empty, not
         // borrowed.
         let mut buffers = BUFFERS.take();
-        {
-            let Buffers { image, blocks, weights } = &mut buffers;
+        let result = (|| -> TractResult<()> {
+            let Buffers { image, blocks } = &mut buffers;
             let image = at_least(image, layout.scratch);
             let blocks = at_least(blocks, layout.tiles * layout.channels * TILE);
-            let weights = at_least(weights, layout.channels * layout.offsets.len());
-            self.pack_weights(kernel, weights, &layout);
             let image_in = self.input_channels * ih * iw;
             let image_out = self.output_channels * oh * ow;
             for (src, dst) in input.chunks_exact(image_in).zip(output.chunks_exact_mut(image_out)) {
-                self.pad_image(src, image, &layout, affine);
-                let (image, weights, layout) = (&*image, &*weights, &layout);
+                self.pad_image(src, image, &layout, affine)?;
+                let (image, weights, layout) = (&*image, weights, &layout);
                 let work = image_out * layout.offsets.len();
                 let row =
                     if layout.by_panel { layout.tiles * NR * TILE } else { layout.channels * TILE };
                 share(blocks, row, work, |first, chunk| {
                     self.run_tiles(image, weights, layout, first, chunk)
-                });
+                })?;
                 let blocks = &*blocks;
                 share(dst, oh * ow, image_out, |first, planes| {
                     self.unpack(blocks, bias, layout, first, planes)
-                });
+                })?;
             }
-        }
+            Ok(())
+        })();
         BUFFERS.set(buffers);
+        result
     }
 
     /// Copies the valid positions of the blocks out as `OH × OW` planes, adding the bias (then
@@ -705,17 +740,22 @@ fn threads() -> usize {
 /// Runs `f(first, chunk)` over `out` in chunks of whole rows (`row` values each; `first` is
 /// the chunk's first row), side by side on tract's executor where it has threads and `work`
 /// (values touched) is worth sharing, else once over all of `out`.
-fn share(out: &mut [f32], row: usize, work: usize, f: impl Fn(usize, &mut [f32]) + Sync + Send) {
+fn share(
+    out: &mut [f32],
+    row: usize,
+    work: usize,
+    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+) -> TractResult<()> {
     #[cfg(feature = "threads")]
-    tract_linalg::multithread::par_chunks_mut(out, row, work, |first, chunk| {
+    return tract_linalg::multithread::par_chunks_mut(out, row, work, |first, chunk| {
         f(first, chunk);
         Ok(())
-    })
-    .expect("the closure does not fail");
+    });
     #[cfg(not(feature = "threads"))]
     {
         let _ = (row, work);
         f(0, out);
+        Ok(())
     }
 }
 
@@ -949,7 +989,7 @@ impl EvalOp for DirectConv {
         let [kh, kw] = self.kernel_hw;
         let (c, m) = (self.input_channels, self.output_channels);
         if input.len() % (c * ih * iw) != 0
-            || kernel.len() != m * c * kh * kw
+            || kernel.len() != m.next_multiple_of(NR) * c * kh * kw
             || (bias.len() != m && bias.len() != 1)
         {
             bail!("{}: inputs of unexpected sizes", self.name());
@@ -958,7 +998,7 @@ impl EvalOp for DirectConv {
         // SAFETY: f32 has no invalid bit patterns, and `run` writes every element.
         let mut output = unsafe { Tensor::uninitialized::<f32>(&[n, m, oh, ow])? };
         let mut view = output.try_as_plain_ram_mut()?;
-        self.run(input, kernel, bias, affine, view.as_slice_mut::<f32>()?);
+        self.run(input, kernel, bias, affine, view.as_slice_mut::<f32>()?)?;
         Ok(tvec!(output.into_tvalue()))
     }
 }
@@ -1215,7 +1255,7 @@ mod tests {
                 let image_in = case.c * case.hw[0] * case.hw[1];
                 for (src, dst) in input.chunks_exact(image_in).zip(out.chunks_exact_mut(per_image))
                 {
-                    op.pad_image(src, &mut image, &layout, None);
+                    op.pad_image(src, &mut image, &layout, None).expect("pad");
                     tiles_portable(&image, &weights, &layout, 0, &mut blocks);
                     op.unpack(&blocks, &bias, &layout, 0, dst);
                 }

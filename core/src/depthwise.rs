@@ -115,7 +115,14 @@ impl DepthwiseConv {
     /// Convolves `input` (whole `H × W` planes, the first of them plane `first` of the
     /// `[N, C]` planes) into `output` (as many `OH × OW` planes). `kernel` holds
     /// `C · KH · KW` taps, `bias` `C` values or one.
-    fn run(&self, input: &[f32], first: usize, kernel: &[f32], bias: &[f32], output: &mut [f32]) {
+    fn run(
+        &self,
+        input: &[f32],
+        first: usize,
+        kernel: &[f32],
+        bias: &[f32],
+        output: &mut [f32],
+    ) -> TractResult<()> {
         #[cfg(target_arch = "x86_64")]
         if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
@@ -136,7 +143,7 @@ impl DepthwiseConv {
         kernel: &[f32],
         bias: &[f32],
         output: &mut [f32],
-    ) {
+    ) -> TractResult<()> {
         self.planes::<8, true>(input, first, kernel, bias, output)
     }
 
@@ -151,7 +158,7 @@ impl DepthwiseConv {
         kernel: &[f32],
         bias: &[f32],
         output: &mut [f32],
-    ) {
+    ) -> TractResult<()> {
         let [ih, iw] = self.input_hw;
         let [oh, ow] = self.output_hw;
         let [kh, kw] = self.kernel_hw;
@@ -173,7 +180,9 @@ impl DepthwiseConv {
             .iter()
             .max()
             .map_or(0, |m| m + (oh - 1) * row_step + ow.next_multiple_of(LANES));
-        assert!(reach <= scratch.len(), "depthwise scratch too small");
+        if reach > scratch.len() {
+            bail!("{}: scratch smaller than the blocks' reach", self.name());
+        }
         let taps = kh * kw;
         for (plane, (src, dst)) in
             input.chunks_exact(ih * iw).zip(output.chunks_exact_mut(oh * ow)).enumerate()
@@ -206,6 +215,7 @@ impl DepthwiseConv {
                 y += block_rows;
             }
         }
+        Ok(())
     }
 
     /// Writes `src` (one `H × W` plane) into `scratch` as `phases × rows × width`: padded
@@ -344,12 +354,11 @@ impl EvalOp for DepthwiseConv {
         {
             let total = planes.len();
             tract_linalg::multithread::par_chunks_mut(planes, oh * ow, total, |first, chunk| {
-                self.run(&input[first * ih * iw..], first, kernel, bias, chunk);
-                Ok(())
+                self.run(&input[first * ih * iw..], first, kernel, bias, chunk)
             })?;
         }
         #[cfg(not(feature = "threads"))]
-        self.run(input, 0, kernel, bias, planes);
+        self.run(input, 0, kernel, bias, planes)?;
         Ok(tvec!(output.into_tvalue()))
     }
 }
@@ -440,7 +449,7 @@ mod tests {
             let (input, kernel, bias) = case.data();
             let [oh, ow] = case.out();
             let mut out = vec![f32::NAN; case.n * case.c * oh * ow];
-            op.planes::<4, false>(&input, 0, &kernel, &bias, &mut out);
+            op.planes::<4, false>(&input, 0, &kernel, &bias, &mut out).expect("planes");
             assert_close(&format!("case {i}, portable"), &out, &case.oracle());
         }
     }
