@@ -14,21 +14,24 @@
 //! scratch, split into `sh × sw` phase planes when strided (as in [`crate::depthwise`]), so
 //! that an output position `p = y · Wq + x` (`Wq` the phase planes' width; the columns from
 //! `OW` to `Wq` are computed and dropped) reads tap `(c, ky, kx)` at `p` plus a fixed offset.
-//! A block is then [`TILE`] consecutive positions — two vectors of 8 read straight from the
-//! scratch at each tap — times [`NR`] output channels whose weights are broadcast: 12
-//! accumulators, no gather. The sum over taps runs in steps of [`K_STEP`] so that the input
+//! A block is then [`TILE`] consecutive positions — on x86-64 two vectors of 8 read straight
+//! from the scratch at each tap — times [`NR`] output channels whose weights are broadcast: 12
+//! accumulators, no gather (on wasm 8 positions × 4 channels, 8 accumulators). The sum over taps runs in steps of [`K_STEP`] so that the input
 //! rows a step reads stay in L1 across the panels of output channels; the padding, the blocks
 //! and the copy out are shared on tract's executor where it has threads. The bias is added
 //! when the blocks are copied out to NCHW. The block is AVX2 + FMA intrinsics on x86-64,
-//! chosen at run time, and plain array arithmetic elsewhere (what the tests also check).
+//! chosen at run time, wasm SIMD intrinsics on wasm32 with SIMD, and plain array arithmetic
+//! elsewhere (what the tests also check).
 //!
 //! A 1×1 kernel reads a scratch packed block by block instead (`[block][C][TILE]`, the
 //! normalisation and ReLU applied on the way in), so that each step of its sum reads one
 //! contiguous line.
 //!
 //! [`substitute`] and [`substitute_pointwise`] swap the operator into a decluttered graph with
-//! concrete shapes, before tract's codegen; the graph the GPU executor walks keeps tract's `Conv`. `LoadedModel::load`
-//! does so on x86-64 only (where it was measured); its tests run on every target.
+//! concrete shapes, before tract's codegen; the graph the GPU executor walks keeps tract's
+//! `Conv`. `LoadedModel::load` does so where it was measured faster: both on x86-64,
+//! [`substitute`] alone in the browser builds (wasm SIMD, [`block_wasm`]: 4 channels × 8
+//! positions). The tests run on every target, wasip2 included.
 
 use std::cell::RefCell;
 
@@ -40,9 +43,17 @@ use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 /// Output channels per block: weights broadcast from one panel row each step.
+#[cfg(not(target_arch = "wasm32"))]
 const NR: usize = 6;
 /// Output positions per block: two vectors of 8.
+#[cfg(not(target_arch = "wasm32"))]
 const TILE: usize = 16;
+/// wasm: [`block_wasm`]'s 4 channels × 8 positions, whose 8 accumulators, 2 image vectors and
+/// a broadcast fit the 16 vector registers of x86 hosts (V8's and Cranelift's).
+#[cfg(target_arch = "wasm32")]
+const NR: usize = 4;
+#[cfg(target_arch = "wasm32")]
+const TILE: usize = 8;
 /// Steps of the sum (input channel × tap) per pass over a block.
 const K_STEP: usize = 256;
 /// Blocks that pass over a panel's weights in turn (their image lines, `K_STEP` × 64 bytes
@@ -632,6 +643,12 @@ impl DirectConv {
             // SAFETY: the CPU has AVX2 and FMA, the features `tiles_avx2` is compiled for.
             return unsafe { tiles_avx2(image, weights, layout, first, blocks) };
         }
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        tiles(image, weights, layout, first, blocks, |image, p, offsets, weights, acc, first| {
+            // SAFETY: `tiles` vouches for the reach.
+            unsafe { block_wasm(image, p, offsets, weights, acc, first) }
+        });
+        #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
         tiles_portable(image, weights, layout, first, blocks)
     }
 
@@ -776,7 +793,8 @@ unsafe fn tiles_avx2(
     })
 }
 
-/// [`tiles`] with the portable [`block`].
+/// [`tiles`] with the portable [`block`] (on wasm SIMD, for the tests only).
+#[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
 fn tiles_portable(image: &[f32], weights: &[f32], layout: &Layout, first: usize, out: &mut [f32]) {
     tiles(image, weights, layout, first, out, |image, p, offsets, weights, acc, first| {
         // SAFETY: `tiles` vouches for the reach.
@@ -836,6 +854,7 @@ fn tiles(
 ///
 /// # Safety
 /// `p + max(offsets) + TILE` must not exceed `image.len()`.
+#[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
 #[inline(always)]
 unsafe fn block(
     image: &[f32],
@@ -1024,6 +1043,58 @@ impl TypedOp for DirectConv {
     }
 
     as_op!();
+}
+
+/// [`block`] in wasm SIMD: the block's [`NR`] × [`TILE`] / 4 sums are `v128` values that the
+/// engine keeps in registers, each step two image vectors and [`NR`] broadcast weights, the
+/// multiply-add fused where the build allows it (as [`crate::wasm_mmm`]'s kernel).
+///
+/// # Safety
+/// As [`block`].
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+#[inline(always)]
+unsafe fn block_wasm(
+    image: &[f32],
+    p: usize,
+    offsets: &[usize],
+    weights: &[f32],
+    acc: &mut [f32],
+    first: bool,
+) {
+    use std::arch::wasm32::*;
+    const V: usize = TILE / 4;
+    assert!(acc.len() >= NR * TILE && weights.len() >= offsets.len() * NR);
+    let a = acc.as_mut_ptr();
+    // SAFETY: `acc` holds NR × TILE values and `weights` NR per step (asserted); the image
+    // reads are the caller's contract; wasm loads need no alignment.
+    unsafe {
+        let mut sums = [[f32x4_splat(0.0); V]; NR];
+        if !first {
+            for (r, s) in sums.iter_mut().enumerate() {
+                for (v, s) in s.iter_mut().enumerate() {
+                    *s = v128_load(a.add(r * TILE + v * 4).cast());
+                }
+            }
+        }
+        let base = image.as_ptr().add(p);
+        let mut w = weights.as_ptr();
+        for &offset in offsets {
+            let x = base.add(offset);
+            let x: [v128; V] = std::array::from_fn(|v| v128_load(x.add(v * 4).cast()));
+            for (r, s) in sums.iter_mut().enumerate() {
+                let b = v128_load32_splat(w.add(r).cast());
+                for (s, &x) in s.iter_mut().zip(&x) {
+                    *s = crate::wasm_mmm::madd(*s, b, x);
+                }
+            }
+            w = w.add(NR);
+        }
+        for (r, s) in sums.iter().enumerate() {
+            for (v, &s) in s.iter().enumerate() {
+                v128_store(a.add(r * TILE + v * 4).cast(), s);
+            }
+        }
+    }
 }
 
 /// What this module's tests and [`crate::depthwise`]'s share.

@@ -122,20 +122,28 @@ impl LoadedModel {
             });
         }
         let one = HashMap::from([(batch.clone(), TDim::Val(1))]);
-        // On x86-64, in the CPU plan only (`typed`, which the GPU executor walks, keeps
-        // tract's ops), tract's depthwise convolutions give way to medinfer's (`depthwise`),
-        // and its dense ones with kernels above 1×1, and the 1×1 ones with a batch
-        // normalisation + ReLU before them, to medinfer's direct convolution (`conv`). Other
-        // targets keep tract's: in the Spin component tract runs MobileNetV2's depthwise
-        // convolutions channel-last, and with ours in the graph the model ran 12 % slower
-        // there; the direct convolution's fast path is AVX2 (its portable form is for tests
-        // and old CPUs); aarch64 is not measured.
+        // In the CPU plan only (`typed`, which the GPU executor walks, keeps tract's ops),
+        // where each was measured faster than tract's (BENCHMARKS.md): on x86-64, tract's
+        // depthwise convolutions give way to medinfer's (`depthwise`), its dense ones with
+        // kernels above 1×1 and the 1×1 ones with a batch normalisation + ReLU before them to
+        // medinfer's direct convolution (`conv`); in the browser builds (wasm32-unknown-unknown,
+        // SIMD) the dense ones above 1×1 only. The Spin component (wasip2) keeps tract's: under
+        // Cranelift the direct convolution's wasm block made DenseNet-121 15 % slower, and
+        // with our depthwise convolutions MobileNetV2 ran 12 % slower; the fused 1×1 form was
+        // slower in the SIMD128 browser build; aarch64 is not measured.
         let plan = typed
             .set_symbols(&one)
             .and_then(|mut m| {
                 if cfg!(target_arch = "x86_64") {
                     crate::depthwise::substitute(&mut m)?;
+                }
+                if cfg!(any(
+                    target_arch = "x86_64",
+                    all(target_arch = "wasm32", target_os = "unknown", target_feature = "simd128")
+                )) {
                     crate::conv::substitute(&mut m)?;
+                }
+                if cfg!(target_arch = "x86_64") {
                     crate::conv::substitute_pointwise(&mut m)?;
                 }
                 Ok(m)

@@ -49,13 +49,13 @@ pub const NAME: &str = "medinfer_wasm_f32_4x8";
 /// as tract's own kernel does there.
 #[cfg(not(all(target_feature = "relaxed-simd", not(target_os = "wasi"))))]
 #[inline(always)]
-fn madd(acc: v128, a: v128, b: v128) -> v128 {
+pub(crate) fn madd(acc: v128, a: v128, b: v128) -> v128 {
     f32x4_add(acc, f32x4_mul(a, b))
 }
 
 #[cfg(all(target_feature = "relaxed-simd", not(target_os = "wasi")))]
 #[inline(always)]
-fn madd(acc: v128, a: v128, b: v128) -> v128 {
+pub(crate) fn madd(acc: v128, a: v128, b: v128) -> v128 {
     f32x4_relaxed_madd(a, b, acc)
 }
 

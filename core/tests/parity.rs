@@ -53,7 +53,9 @@ fn mobilenetv2_depthwise_operator() {
 /// (`core/src/conv.rs`): the 3×3 ones and the 7×7 stem, and the 1×1 ones with the batch
 /// normalisation and ReLU before them (and the bias and ReLU after) fused in; MobileNetV2's
 /// 1×1 ones have no such prologue and stay tract's matrix products, its 3×3 stem is ours.
-/// On tract's elsewhere. The `*_matches_onnxruntime` tests check the numbers either way.
+/// The Spin component's target (wasip2, where these tests also run) keeps tract's; the browser
+/// builds run the dense ones above 1×1 on it (`web/tests/simd.test.mjs` checks the count). The
+/// `*_matches_onnxruntime` tests check the numbers either way.
 #[test]
 fn direct_convolutions() {
     for (model, want) in [("densenet121-chexnet", 120), ("mobilenetv2-chexnet", 1)] {

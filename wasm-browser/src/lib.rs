@@ -79,6 +79,8 @@ export interface ModelInfo {
   load_ms: number;
   /** The matrix-product kernels the CPU plan runs (e.g. "medinfer_wasm_f32_4x8"). */
   matmul_kernels: string[];
+  /** How many of each operator the CPU plan runs, by name (e.g. "medinfer.Conv": 58). */
+  operators: Record<string, number>;
 }
 export interface FileInfo {
   format: "png" | "jpeg" | "dicom";
@@ -857,6 +859,10 @@ impl Engine {
         let manifest = m.manifest();
         let load_ms =
             self.load_ms.iter().find(|(id, _)| *id == manifest.id).map_or(0.0, |(_, ms)| *ms);
+        let mut operators = std::collections::BTreeMap::<String, usize>::new();
+        for op in m.plan_operators() {
+            *operators.entry(op).or_default() += 1;
+        }
         serde_json::json!({
             "model_id": manifest.id,
             "version": manifest.version,
@@ -870,6 +876,7 @@ impl Engine {
             "default": self.registry.resolve(None).is_ok_and(|d| d.manifest().id == manifest.id),
             "load_ms": round_ms(load_ms),
             "matmul_kernels": m.matmul_kernels(),
+            "operators": operators,
         })
     }
 

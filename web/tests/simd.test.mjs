@@ -44,7 +44,7 @@ async function runFiles(page, simd) {
     const backend = await m.backend();
     const batch = await m.inferBatch(bytes, { modelId: model });
     m.terminate();
-    return { info: m.info, backend, items: batch.items, kernels: loaded.matmul_kernels };
+    return { info: m.info, backend, items: batch.items, kernels: loaded.matmul_kernels, operators: loaded.operators };
   }, { b64, model: MODEL, simd });
 }
 
@@ -64,13 +64,17 @@ test('Chromium runs the relaxed-SIMD build on a page that is not isolated; both 
     assert.equal(picked.info.simd, 'relaxed-simd');
     assert.equal(picked.info.threads, 1);
     assert.equal(picked.backend.simd, 'relaxed-simd');
-    // Both builds run medinfer's 4×8 matrix kernel (core/src/wasm_mmm.rs), not tract's 8×8.
+    // Both builds run medinfer's 4×8 matrix kernel (core/src/wasm_mmm.rs), not tract's 8×8,
     assert.ok(picked.kernels.includes('medinfer_wasm_f32_4x8'), picked.kernels.join());
+    // and medinfer's direct convolution (core/src/conv.rs) for MobileNetV2's one dense 3×3
+    // convolution, its stem, in place of tract's padding and lazy im2col.
+    assert.equal(picked.operators['medinfer.Conv'], 1, JSON.stringify(picked.operators));
     const relaxed = assertParity(picked.items, want, 'relaxed-simd');
     const forced = await runFiles(page, 'simd128');
     assert.equal(forced.info.simd, 'simd128');
     assert.equal(forced.backend.simd, 'simd128');
     assert.ok(forced.kernels.includes('medinfer_wasm_f32_4x8'), forced.kernels.join());
+    assert.equal(forced.operators['medinfer.Conv'], 1, JSON.stringify(forced.operators));
     const simd128 = assertParity(forced.items, want, 'simd128');
     console.log(`vs native: relaxed-simd max |Δ| ${relaxed.toExponential(2)}, simd128 ${simd128.toExponential(2)} over ${FILES.length} files`);
     const bogus = await page.evaluate(async () => {
