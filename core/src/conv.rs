@@ -18,11 +18,11 @@
 //! from the scratch at each tap — times [`NR`] output channels whose weights are broadcast: 12
 //! accumulators, no gather (with AVX-512, two blocks at once, one 16-lane vector each; on wasm
 //! 8 positions × 4 channels, 8 accumulators). The sum over taps runs in steps of [`K_STEP`] so
-//! that the input rows a step reads stay in L1 across the panels of output channels; the padding, the blocks
-//! and the copy out are shared on tract's executor where it has threads. The bias is added
-//! when the blocks are copied out to NCHW. The block is AVX-512 or AVX2 + FMA intrinsics on
-//! x86-64, chosen at run time, wasm SIMD intrinsics on wasm32 with SIMD, and plain array arithmetic
-//! elsewhere (what the tests also check).
+//! that the input rows a step reads stay in L1 across the panels of output channels; the
+//! padding, the blocks and the copy out are shared on tract's executor where it has threads.
+//! The bias is added when the blocks are copied out to NCHW. The block is AVX-512 or AVX2 +
+//! FMA intrinsics on x86-64, chosen at run time, wasm SIMD intrinsics on wasm32 with SIMD,
+//! and plain array arithmetic elsewhere (what the tests also check).
 //!
 //! A 1×1 kernel reads a scratch packed block by block instead (`[block][C][TILE]`, the
 //! normalisation and ReLU applied on the way in), so that each step of its sum reads one
@@ -650,18 +650,7 @@ impl DirectConv {
             return unsafe { tiles_avx2(image, weights, layout, first, blocks) };
         }
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        tiles(
-            image,
-            weights,
-            layout,
-            first,
-            blocks,
-            false,
-            |image, [p, _], offsets, weights, acc, _, first| {
-                // SAFETY: `tiles` vouches for the reach.
-                unsafe { block_wasm(image, p, offsets, weights, acc, first) }
-            },
-        );
+        tiles_wasm(image, weights, layout, first, blocks);
         #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
         tiles_portable(image, weights, layout, first, blocks)
     }
@@ -844,6 +833,23 @@ unsafe fn tiles_avx512(
                     None => block_avx2(image, ps[0], offsets, weights, acc, first),
                 }
             }
+        },
+    )
+}
+
+/// [`tiles`] with [`block_wasm`].
+#[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+fn tiles_wasm(image: &[f32], weights: &[f32], layout: &Layout, first: usize, out: &mut [f32]) {
+    tiles(
+        image,
+        weights,
+        layout,
+        first,
+        out,
+        false,
+        |image, [p, _], offsets, weights, acc, _, first| {
+            // SAFETY: `tiles` vouches for the reach.
+            unsafe { block_wasm(image, p, offsets, weights, acc, first) }
         },
     )
 }
@@ -1430,13 +1436,14 @@ mod tests {
         }
     }
 
-    /// The portable path (what CPUs without AVX2 run) on its own, with the blocks' buffer laid
-    /// out by block and by panel.
-    /// Every block this CPU can run: the sums of [`tiles`] through it, copied out, against the
-    /// definition (whichever [`DirectConv::run_tiles`] picks runs in the other tests).
+    /// Every block this target and CPU can run, the portable one (what CPUs without AVX2 run)
+    /// included: [`every_block_matches_the_definition`] runs each on its own, while the other
+    /// tests run whichever [`DirectConv::run_tiles`] picks.
     fn kernels() -> Vec<(&'static str, Kernel)> {
         #[allow(unused_mut)]
         let mut kernels: Vec<(&str, Kernel)> = vec![("portable", tiles_portable)];
+        #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
+        kernels.push(("wasm", tiles_wasm));
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
@@ -1455,6 +1462,8 @@ mod tests {
 
     type Kernel = fn(&[f32], &[f32], &Layout, usize, &mut [f32]);
 
+    /// Each block of [`kernels`], the sums of [`tiles`] through it copied out, against the
+    /// definition, with the blocks' buffer laid out by block and by panel.
     #[test]
     fn every_block_matches_the_definition() {
         for (name, kernel) in kernels() {
@@ -1497,31 +1506,24 @@ mod tests {
     }
 
     fn check_blocks(name: &str, run: Kernel, by_panel: bool) {
-        {
-            for (i, (case, op)) in cases_with_ops().iter().enumerate() {
-                let (input, kernel, bias) = case.data();
-                let mut layout = op.layout();
-                layout.by_panel = by_panel;
-                let mut image = vec![f32::NAN; layout.scratch];
-                let mut weights = vec![f32::NAN; layout.channels * layout.offsets.len()];
-                let mut blocks = vec![f32::NAN; layout.tiles * layout.channels * TILE];
-                op.pack_weights(&kernel, &mut weights, &layout);
-                let [oh, ow] = case.out();
-                let per_image = case.m * oh * ow;
-                let mut out = vec![f32::NAN; case.n * per_image];
-                let image_in = case.c * case.hw[0] * case.hw[1];
-                for (src, dst) in input.chunks_exact(image_in).zip(out.chunks_exact_mut(per_image))
-                {
-                    op.pad_image(src, &mut image, &layout, None).expect("pad");
-                    run(&image, &weights, &layout, 0, &mut blocks);
-                    op.unpack(&blocks, &bias, &layout, 0, dst);
-                }
-                assert_close(
-                    &format!("case {i}, {name}, by panel {by_panel}"),
-                    &out,
-                    &case.oracle(),
-                );
+        for (i, (case, op)) in cases_with_ops().iter().enumerate() {
+            let (input, kernel, bias) = case.data();
+            let mut layout = op.layout();
+            layout.by_panel = by_panel;
+            let mut image = vec![f32::NAN; layout.scratch];
+            let mut weights = vec![f32::NAN; layout.channels * layout.offsets.len()];
+            let mut blocks = vec![f32::NAN; layout.tiles * layout.channels * TILE];
+            op.pack_weights(&kernel, &mut weights, &layout);
+            let [oh, ow] = case.out();
+            let per_image = case.m * oh * ow;
+            let mut out = vec![f32::NAN; case.n * per_image];
+            let image_in = case.c * case.hw[0] * case.hw[1];
+            for (src, dst) in input.chunks_exact(image_in).zip(out.chunks_exact_mut(per_image)) {
+                op.pad_image(src, &mut image, &layout, None).expect("pad");
+                run(&image, &weights, &layout, 0, &mut blocks);
+                op.unpack(&blocks, &bias, &layout, 0, dst);
             }
+            assert_close(&format!("case {i}, {name}, by panel {by_panel}"), &out, &case.oracle());
         }
     }
 
