@@ -789,19 +789,11 @@ unsafe fn tiles_avx2(
     first: usize,
     out: &mut [f32],
 ) {
-    tiles(
-        image,
-        weights,
-        layout,
-        first,
-        out,
-        false,
-        |image, [p, _], offsets, weights, acc, _, first| {
-            // SAFETY: the CPU has AVX2 and FMA (the caller's contract), and `tiles` vouches for
-            // the reach.
-            unsafe { block_avx2(image, p, offsets, weights, acc, first) }
-        },
-    )
+    single(image, weights, layout, first, out, |image, p, offsets, weights, acc, first| {
+        // SAFETY: the CPU has AVX2 and FMA (the caller's contract), and `tiles` vouches for
+        // the reach.
+        unsafe { block_avx2(image, p, offsets, weights, acc, first) }
+    })
 }
 
 /// [`tiles`] with [`block_avx512`] on pairs of blocks ([`block_avx2`] for a group's odd one
@@ -840,35 +832,34 @@ unsafe fn tiles_avx512(
 /// [`tiles`] with [`block_wasm`].
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 fn tiles_wasm(image: &[f32], weights: &[f32], layout: &Layout, first: usize, out: &mut [f32]) {
-    tiles(
-        image,
-        weights,
-        layout,
-        first,
-        out,
-        false,
-        |image, [p, _], offsets, weights, acc, _, first| {
-            // SAFETY: `tiles` vouches for the reach.
-            unsafe { block_wasm(image, p, offsets, weights, acc, first) }
-        },
-    )
+    single(image, weights, layout, first, out, |image, p, offsets, weights, acc, first| {
+        // SAFETY: `tiles` vouches for the reach.
+        unsafe { block_wasm(image, p, offsets, weights, acc, first) }
+    })
 }
 
 /// [`tiles`] with the portable [`block`] (on wasm SIMD, for the tests only).
 #[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
 fn tiles_portable(image: &[f32], weights: &[f32], layout: &Layout, first: usize, out: &mut [f32]) {
-    tiles(
-        image,
-        weights,
-        layout,
-        first,
-        out,
-        false,
-        |image, [p, _], offsets, weights, acc, _, first| {
-            // SAFETY: `tiles` vouches for the reach.
-            unsafe { block(image, p, offsets, weights, acc, first) }
-        },
-    )
+    single(image, weights, layout, first, out, |image, p, offsets, weights, acc, first| {
+        // SAFETY: `tiles` vouches for the reach.
+        unsafe { block(image, p, offsets, weights, acc, first) }
+    })
+}
+
+/// [`tiles`] one block at a time, through `block` (with [`block`]'s arguments and contract).
+#[inline(always)]
+fn single(
+    image: &[f32],
+    weights: &[f32],
+    layout: &Layout,
+    first: usize,
+    out: &mut [f32],
+    block: impl Fn(&[f32], usize, &[usize], &[f32], &mut [f32], bool),
+) {
+    tiles(image, weights, layout, first, out, false, |image, [p, _], offsets, w, acc, _, first| {
+        block(image, p, offsets, w, acc, first)
+    })
 }
 
 /// The sums in `out`, a chunk of the blocks' buffer: whole blocks from block `first` on, or
