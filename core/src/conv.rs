@@ -440,35 +440,26 @@ impl DirectConv {
         let [sh, sw] = self.strides;
         let (rows, width) = (oh + (kh - 1) / sh, ow + (kw - 1) / sw);
         let plane = rows * width;
-        let offsets: Vec<usize> = (0..self.input_channels * kh * kw)
-            .map(|k| {
-                let (c, ky, kx) = (k / (kh * kw), k / kw % kh, k % kw);
-                ((c * sh + ky % sh) * sw + kx % sw) * plane + (ky / sh) * width + kx / sw
-            })
-            .collect();
         let positions = oh * width;
         let tiles = positions.div_ceil(TILE);
         let channels = self.output_channels.next_multiple_of(NR);
-        if self.kernel_hw == [1, 1] && self.strides == [1, 1] && self.pad_before == [0, 0] {
-            let c = self.input_channels;
-            let offsets = (0..c).map(|c| c * TILE).collect();
-            let (scratch, tile_stride) = (tiles * c * TILE, c * TILE);
-            return Layout {
-                rows,
-                width,
-                positions,
-                tiles,
-                channels,
-                scratch,
-                offsets,
-                tile_stride,
-                packed: true,
-                by_panel: false,
-            };
-        }
-        // The last block reads TILE values from its last position at the largest offset.
-        let reach = offsets.iter().max().map_or(0, |m| m + tiles * TILE);
-        let scratch = reach.max(self.input_channels * sh * sw * plane);
+        let c = self.input_channels;
+        let packed =
+            self.kernel_hw == [1, 1] && self.strides == [1, 1] && self.pad_before == [0, 0];
+        let (offsets, scratch, tile_stride) = if packed {
+            ((0..c).map(|c| c * TILE).collect(), tiles * c * TILE, c * TILE)
+        } else {
+            let offsets: Vec<usize> = (0..c * kh * kw)
+                .map(|k| {
+                    let (c, ky, kx) = (k / (kh * kw), k / kw % kh, k % kw);
+                    ((c * sh + ky % sh) * sw + kx % sw) * plane + (ky / sh) * width + kx / sw
+                })
+                .collect();
+            // The last block reads TILE values from its last position at the largest offset.
+            let reach = offsets.iter().max().map_or(0, |m| m + tiles * TILE);
+            let scratch = reach.max(c * sh * sw * plane);
+            (offsets, scratch, TILE)
+        };
         Layout {
             rows,
             width,
@@ -477,8 +468,8 @@ impl DirectConv {
             channels,
             scratch,
             offsets,
-            tile_stride: TILE,
-            packed: false,
+            tile_stride,
+            packed,
             by_panel: false,
         }
     }
