@@ -80,8 +80,124 @@ pub struct DirectConv {
     /// inputs, `scale` and `shift`, `C` values each. Applied as the image is copied in, so it
     /// costs no pass of its own; the padding stays zero.
     prologue: bool,
-    /// The output goes through ReLU after the bias.
-    relu: bool,
+    /// What the output goes through after the bias (ReLU where DenseNet's pointwise
+    /// convolutions have it, ReLU6 after MobileNetV2's stem).
+    clamp: Clamp,
+}
+
+/// `min(max(x, lo), hi)`, applied to an operator's output as it is written (ReLU: 0 and +∞;
+/// ReLU6: 0 and 6; none: −∞ and +∞). The bounds are kept as f32 bits so that the operators
+/// holding one stay `Eq + Hash`, as tract's ops are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub(crate) struct Clamp([u32; 2]);
+
+impl Clamp {
+    pub(crate) const NONE: Clamp = Clamp::new(f32::NEG_INFINITY, f32::INFINITY);
+
+    pub(crate) const fn new(lo: f32, hi: f32) -> Clamp {
+        Clamp([lo.to_bits(), hi.to_bits()])
+    }
+
+    pub(crate) fn bounds(self) -> [f32; 2] {
+        self.0.map(f32::from_bits)
+    }
+
+    /// `x` clamped to `[lo, hi]`, as comparisons and selects (a NaN passes through): the form
+    /// that vectorises to single min/max instructions on x86 and wasm alike, where Rust's
+    /// `f32::max` must also pick the number over a NaN.
+    #[inline(always)]
+    pub(crate) fn apply(lo: f32, hi: f32, x: f32) -> f32 {
+        let x = if x < lo { lo } else { x };
+        if x > hi { hi } else { x }
+    }
+}
+
+impl std::fmt::Display for Clamp {
+    fn fmt(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        match self.bounds() {
+            _ if *self == Clamp::NONE => Ok(()),
+            [lo, hi] if hi == f32::INFINITY => write!(f, ", max(·, {lo}) after"),
+            [lo, hi] => write!(f, ", clamped to [{lo}, {hi}] after"),
+        }
+    }
+}
+
+/// The operators [`fuse_clamps`] folds a following `Max`/`Min` into.
+pub(crate) trait Clamped: TypedOp + Clone {
+    fn clamp(&self) -> Clamp;
+    fn with_clamp(&self, clamp: Clamp) -> Self;
+}
+
+/// Folds into each of medinfer's convolutions (dense and depthwise) the `Max(·, lo)` and then
+/// `Min(·, hi)` by constants that follow it (ReLU, ReLU6, a clip), where it is the only
+/// consumer of each link: applied as the output is written instead of a pass of its own.
+/// Returns how many operators took one.
+pub fn fuse_clamps(model: &mut TypedModel) -> TractResult<usize> {
+    let mut fused = 0;
+    for id in 0..model.nodes().len() {
+        let node = model.node(id);
+        let patch = if let Some(op) = node.op_as::<DirectConv>() {
+            clamp_patch(model, id, op)?
+        } else if let Some(op) = node.op_as::<crate::depthwise::DepthwiseConv>() {
+            clamp_patch(model, id, op)?
+        } else {
+            None
+        };
+        if let Some(patch) = patch {
+            patch.apply(model)?;
+            fused += 1;
+        }
+    }
+    if fused > 0 {
+        model.compact()?;
+    }
+    Ok(fused)
+}
+
+/// The patch [`fuse_clamps`] applies at node `id` (holding `op`), when a clamp follows.
+fn clamp_patch<O: Clamped>(
+    model: &TypedModel,
+    id: usize,
+    op: &O,
+) -> TractResult<Option<TypedModelPatch>> {
+    if op.clamp() != Clamp::NONE {
+        return Ok(None);
+    }
+    // The bound of `op` ("Max" or "Min") applied to `outlet` alone, when it is next.
+    let bound = |outlet: OutletId, op: &str| -> TractResult<Option<(OutletId, f32)>> {
+        let successors = &model.outlet_successors(outlet);
+        if successors.len() != 1 || model.outputs.contains(&outlet) {
+            return Ok(None);
+        }
+        let next = OutletId::new(successors[0].node, 0);
+        Ok(match with_constant(model, next, op, false)? {
+            Some((from, values))
+                if from == outlet
+                    && values.first().is_some_and(|v| values.iter().all(|w| w == v)) =>
+            {
+                Some((next, values[0]))
+            }
+            _ => None,
+        })
+    };
+    let mut last = OutletId::new(id, 0);
+    let [mut lo, mut hi] = Clamp::NONE.bounds();
+    if let Some((next, v)) = bound(last, "Max")? {
+        (last, lo) = (next, v);
+    }
+    if let Some((next, v)) = bound(last, "Min")? {
+        (last, hi) = (next, v);
+    }
+    if last.node == id || lo.is_nan() || hi.is_nan() || lo > hi {
+        return Ok(None);
+    }
+    let node = model.node(id);
+    let mut patch = TypedModelPatch::default();
+    let inputs =
+        node.inputs.iter().map(|&i| patch.tap_model(model, i)).collect::<TractResult<TVec<_>>>()?;
+    let wire = patch.wire_node(&node.name, op.with_clamp(Clamp::new(lo, hi)), &inputs)?;
+    patch.shunt_outside(model, last, wire[0])?;
+    Ok(Some(patch))
 }
 
 /// Replaces every `Conv` of `model` that [`DirectConv`] covers (f32, NCHW, constant OIHW
@@ -271,10 +387,9 @@ fn pointwise_patch(model: &TypedModel, id: usize) -> TractResult<Option<TypedMod
     if zero.iter().any(|&v| v != 0.0) {
         return Ok(None);
     }
-    // After, where they are: Add(·, bias), then Max(·, 0).
+    // After, where it is: Add(·, bias) ([`fuse_clamps`] takes a ReLU after that).
     let mut last = OutletId::new(id, 0);
     let mut bias = vec![0f32];
-    let mut relu = false;
     let successors = &node.outputs[0].successors;
     if successors.len() == 1 && !model.outputs.contains(&last) {
         let next = OutletId::new(successors[0].node, 0);
@@ -283,16 +398,6 @@ fn pointwise_patch(model: &TypedModel, id: usize) -> TractResult<Option<TypedMod
             && let Some(b) = per_channel(b, o)
         {
             (last, bias) = (next, b);
-            let after = &model.node(next.node).outputs[0].successors;
-            if after.len() == 1 && !model.outputs.contains(&next) {
-                let then = OutletId::new(after[0].node, 0);
-                if let Some((from, zero)) = with_constant(model, then, "Max", false)?
-                    && from == last
-                    && zero.iter().all(|&v| v == 0.0)
-                {
-                    (last, relu) = (then, true);
-                }
-            }
         }
     }
     let op = DirectConv {
@@ -304,7 +409,7 @@ fn pointwise_patch(model: &TypedModel, id: usize) -> TractResult<Option<TypedMod
         strides: [1, 1],
         pad_before: [0, 0],
         prologue: true,
-        relu,
+        clamp: Clamp::NONE,
     };
     let mut patch = TypedModelPatch::default();
     let input = patch.tap_model(model, x)?;
@@ -430,7 +535,7 @@ impl DirectConv {
             strides,
             pad_before,
             prologue: false,
-            relu: false,
+            clamp: Clamp::NONE,
         })
     }
 
@@ -704,11 +809,11 @@ impl DirectConv {
         result
     }
 
-    /// Copies the valid positions of the blocks out as `OH × OW` planes, adding the bias (then
-    /// ReLU, where the operator has it):
-    /// as many planes as `out` holds, the first being output channel `first`.
+    /// Copies the valid positions of the blocks out as `OH × OW` planes, adding the bias, then
+    /// clamping: as many planes as `out` holds, the first being output channel `first`.
     fn unpack(&self, blocks: &[f32], bias: &[f32], layout: &Layout, first: usize, out: &mut [f32]) {
         let [oh, ow] = self.output_hw;
+        let [lo, hi] = self.clamp.bounds();
         for (plane, o) in out.chunks_exact_mut(oh * ow).zip(first..) {
             let b = if bias.len() == 1 { bias[0] } else { bias[o] };
             for (y, row) in plane.chunks_exact_mut(ow).enumerate() {
@@ -724,7 +829,7 @@ impl DirectConv {
                     };
                     let src = &blocks[at + lane..][..n];
                     for (d, &s) in row[x..x + n].iter_mut().zip(src) {
-                        *d = if self.relu { (s + b).max(0.0) } else { s + b };
+                        *d = Clamp::apply(lo, hi, s + b);
                     }
                     x += n;
                 }
@@ -1026,6 +1131,16 @@ unsafe fn block_avx2(
     }
 }
 
+impl Clamped for DirectConv {
+    fn clamp(&self) -> Clamp {
+        self.clamp
+    }
+
+    fn with_clamp(&self, clamp: Clamp) -> Self {
+        DirectConv { clamp, ..self.clone() }
+    }
+}
+
 impl Op for DirectConv {
     fn name(&self) -> StaticName {
         "medinfer.Conv".into()
@@ -1040,7 +1155,7 @@ impl Op for DirectConv {
             self.strides,
             self.pad_before,
             if self.prologue { ", scale + shift + ReLU before" } else { "" },
-            if self.relu { ", ReLU after" } else { "" },
+            self.clamp,
         )])
     }
 
@@ -1418,6 +1533,68 @@ mod tests {
         }
     }
 
+    /// `case`'s graph with `Max(·, lo)` (where given), then `Min(·, hi)` (where given) after
+    /// the convolution; `also_out`: the convolution's own output is a model output too.
+    fn clamped(case: &Case, lo: Option<f32>, hi: Option<f32>, also_out: bool) -> TypedModel {
+        use tract_onnx::tract_core::ops::math;
+        let mut model = case.model();
+        let conv = model.output_outlets().expect("outputs")[0];
+        let mut y = conv;
+        for (name, bound, op) in [("max", lo, math::max()), ("min", hi, math::min())] {
+            if let Some(v) = bound {
+                let v = tensor0(v).broadcast_into_rank(4).expect("rank");
+                let v = model.add_const(format!("{name}.bound"), v).expect("bound");
+                y = model.wire_node(name, op, &[y, v]).expect(name)[0];
+            }
+        }
+        let outputs = if also_out { vec![y, conv] } else { vec![y] };
+        model.select_output_outlets(&outputs).expect("outputs");
+        model
+    }
+
+    /// A clamp after the convolution (`Max` then `Min` by constants, the form ReLU6 takes in
+    /// tract's graph; either alone) folds into the dense and the depthwise operators: no
+    /// binary op is left, and the output is the oracle's, clamped. The bounds lie inside the
+    /// outputs' range, so that both bite.
+    #[test]
+    fn fuses_a_following_clamp() {
+        let dense = case(1, 3, 8, [32, 32], [3, 3], [2, 2], [1, 1], [1, 1], true);
+        let depthwise = Case {
+            c: 6,
+            m: 6,
+            group: 6,
+            ..case(1, 6, 6, [14, 14], [3, 3], [1, 1], [1, 1], [1, 1], true)
+        };
+        for (name, case) in [("dense", &dense), ("depthwise", &depthwise)] {
+            for (lo, hi) in [(Some(-0.2f32), Some(0.3f32)), (Some(0.0), None), (None, Some(0.1))] {
+                let what = format!("{name}, max {lo:?}, min {hi:?}");
+                let [l, h] =
+                    [lo.unwrap_or(f32::NEG_INFINITY), hi.unwrap_or(f32::INFINITY)].map(f64::from);
+                let want: Vec<f64> = case.oracle().iter().map(|v| v.max(l).min(h)).collect();
+                assert!(lo.is_none() || want.contains(&l), "{what}: lo never bites");
+                assert!(hi.is_none() || want.contains(&h), "{what}: hi never bites");
+                let mut model = clamped(case, lo, hi, false);
+                substitute(&mut model).expect("substitute");
+                crate::depthwise::substitute(&mut model).expect("substitute");
+                assert_eq!(fuse_clamps(&mut model).expect("fuse"), 1, "{what}");
+                assert!(!model.nodes().iter().any(|n| n.op_is::<TypedBinOp>()), "{what}");
+                assert_close(&what, &case.run(model), &want);
+            }
+        }
+    }
+
+    /// Nothing is folded where the convolution's output is used elsewhere too (here, as a
+    /// model output), nor a `Min` below a `Max` (an empty range).
+    #[test]
+    fn leaves_a_clamp_it_cannot_fold() {
+        let dense = case(1, 3, 8, [9, 9], [3, 3], [1, 1], [1, 1], [1, 1], true);
+        for (lo, hi, also_out) in [(Some(0.0), Some(6.0), true), (Some(0.5), Some(0.1), false)] {
+            let mut model = clamped(&dense, lo, hi, also_out);
+            substitute(&mut model).expect("substitute");
+            assert_eq!(fuse_clamps(&mut model).expect("fuse"), 0, "{lo:?} {hi:?} {also_out}");
+        }
+    }
+
     /// Every block this target and CPU can run, the portable one (what CPUs without AVX2 run)
     /// included: [`every_block_matches_the_definition`] runs each on its own, while the other
     /// tests run whichever [`DirectConv::run_tiles`] picks.
@@ -1479,7 +1656,7 @@ mod tests {
                 strides: [1, 1],
                 pad_before: [0, 0],
                 prologue: false,
-                relu: false,
+                clamp: Clamp::NONE,
             };
             assert!(op.layout().packed);
             all.push((case, op));
@@ -1612,8 +1789,10 @@ mod tests {
         assert_close(&format!("{case}, tract"), &run(tract), &want);
         let mut ours = build().expect("graph");
         assert_eq!(substitute_pointwise(&mut ours).expect("substitute"), 1, "{case}");
+        fuse_clamps(&mut ours).expect("fuse");
         let op = ours.nodes().iter().find_map(|n| n.op_as::<DirectConv>()).expect("op");
-        assert!(op.prologue && op.relu == epilogue, "{case}: {op:?}");
+        let relu = if epilogue { Clamp::new(0.0, f32::INFINITY) } else { Clamp::NONE };
+        assert!(op.prologue && op.clamp == relu, "{case}: {op:?}");
         // Only the source, the operator and its constants are left.
         assert!(!ours.nodes().iter().any(|n| n.op_is::<EinSum>() || n.op_is::<TypedBinOp>()));
         assert_close(&format!("{case}, medinfer"), &run(ours), &want);

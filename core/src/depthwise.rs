@@ -25,6 +25,8 @@ use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat};
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
+use crate::conv::{Clamp, Clamped};
+
 /// Lanes of the narrowest output block: rows are padded up to a multiple of it.
 const LANES: usize = 8;
 
@@ -41,6 +43,9 @@ pub struct DepthwiseConv {
     /// Zero rows above and columns left of the image; those below and right follow from the
     /// output size (everything outside the image reads as zero).
     pad_before: [usize; 2],
+    /// What the output goes through after the bias (ReLU6 in MobileNetV2), folded in by
+    /// [`crate::conv::fuse_clamps`].
+    clamp: Clamp,
 }
 
 /// Replaces every depthwise `Conv` of `model` that [`DepthwiseConv`] covers (f32, NCHW, OIHW
@@ -101,7 +106,15 @@ impl DepthwiseConv {
         let kernel_hw = [kh, kw];
         let pad_before =
             crate::conv::pad_before(&conv.pool_spec, input_hw, output_hw, kernel_hw, strides)?;
-        Some(DepthwiseConv { channels: c, input_hw, output_hw, kernel_hw, strides, pad_before })
+        Some(DepthwiseConv {
+            channels: c,
+            input_hw,
+            output_hw,
+            kernel_hw,
+            strides,
+            pad_before,
+            clamp: Clamp::NONE,
+        })
     }
 
     /// The scratch plane's shape: `(phases, rows, phase width)`.
@@ -165,7 +178,6 @@ impl DepthwiseConv {
         let [sh, sw] = self.strides;
         let (phases, rows, width) = self.scratch_shape();
         let mut scratch = vec![0f32; phases * rows * width];
-        let mut line = vec![0f32; if sw > 1 { sw * width } else { 0 }];
         // Where tap t reads, relative to the top-left of its output block in the scratch.
         let offsets: Vec<usize> = (0..kh * kw)
             .map(|t| {
@@ -188,86 +200,114 @@ impl DepthwiseConv {
             input.chunks_exact(ih * iw).zip(output.chunks_exact_mut(oh * ow)).enumerate()
         {
             let c = (first + plane) % self.channels;
-            self.pad_plane(src, &mut scratch, &mut line, rows, width);
+            self.pad_plane(src, &mut scratch, rows, width);
             let weights = &kernel[c * taps..(c + 1) * taps];
             let b = if bias.len() == 1 { bias[0] } else { bias[c] };
             let mut y = 0;
             while y < oh {
-                let block_rows = if y + ROWS <= oh { ROWS } else { 1 };
-                for x in (0..ow).step_by(LANES) {
-                    let n = LANES.min(ow - x);
-                    let at = y * row_step + x;
-                    // SAFETY: `at` + any offset + a block's rows and lanes stay within `reach`.
-                    if block_rows == ROWS {
-                        let acc = unsafe {
-                            block::<ROWS, FMA>(&scratch, at, row_step, &offsets, weights, b)
-                        };
-                        for (r, lanes) in acc.iter().enumerate() {
-                            dst[(y + r) * ow + x..][..n].copy_from_slice(&lanes[..n]);
-                        }
-                    } else {
-                        let acc = unsafe {
-                            block::<1, FMA>(&scratch, at, row_step, &offsets, weights, b)
-                        };
-                        dst[y * ow + x..][..n].copy_from_slice(&acc[0][..n]);
+                let rows = (oh - y).min(ROWS);
+                let at = y * row_step;
+                let dst = &mut dst[y * ow..(y + rows) * ow];
+                // SAFETY: `at` + any offset + `rows` rows of a block's lanes stay within
+                // `reach`, which is inside the scratch.
+                unsafe {
+                    match rows {
+                        8 => self.row::<8, FMA>(&scratch, at, row_step, &offsets, weights, b, dst),
+                        7 => self.row::<7, FMA>(&scratch, at, row_step, &offsets, weights, b, dst),
+                        6 => self.row::<6, FMA>(&scratch, at, row_step, &offsets, weights, b, dst),
+                        5 => self.row::<5, FMA>(&scratch, at, row_step, &offsets, weights, b, dst),
+                        4 => self.row::<4, FMA>(&scratch, at, row_step, &offsets, weights, b, dst),
+                        3 => self.row::<3, FMA>(&scratch, at, row_step, &offsets, weights, b, dst),
+                        2 => self.row::<2, FMA>(&scratch, at, row_step, &offsets, weights, b, dst),
+                        _ => self.row::<1, FMA>(&scratch, at, row_step, &offsets, weights, b, dst),
                     }
                 }
-                y += block_rows;
+                y += rows;
             }
         }
         Ok(())
     }
 
-    /// Writes `src` (one `H × W` plane) into `scratch` as `phases × rows × width`: padded
-    /// row `r`, column `p + s·j` lands at `[p][r][j]`; everything outside the image is zero.
-    /// `line` (`s · width` values, unused at stride 1) holds one padded row on its way.
+    /// `R` output rows (`dst`, `R × OW`) whose first reads the scratch at `at`, in blocks of
+    /// `R` × [`LANES`], biased and clamped as they are written.
+    ///
+    /// # Safety
+    /// As [`block`]'s, for every block of the row: `at + (R - 1) · row_step + max(offsets) +
+    /// OW` rounded up to [`LANES`] must be inside `scratch`.
+    #[allow(clippy::too_many_arguments)]
     #[inline(always)]
-    fn pad_plane(
+    unsafe fn row<const R: usize, const FMA: bool>(
         &self,
-        src: &[f32],
-        scratch: &mut [f32],
-        line: &mut [f32],
-        rows: usize,
-        width: usize,
+        scratch: &[f32],
+        at: usize,
+        row_step: usize,
+        offsets: &[usize],
+        weights: &[f32],
+        bias: f32,
+        dst: &mut [f32],
     ) {
-        let [ih, iw] = self.input_hw;
+        let ow = self.output_hw[1];
+        let [lo, hi] = self.clamp.bounds();
+        for x in (0..ow).step_by(LANES) {
+            // SAFETY: the caller vouches for the whole row's reach.
+            let acc = unsafe { block::<R, FMA>(scratch, at + x, row_step, offsets, weights, bias) };
+            for (r, lanes) in acc.iter().enumerate() {
+                let out = &mut dst[r * ow + x..(r + 1) * ow];
+                if let Some(out) = out.first_chunk_mut::<LANES>() {
+                    *out = lanes.map(|v| Clamp::apply(lo, hi, v));
+                } else {
+                    for (d, &v) in out.iter_mut().zip(lanes) {
+                        *d = Clamp::apply(lo, hi, v);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Writes `src` (one `H × W` plane) into `scratch` as `phases × rows × width`: padded
+    /// row `r`, column `p + s·j` lands at `[p][r][j]`. Only the image's values are written:
+    /// the rest of the scratch is padding, zero since its allocation, as every plane has the
+    /// same geometry.
+    #[inline(always)]
+    fn pad_plane(&self, src: &[f32], scratch: &mut [f32], rows: usize, width: usize) {
         let [pt, pl] = self.pad_before;
         let sw = self.strides[1];
-        for r in 0..rows {
-            let image_row = r.checked_sub(pt).filter(|&iy| iy < ih).map(|iy| &src[iy * iw..][..iw]);
-            // The padded row: zeros, the image row at column `pl`, zeros.
-            let padded: &mut [f32] =
-                if sw == 1 { &mut scratch[r * width..][..width] } else { &mut line[..] };
-            match image_row {
-                Some(image_row) => {
-                    let start = pl.min(padded.len());
-                    let n = iw.min(padded.len() - start);
-                    let (left, rest) = padded.split_at_mut(start);
-                    left.fill(0.0);
-                    rest[..n].copy_from_slice(&image_row[..n]);
-                    rest[n..].fill(0.0);
-                }
-                None => padded.fill(0.0),
-            }
+        let image_rows = src.chunks_exact(self.input_hw[1]).take(rows.saturating_sub(pt));
+        for (r, image_row) in (pt..).zip(image_rows) {
             if sw == 1 {
+                let n = image_row.len().min(width.saturating_sub(pl));
+                scratch[r * width + pl..][..n].copy_from_slice(&image_row[..n]);
                 continue;
             }
-            // Deinterleave the padded row into the phases.
+            // Phase `p` holds the image columns `j` with `(pl + j) % sw == p`, at `(pl + j) / sw`:
+            // at stride 2, pairs of columns split between the two phases.
             if sw == 2 {
-                let (even, odd) = scratch.split_at_mut(rows * width);
-                let (even, odd) = (&mut even[r * width..][..width], &mut odd[r * width..][..width]);
-                for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(line.chunks_exact(2))
+                let (phase0, phase1) = scratch.split_at_mut(rows * width);
+                let (line0, line1) = (&mut phase0[r * width..][..width], &mut phase1[r * width..]);
+                let (even, odd) = if pl % 2 == 0 {
+                    (&mut line0[pl / 2..], &mut line1[pl / 2..width])
+                } else {
+                    (&mut line1[pl / 2..width], &mut line0[pl.div_ceil(2)..])
+                };
+                let pairs = image_row.chunks_exact(2);
+                if let Some(&last) = pairs.remainder().first()
+                    && let Some(d) = even.get_mut(image_row.len() / 2)
                 {
+                    *d = last;
+                }
+                for ((e, o), pair) in even.iter_mut().zip(odd.iter_mut()).zip(pairs) {
                     *e = pair[0];
                     *o = pair[1];
                 }
-            } else {
-                for (p, phase) in scratch.chunks_exact_mut(rows * width).enumerate() {
-                    for (d, chunk) in
-                        phase[r * width..][..width].iter_mut().zip(line.chunks_exact(sw))
-                    {
-                        *d = chunk[p];
-                    }
+                continue;
+            }
+            for p in 0..sw {
+                let first = (p + sw - pl % sw) % sw;
+                let at = (p * rows + r) * width + (pl + first) / sw;
+                let Some(line) = scratch.get_mut(at..(p * rows + r + 1) * width) else { continue };
+                let columns = image_row.iter().skip(first).step_by(sw);
+                for (d, &v) in line.iter_mut().zip(columns) {
+                    *d = v;
                 }
             }
         }
@@ -305,6 +345,16 @@ unsafe fn block<const ROWS: usize, const FMA: bool>(
     acc
 }
 
+impl Clamped for DepthwiseConv {
+    fn clamp(&self) -> Clamp {
+        self.clamp
+    }
+
+    fn with_clamp(&self, clamp: Clamp) -> Self {
+        DepthwiseConv { clamp, ..self.clone() }
+    }
+}
+
 impl Op for DepthwiseConv {
     fn name(&self) -> StaticName {
         "medinfer.DepthwiseConv".into()
@@ -312,8 +362,8 @@ impl Op for DepthwiseConv {
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "kernel {:?}, strides {:?}, padding before {:?}",
-            self.kernel_hw, self.strides, self.pad_before
+            "kernel {:?}, strides {:?}, padding before {:?}{}",
+            self.kernel_hw, self.strides, self.pad_before, self.clamp
         )])
     }
 
@@ -416,6 +466,8 @@ mod tests {
             case(2, 2, [6, 33], [1, 1], [1, 1], [0, 0], [0, 0], true),
             case(1, 3, [8, 8], [3, 3], [1, 1], [0, 0], [0, 0], false),
             case(1, 2, [5, 67], [2, 7], [3, 2], [1, 3], [1, 3], true),
+            // Stride 2 with an even left padding, an odd width, and the last row unused.
+            case(1, 3, [16, 21], [5, 5], [2, 2], [2, 2], [1, 2], true),
         ]
     }
 

@@ -146,6 +146,7 @@ impl LoadedModel {
                 if cfg!(target_arch = "x86_64") {
                     crate::conv::substitute_pointwise(&mut m)?;
                 }
+                crate::conv::fuse_clamps(&mut m)?;
                 Ok(m)
             })
             .and_then(|m| m.into_optimized())
