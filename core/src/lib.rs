@@ -66,8 +66,8 @@ pub use image;
 
 /// Maps `f` over `items` several at a time on the pool [`set_threads`] started, each call
 /// single-threaded inside (tract's products included), and returns the results in the items'
-/// order; without a pool (one thread; the Spin component) or for a single item, one by one
-/// on the calling thread, where tract may still split each product across the pool.
+/// order; a single item on the pool too, tract splitting its products across it; without a
+/// pool (one thread; the Spin component), one by one on the calling thread.
 ///
 /// A batch's images go through it (decode, preprocess, the model run): two images side by side
 /// finish sooner than the same two one after the other, each split across both cores by tract
@@ -81,6 +81,13 @@ pub fn map_on_pool<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -
 }
 
 /// [`map_on_pool`]'s parallel half: the items back when there is no pool to run them on.
+///
+/// A single item runs on a worker of the pool too, with a second worker kept looking for work
+/// until it is done ([`with_a_worker_spinning`]), so that tract's products and medinfer's
+/// convolutions inside hand their halves over cheaply: each split of a run (hundreds per
+/// image) otherwise woke the calling thread and a sleeping worker. DenseNet-121 on two
+/// threads, 2-core Zen 4 VM: 53.8 ms a run from the calling thread, 47.9 on a worker, 44.4
+/// with the second one spinning (median of 5 rounds of 30 runs each).
 #[cfg(feature = "threads")]
 fn on_pool<T: Send, R: Send>(
     items: Vec<T>,
@@ -88,20 +95,93 @@ fn on_pool<T: Send, R: Send>(
 ) -> std::result::Result<Vec<R>, Vec<T>> {
     use rayon::prelude::*;
     use tract_linalg::multithread::{Executor, current_tract_executor, multithread_tract_scope};
-    if items.len() < 2 {
+    let executor = current_tract_executor();
+    // The pool's size and, where it is not rayon's global one, the pool.
+    let pool = match &executor {
+        Executor::MultiThread(pool) => Some(pool.as_ref()),
+        _ => None,
+    };
+    let threads = match executor {
+        Executor::MultiThread(ref pool) => pool.current_num_threads(),
+        // The browser's threaded build: the Web Workers wasm-bindgen-rayon started.
+        Executor::RayonGlobal => rayon::current_num_threads(),
+        _ => 1,
+    };
+    if threads < 2 || items.is_empty() {
         return Err(items);
     }
-    let each = |item: T| multithread_tract_scope(Executor::SingleThread, || f(item));
-    match current_tract_executor() {
-        Executor::MultiThread(pool) if pool.current_num_threads() > 1 => {
-            Ok(pool.install(|| items.into_par_iter().map(each).collect()))
-        }
-        // The browser's threaded build: the Web Workers wasm-bindgen-rayon started.
-        Executor::RayonGlobal if rayon::current_num_threads() > 1 => {
-            Ok(items.into_par_iter().map(each).collect())
-        }
-        _ => Err(items),
+    let _running = Running::enter();
+    if items.len() == 1 {
+        return Ok(with_a_worker_spinning(pool, || items.into_iter().map(f).collect()));
     }
+    let each = |item: T| multithread_tract_scope(Executor::SingleThread, || f(item));
+    let all = || items.into_par_iter().map(each).collect();
+    Ok(match pool {
+        Some(pool) => pool.install(all),
+        None => all(),
+    })
+}
+
+/// How many [`on_pool`] calls are under way, process-wide: a spinning worker stands down as
+/// soon as another starts, so that the pool's workers go to it.
+#[cfg(feature = "threads")]
+static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// One call counted in [`RUNNING`] while it lives.
+#[cfg(feature = "threads")]
+struct Running;
+
+#[cfg(feature = "threads")]
+impl Running {
+    fn enter() -> Running {
+        RUNNING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Running
+    }
+}
+
+#[cfg(feature = "threads")]
+impl Drop for Running {
+    fn drop(&mut self) {
+        RUNNING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Runs `f` on a worker of `pool` (rayon's global pool where `None`) while another worker
+/// spins, taking each piece of work the moment `f`'s thread offers it (`rayon::yield_now`),
+/// until `f` returns or panics, or another [`on_pool`] call starts (the spinner would
+/// otherwise run that call inside its own loop, and make this one wait for it). Where no
+/// worker is free to spin, the spinner finds `f` done and returns at once.
+#[cfg(feature = "threads")]
+fn with_a_worker_spinning<R: Send>(
+    pool: Option<&rayon::ThreadPool>,
+    f: impl FnOnce() -> R + Send,
+) -> R {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    /// Sets the flag when dropped: on `f`'s return and on its panic alike (`join` waits for
+    /// the spinner before it passes a panic on).
+    struct Done<'a>(&'a AtomicBool);
+    impl Drop for Done<'_> {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Release);
+        }
+    }
+    let done = AtomicBool::new(false);
+    let run = || {
+        let _done = Done(&done);
+        f()
+    };
+    let spin = || {
+        while !done.load(Ordering::Acquire) && RUNNING.load(Ordering::SeqCst) == 1 {
+            if rayon::yield_now() != Some(rayon::Yield::Executed) {
+                std::hint::spin_loop();
+            }
+        }
+    };
+    let (out, ()) = match pool {
+        Some(pool) => pool.join(run, spin),
+        None => rayon::join(run, spin),
+    };
+    out
 }
 
 #[cfg(not(feature = "threads"))]
@@ -134,4 +214,73 @@ pub fn set_threads(threads: usize) -> std::result::Result<(), String> {
     };
     set_default_executor(executor);
     Ok(())
+}
+
+#[cfg(all(test, feature = "threads"))]
+mod tests {
+    use std::sync::Arc;
+
+    use tract_linalg::multithread::{Executor, multithread_tract_scope, par_chunks_mut};
+
+    /// Inside `f`: `n` values squared in chunks split across tract's executor, summed.
+    fn squares(n: usize) -> f64 {
+        let mut v: Vec<f64> = (0..n).map(|i| i as f64).collect();
+        par_chunks_mut(&mut v, 64, n, |_, chunk| {
+            chunk.iter_mut().for_each(|x| *x *= *x);
+            Ok(())
+        })
+        .expect("chunks");
+        v.iter().sum()
+    }
+
+    fn with_pool<R>(f: impl FnOnce() -> R) -> R {
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
+        multithread_tract_scope(Executor::MultiThread(Arc::new(pool)), f)
+    }
+
+    const N: usize = 10_000;
+    const WANT: f64 = ((N - 1) * N * (2 * N - 1) / 6) as f64;
+
+    /// One item runs on a worker of the pool (a spinner beside it), splitting its work there;
+    /// several at once, and calls from several threads at once, all finish with the right
+    /// results (a spinner stands down for another call rather than run it inside its loop).
+    #[test]
+    fn items_run_on_the_pool_alone_and_together() {
+        with_pool(|| {
+            let one = super::map_on_pool(vec![N], |n| (rayon::current_thread_index(), squares(n)));
+            assert!(one[0].0.is_some(), "a single item runs on a worker");
+            assert_eq!(one[0].1, WANT);
+            assert_eq!(super::map_on_pool(vec![N; 5], squares), vec![WANT; 5]);
+        });
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
+        let executor = Executor::MultiThread(Arc::new(pool));
+        std::thread::scope(|s| {
+            let calls: Vec<_> = (0..4)
+                .map(|_| {
+                    let executor = executor.clone();
+                    s.spawn(move || {
+                        multithread_tract_scope(executor, || {
+                            (0..20)
+                                .map(|_| super::map_on_pool(vec![N], squares))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                })
+                .collect();
+            for call in calls {
+                assert!(call.join().expect("call").iter().all(|r| r == &[WANT]));
+            }
+        });
+    }
+
+    /// A panic in a single item reaches the caller: the spinner beside it stops too.
+    #[test]
+    fn a_panic_in_an_item_reaches_the_caller() {
+        let caught = with_pool(|| {
+            std::panic::catch_unwind(|| {
+                super::map_on_pool(vec![1], |_: i32| -> i32 { panic!("x") })
+            })
+        });
+        assert!(caught.is_err());
+    }
 }
