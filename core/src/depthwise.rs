@@ -7,12 +7,15 @@
 //! native run (`perf record` of `medinfer bench`, one thread).
 //!
 //! Here each (image, channel) plane is first copied into a zero-padded scratch plane (the
-//! padding written once instead of tested per tap), split by column phase when the stride is
-//! above 1, so that every tap of every output block reads contiguous memory: tap column `kx`
-//! of output column `x` is padded column `x·s + kx`, which is column `x + kx / s` of phase
-//! `kx % s`. The output is computed in blocks of 8 rows × 8 columns (4 rows without AVX2;
-//! single rows at the bottom), written as plain array arithmetic that LLVM vectorises for the
-//! target: AVX2 and FMA on x86-64, chosen at run time; the portable form elsewhere.
+//! padding zeroed once per run instead of tested per tap), split by column phase when the
+//! stride is above 1, so that every tap of every output block reads contiguous memory: tap
+//! column `kx` of output column `x` is padded column `x·s + kx`, which is column `x + kx / s`
+//! of phase `kx % s`. The output is computed in blocks of 8 rows × 8 columns (4 rows without
+//! AVX2; the rows left at the bottom as one block of their own), written as plain array
+//! arithmetic that LLVM vectorises for the target: AVX2 and FMA on x86-64, chosen at run
+//! time; the portable form elsewhere. The bias and a clamp that followed in the graph
+//! (MobileNetV2's ReLU6, [`crate::conv::fuse_clamps`]) are applied as the blocks are written
+//! out.
 //!
 //! [`substitute`] swaps the operator into a decluttered graph with concrete shapes, before
 //! tract's codegen; the graph the GPU executor walks keeps tract's `Conv`. `LoadedModel::load`
@@ -161,8 +164,8 @@ impl DepthwiseConv {
     }
 
     /// Every plane: padded copy, then the output in blocks of `ROWS` rows × [`LANES`] columns
-    /// (single rows at the bottom). `FMA`: multiply-adds fused (only where the CPU has the
-    /// instruction; elsewhere `mul_add` would be a library call per lane).
+    /// (the rows left at the bottom as one block). `FMA`: multiply-adds fused (only where the
+    /// CPU has the instruction; elsewhere `mul_add` would be a library call per lane).
     #[inline(always)]
     fn planes<const ROWS: usize, const FMA: bool>(
         &self,
