@@ -125,12 +125,14 @@ impl LoadedModel {
         // In the CPU plan only (`typed`, which the GPU executor walks, keeps tract's ops),
         // where each was measured faster than tract's (BENCHMARKS.md): on x86-64, tract's
         // depthwise convolutions give way to medinfer's (`depthwise`), its dense ones with
-        // kernels above 1×1 and the 1×1 ones with a batch normalisation + ReLU before them to
-        // medinfer's direct convolution (`conv`); in the browser builds (wasm32-unknown-unknown,
-        // SIMD) the dense ones above 1×1 only. The Spin component (wasip2) keeps tract's: under
-        // Cranelift the direct convolution's wasm block made DenseNet-121 15 % slower, and
-        // with our depthwise convolutions MobileNetV2 ran 12 % slower; the fused 1×1 form was
-        // slower in the SIMD128 browser build; aarch64 is not measured.
+        // kernels above 1×1 and the 1×1 ones with a batch normalisation + ReLU before them
+        // (and the average pooling after them, where there is one) to medinfer's direct
+        // convolution (`conv`); in the browser builds (wasm32-unknown-unknown, SIMD) the dense
+        // ones above 1×1 only. A clamp after any of these (ReLU, ReLU6) folds into it. The
+        // Spin component (wasip2) keeps tract's: under Cranelift the direct convolution's wasm
+        // block made DenseNet-121 15 % slower, and with our depthwise convolutions MobileNetV2
+        // ran 12 % slower; the fused 1×1 form was slower in the SIMD128 browser build; aarch64
+        // is not measured.
         let plan = typed
             .set_symbols(&one)
             .and_then(|mut m| {
