@@ -46,9 +46,16 @@ use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
-/// Output channels per block: weights broadcast from one panel row each step.
+/// Output channels per block (a panel of the packed kernel: weights broadcast from one panel
+/// row each step) for the AVX2 and portable blocks; [`NR_AVX512`] where the AVX-512 block
+/// runs ([`panel_width`]).
 #[cfg(not(target_arch = "wasm32"))]
 const NR: usize = 6;
+/// [`block_avx512`]'s panels: 8 channels, so that the 16, 24, 32, 96, 128… output channels of
+/// DenseNet-121 and MobileNetV2 fill whole panels (6 left 32 → 36: 11 % of the 3×3 products
+/// spent on zeros).
+#[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+const NR_AVX512: usize = 8;
 /// Output positions per block: two vectors of 8.
 #[cfg(not(target_arch = "wasm32"))]
 const TILE: usize = 16;
@@ -58,6 +65,23 @@ const TILE: usize = 16;
 const NR: usize = 4;
 #[cfg(target_arch = "wasm32")]
 const TILE: usize = 8;
+/// The panel width of the block [`DirectConv::run_tiles`] picks on this CPU: what the kernel
+/// is packed for when the graph is rewritten, and what the run reads it as.
+fn panel_width() -> usize {
+    #[cfg(target_arch = "x86_64")]
+    if avx512() {
+        return NR_AVX512;
+    }
+    NR
+}
+
+/// Whether this CPU runs [`block_avx512`] (AVX-512F, with AVX2 and FMA for the rest).
+#[cfg(target_arch = "x86_64")]
+fn avx512() -> bool {
+    use std::arch::is_x86_feature_detected as has;
+    has!("avx512f") && has!("avx2") && has!("fma")
+}
+
 /// Steps of the sum (input channel × tap) per pass over a block.
 const K_STEP: usize = 256;
 /// Blocks that pass over a panel's weights in turn (their image lines, `K_STEP` × 64 bytes
@@ -477,6 +501,8 @@ struct Layout {
     tiles: usize,
     /// Output channels rounded up to whole panels.
     channels: usize,
+    /// Output channels per panel: [`panel_width`], unless a test picks a block.
+    nr: usize,
     /// Scratch floats per image, reach of the farthest read included.
     scratch: usize,
     /// Where tap `k` (input channel, kernel row, kernel column) reads, relative to its
@@ -584,6 +610,11 @@ impl DirectConv {
     }
 
     fn layout(&self) -> Layout {
+        self.layout_for(panel_width())
+    }
+
+    /// The layout with panels of `nr` output channels.
+    fn layout_for(&self, nr: usize) -> Layout {
         let [oh, ow] = self.output_hw;
         let [kh, kw] = self.kernel_hw;
         let [sh, sw] = self.strides;
@@ -591,7 +622,7 @@ impl DirectConv {
         let plane = rows * width;
         let positions = oh * width;
         let tiles = positions.div_ceil(TILE);
-        let channels = self.output_channels.next_multiple_of(NR);
+        let channels = self.output_channels.next_multiple_of(nr);
         let c = self.input_channels;
         let packed =
             self.kernel_hw == [1, 1] && self.strides == [1, 1] && self.pad_before == [0, 0];
@@ -620,6 +651,7 @@ impl DirectConv {
             tile_stride,
             packed,
             by_panel: false,
+            nr,
         }
     }
 
@@ -789,14 +821,14 @@ impl DirectConv {
         tensor1(&packed)
     }
 
-    /// Packs the OIHW kernel as panels of [`NR`] output channels, `[panel][k][NR]`, zero for
+    /// Packs the OIHW kernel as panels of `nr` output channels, `[panel][k][nr]`, zero for
     /// the channels past `M` in the last panel.
     fn pack_weights(&self, kernel: &[f32], packed: &mut [f32], layout: &Layout) {
-        let k = layout.offsets.len();
-        for (panel, dst) in packed.chunks_exact_mut(k * NR).enumerate() {
-            for (step, lanes) in dst.chunks_exact_mut(NR).enumerate() {
+        let (k, nr) = (layout.offsets.len(), layout.nr);
+        for (panel, dst) in packed.chunks_exact_mut(k * nr).enumerate() {
+            for (step, lanes) in dst.chunks_exact_mut(nr).enumerate() {
                 for (r, lane) in lanes.iter_mut().enumerate() {
-                    let o = panel * NR + r;
+                    let o = panel * nr + r;
                     *lane = if o < self.output_channels { kernel[o * k + step] } else { 0.0 };
                 }
             }
@@ -814,15 +846,17 @@ impl DirectConv {
         blocks: &mut [f32],
     ) {
         #[cfg(target_arch = "x86_64")]
-        if std::arch::is_x86_feature_detected!("avx2") && std::arch::is_x86_feature_detected!("fma")
         {
-            if std::arch::is_x86_feature_detected!("avx512f") {
+            use std::arch::is_x86_feature_detected as has;
+            if layout.nr == NR_AVX512 && avx512() {
                 // SAFETY: the CPU has AVX-512F, AVX2 and FMA, what `tiles_avx512` is compiled
                 // for.
                 return unsafe { tiles_avx512(image, weights, layout, first, blocks) };
             }
-            // SAFETY: the CPU has AVX2 and FMA, the features `tiles_avx2` is compiled for.
-            return unsafe { tiles_avx2(image, weights, layout, first, blocks) };
+            if layout.nr == NR && has!("avx2") && has!("fma") {
+                // SAFETY: the CPU has AVX2 and FMA, the features `tiles_avx2` is compiled for.
+                return unsafe { tiles_avx2(image, weights, layout, first, blocks) };
+            }
         }
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
         tiles_wasm(image, weights, layout, first, blocks);
@@ -850,7 +884,7 @@ impl DirectConv {
         let (threads, all) = (threads(), weights.len());
         let groups = layout.tiles.div_ceil(threads * GROUP);
         layout.by_panel = threads > 1
-            && layout.channels / NR >= threads
+            && layout.channels / layout.nr >= threads
             && layout.scratch + all / threads < layout.scratch / threads + all * groups;
         // Every read of every block stays inside the scratch: `tiles` reads unchecked.
         let reach =
@@ -872,8 +906,11 @@ impl DirectConv {
                 self.pad_image(src, image, pooled, &layout, affine)?;
                 let (image, weights, layout) = (&*image, weights, &layout);
                 let work = image_out * layout.offsets.len();
-                let row =
-                    if layout.by_panel { layout.tiles * NR * TILE } else { layout.channels * TILE };
+                let row = if layout.by_panel {
+                    layout.tiles * layout.nr * TILE
+                } else {
+                    layout.channels * TILE
+                };
                 share(blocks, row, work, |first, chunk| {
                     self.run_tiles(image, weights, layout, first, chunk)
                 })?;
@@ -902,7 +939,8 @@ impl DirectConv {
                     let (tile, lane) = (p / TILE, p % TILE);
                     let n = (TILE - lane).min(ow - x);
                     let at = if layout.by_panel {
-                        ((o / NR * layout.tiles + tile) * NR + o % NR) * TILE
+                        let nr = layout.nr;
+                        ((o / nr * layout.tiles + tile) * nr + o % nr) * TILE
                     } else {
                         (tile * layout.channels + o) * TILE
                     };
@@ -971,10 +1009,10 @@ unsafe fn tiles_avx2(
     })
 }
 
-/// [`tiles`] with [`block_avx512`] on pairs of blocks ([`block_avx2`] for a group's odd one
-/// out): 32 positions × 6 channels per pass, each step two 16-lane image vectors, six
-/// broadcasts and twelve multiply-adds. On the 2-core AMD Zen 4 VM, over L1-resident data,
-/// 109–114 GFLOP/s against 85–97 for the AVX2 block, one thread.
+/// [`tiles`] with [`block_avx512`] on pairs of blocks (alone for a group's odd one out): 32
+/// positions × 8 channels per pass, each step two 16-lane image vectors, eight broadcasts and
+/// sixteen multiply-adds. On the 2-core AMD Zen 4 VM, over L1-resident data, its first form
+/// (6 channels) ran at 109–114 GFLOP/s against 85–97 for the AVX2 block, one thread.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
 unsafe fn tiles_avx512(
@@ -997,7 +1035,7 @@ unsafe fn tiles_avx512(
             unsafe {
                 match next {
                     Some(next) => block_avx512(image, ps, offsets, weights, [acc, next], first),
-                    None => block_avx2(image, ps[0], offsets, weights, acc, first),
+                    None => block_avx512(image, [ps[0]], offsets, weights, [acc], first),
                 }
             }
         },
@@ -1013,13 +1051,21 @@ fn tiles_wasm(image: &[f32], weights: &[f32], layout: &Layout, first: usize, out
     })
 }
 
-/// [`tiles`] with the portable [`block`] (on wasm SIMD, for the tests only).
+/// [`tiles`] with the portable [`block`], for the layout's panels (4, 6 or 8 channels; on wasm
+/// SIMD, for the tests only).
 #[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
 fn tiles_portable(image: &[f32], weights: &[f32], layout: &Layout, first: usize, out: &mut [f32]) {
-    single(image, weights, layout, first, out, |image, p, offsets, weights, acc, first| {
-        // SAFETY: `tiles` vouches for the reach.
-        unsafe { block(image, p, offsets, weights, acc, first) }
-    })
+    fn with<const R: usize>(i: &[f32], w: &[f32], l: &Layout, first: usize, out: &mut [f32]) {
+        single(i, w, l, first, out, |image, p, offsets, weights, acc, first| {
+            // SAFETY: `tiles` vouches for the reach.
+            unsafe { block::<R>(image, p, offsets, weights, acc, first) }
+        })
+    }
+    match layout.nr {
+        4 => with::<4>(image, weights, layout, first, out),
+        8 => with::<8>(image, weights, layout, first, out),
+        _ => with::<6>(image, weights, layout, first, out),
+    }
 }
 
 /// [`tiles`] one block at a time, through `block` (with [`block`]'s arguments and contract).
@@ -1052,19 +1098,19 @@ fn tiles(
     pairs: bool,
     block: impl Fn(&[f32], [usize; 2], &[usize], &[f32], &mut [f32], Option<&mut [f32]>, bool),
 ) {
-    let k = layout.offsets.len();
+    let (k, nr) = (layout.offsets.len(), layout.nr);
     // The blocks and panels of this chunk, and where a block's sums for a panel lie in it.
     let (tiles, panels) = if layout.by_panel {
-        (0..layout.tiles, first..first + out.len() / (layout.tiles * NR * TILE))
+        (0..layout.tiles, first..first + out.len() / (layout.tiles * nr * TILE))
     } else {
-        (first..first + out.len() / (layout.channels * TILE), 0..layout.channels / NR)
+        (first..first + out.len() / (layout.channels * TILE), 0..layout.channels / nr)
     };
-    debug_assert!(tiles.end <= layout.tiles && panels.end <= layout.channels / NR);
+    debug_assert!(tiles.end <= layout.tiles && panels.end <= layout.channels / nr);
     let at = |t: usize, panel: usize| {
         if layout.by_panel {
-            ((panel - panels.start) * layout.tiles + t) * NR * TILE
+            ((panel - panels.start) * layout.tiles + t) * nr * TILE
         } else {
-            ((t - tiles.start) * layout.channels + panel * NR) * TILE
+            ((t - tiles.start) * layout.channels + panel * nr) * TILE
         }
     };
     // A range of steps, then a group of blocks, then panels, then the group's blocks: a
@@ -1074,7 +1120,7 @@ fn tiles(
         let k1 = (k0 + K_STEP).min(k);
         for group in tiles.clone().step_by(GROUP) {
             for panel in panels.clone() {
-                let w = &weights[(panel * k + k0) * NR..(panel * k + k1) * NR];
+                let w = &weights[(panel * k + k0) * nr..(panel * k + k1) * nr];
                 let (mut t, end) = (group, (group + GROUP).min(tiles.end));
                 while t < end {
                     let p = t * layout.tile_stride;
@@ -1085,12 +1131,12 @@ fn tiles(
                         // The second block's sums lie after the first's, by panel or by block.
                         let (a, b) = (at(t, panel), at(t + 1, panel));
                         let (head, tail) = out.split_at_mut(b);
-                        let (acc, next) = (&mut head[a..][..NR * TILE], &mut tail[..NR * TILE]);
+                        let (acc, next) = (&mut head[a..][..nr * TILE], &mut tail[..nr * TILE]);
                         let ps = [p, p + layout.tile_stride];
                         block(image, ps, offsets, w, acc, Some(next), k0 == 0);
                         t += 2;
                     } else {
-                        let acc = &mut out[at(t, panel)..][..NR * TILE];
+                        let acc = &mut out[at(t, panel)..][..nr * TILE];
                         block(image, [p, p], offsets, w, acc, None, k0 == 0);
                         t += 1;
                     }
@@ -1100,15 +1146,16 @@ fn tiles(
     }
 }
 
-/// One block: `acc[r][l]` (output channel `r` of the panel, position `p + l`) gains, for every
-/// step, the step's weight for `r` times the image at `p + offset + l`. Starts from zero when
-/// `first`, else from what `acc` holds. Plain array arithmetic, vectorised by the compiler.
+/// One block of `R` channels: `acc[r][l]` (output channel `r` of the panel, position `p + l`)
+/// gains, for every step, the step's weight for `r` times the image at `p + offset + l`.
+/// Starts from zero when `first`, else from what `acc` holds. Plain array arithmetic,
+/// vectorised by the compiler.
 ///
 /// # Safety
 /// `p + max(offsets) + TILE` must not exceed `image.len()`.
 #[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
 #[inline(always)]
-unsafe fn block(
+unsafe fn block<const R: usize>(
     image: &[f32],
     p: usize,
     offsets: &[usize],
@@ -1116,14 +1163,14 @@ unsafe fn block(
     acc: &mut [f32],
     first: bool,
 ) {
-    let mut sums = [[0f32; TILE]; NR];
+    let mut sums = [[0f32; TILE]; R];
     if !first {
         for (r, s) in sums.iter_mut().enumerate() {
             s.copy_from_slice(&acc[r * TILE..][..TILE]);
         }
     }
     let base = image.as_ptr();
-    for (&offset, w) in offsets.iter().zip(weights.chunks_exact(NR)) {
+    for (&offset, w) in offsets.iter().zip(weights.chunks_exact(R)) {
         // SAFETY: the caller vouches for the reach.
         let x = unsafe { &*base.add(p + offset).cast::<[f32; TILE]>() };
         for (s, &w) in sums.iter_mut().zip(w) {
@@ -1271,7 +1318,7 @@ impl EvalOp for DirectConv {
         let [kh, kw] = self.kernel_hw;
         let (c, m) = (self.input_channels, self.output_channels);
         if input.len() % (c * ih * iw) != 0
-            || kernel.len() != m.next_multiple_of(NR) * c * kh * kw
+            || kernel.len() != m.next_multiple_of(panel_width()) * c * kh * kw
             || (bias.len() != m && bias.len() != 1)
         {
             bail!("{}: inputs of unexpected sizes", self.name());
@@ -1308,49 +1355,52 @@ impl TypedOp for DirectConv {
     as_op!();
 }
 
-/// [`block`] for two blocks at once (positions `ps[0]..` and `ps[1]..`, sums in `accs`) in
-/// AVX-512: each block's 16 positions are one 512-bit vector, so the 12 sums of the pair, two
-/// image vectors and a broadcast fit the 32 registers.
+/// [`block`] of [`NR_AVX512`] channels for `B` blocks at once (positions `ps[b]..`, sums in
+/// `accs[b]`) in AVX-512: each block's 16 positions are one 512-bit vector, so the 16 sums of
+/// a pair, two image vectors and a broadcast fit the 32 registers.
 ///
 /// # Safety
-/// As [`block`] for both positions, and the CPU has AVX-512F.
+/// As [`block`] for every position, and the CPU has AVX-512F.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f")]
-unsafe fn block_avx512(
+unsafe fn block_avx512<const B: usize>(
     image: &[f32],
-    ps: [usize; 2],
+    ps: [usize; B],
     offsets: &[usize],
     weights: &[f32],
-    accs: [&mut [f32]; 2],
+    accs: [&mut [f32]; B],
     first: bool,
 ) {
     use std::arch::x86_64::*;
+    const R: usize = NR_AVX512;
     const _: () = assert!(TILE == 16, "block_avx512 is written for 16-position blocks");
-    assert!(accs.iter().all(|a| a.len() >= NR * TILE) && weights.len() >= offsets.len() * NR);
-    let [a0, a1] = accs.map(|a| a.as_mut_ptr());
-    // SAFETY: each of `accs` holds NR × TILE values and `weights` NR per step (asserted); the
+    assert!(accs.iter().all(|a| a.len() >= R * TILE) && weights.len() >= offsets.len() * R);
+    let a = accs.map(|a| a.as_mut_ptr());
+    // SAFETY: each of `accs` holds R × TILE values and `weights` R per step (asserted); the
     // image reads are the caller's contract.
     unsafe {
-        let mut sums = [[_mm512_setzero_ps(); 2]; NR];
+        let mut sums = [[_mm512_setzero_ps(); B]; R];
         if !first {
             for (r, s) in sums.iter_mut().enumerate() {
-                *s = [_mm512_loadu_ps(a0.add(r * TILE)), _mm512_loadu_ps(a1.add(r * TILE))];
+                *s = std::array::from_fn(|b| _mm512_loadu_ps(a[b].add(r * TILE)));
             }
         }
-        let (base0, base1) = (image.as_ptr().add(ps[0]), image.as_ptr().add(ps[1]));
+        let base = ps.map(|p| image.as_ptr().add(p));
         let mut w = weights.as_ptr();
         for &offset in offsets {
-            let x = [_mm512_loadu_ps(base0.add(offset)), _mm512_loadu_ps(base1.add(offset))];
+            let x: [__m512; B] = std::array::from_fn(|b| _mm512_loadu_ps(base[b].add(offset)));
             for (r, s) in sums.iter_mut().enumerate() {
-                let b = _mm512_set1_ps(*w.add(r));
-                s[0] = _mm512_fmadd_ps(b, x[0], s[0]);
-                s[1] = _mm512_fmadd_ps(b, x[1], s[1]);
+                let w = _mm512_set1_ps(*w.add(r));
+                for (s, &x) in s.iter_mut().zip(&x) {
+                    *s = _mm512_fmadd_ps(w, x, *s);
+                }
             }
-            w = w.add(NR);
+            w = w.add(R);
         }
         for (r, s) in sums.iter().enumerate() {
-            _mm512_storeu_ps(a0.add(r * TILE), s[0]);
-            _mm512_storeu_ps(a1.add(r * TILE), s[1]);
+            for (b, &s) in s.iter().enumerate() {
+                _mm512_storeu_ps(a[b].add(r * TILE), s);
+            }
         }
     }
 }
@@ -1678,22 +1728,24 @@ mod tests {
     /// Every block this target and CPU can run, the portable one (what CPUs without AVX2 run)
     /// included: [`every_block_matches_the_definition`] runs each on its own, while the other
     /// tests run whichever [`DirectConv::run_tiles`] picks.
-    fn kernels() -> Vec<(&'static str, Kernel)> {
+    /// With the panel width each runs (the portable block at every width a target picks).
+    fn kernels() -> Vec<(&'static str, Kernel, usize)> {
         #[allow(unused_mut)]
-        let mut kernels: Vec<(&str, Kernel)> = vec![("portable", tiles_portable)];
+        let mut kernels: Vec<(&str, Kernel, usize)> =
+            [4, 6, 8].into_iter().map(|nr| ("portable", tiles_portable as Kernel, nr)).collect();
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        kernels.push(("wasm", tiles_wasm));
+        kernels.push(("wasm", tiles_wasm, NR));
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
             if has!("avx2") && has!("fma") {
                 // SAFETY: the CPU has AVX2 and FMA.
-                kernels.push(("avx2", |i, w, l, f, o| unsafe { tiles_avx2(i, w, l, f, o) }));
-                if has!("avx512f") {
-                    // SAFETY: the CPU has AVX-512F, AVX2 and FMA.
-                    kernels
-                        .push(("avx512", |i, w, l, f, o| unsafe { tiles_avx512(i, w, l, f, o) }));
-                }
+                kernels.push(("avx2", |i, w, l, f, o| unsafe { tiles_avx2(i, w, l, f, o) }, NR));
+            }
+            if avx512() {
+                // SAFETY: the CPU has AVX-512F, AVX2 and FMA.
+                let avx512: Kernel = |i, w, l, f, o| unsafe { tiles_avx512(i, w, l, f, o) };
+                kernels.push(("avx512", avx512, NR_AVX512));
             }
         }
         kernels
@@ -1705,9 +1757,9 @@ mod tests {
     /// definition, with the blocks' buffer laid out by block and by panel.
     #[test]
     fn every_block_matches_the_definition() {
-        for (name, kernel) in kernels() {
+        for (name, kernel, nr) in kernels() {
             for by_panel in [false, true] {
-                check_blocks(name, kernel, by_panel);
+                check_blocks(&format!("{name} ×{nr}"), kernel, nr, by_panel);
             }
         }
     }
@@ -1745,10 +1797,10 @@ mod tests {
         all
     }
 
-    fn check_blocks(name: &str, run: Kernel, by_panel: bool) {
+    fn check_blocks(name: &str, run: Kernel, nr: usize, by_panel: bool) {
         for (i, (case, op)) in cases_with_ops().iter().enumerate() {
             let (input, kernel, bias) = case.data();
-            let mut layout = op.layout();
+            let mut layout = op.layout_for(nr);
             layout.by_panel = by_panel;
             let mut image = vec![f32::NAN; layout.scratch];
             let mut weights = vec![f32::NAN; layout.channels * layout.offsets.len()];
