@@ -1,7 +1,8 @@
 //! Dense 2-D convolution (f32, NCHW, one group): medinfer's own operator in place of tract's
 //! padding, lazy im2col and matrix product for kernels larger than 1×1, and of tract's batch
-//! normalisation, ReLU, packing and matrix product for 1×1 kernels that have DenseNet's
-//! pre-activation before them ([`substitute_pointwise`]), in the CPU plan.
+//! normalisation, ReLU, packing and matrix product for 1×1 kernels (with DenseNet's
+//! pre-activation before them, or on images of 64 positions and more without it:
+//! [`substitute_pointwise`]), in the CPU plan.
 //!
 //! tract 0.23.9 lowers such a convolution to a `Pad` node (a padded copy of the input), then a
 //! matrix product whose right-hand panels are packed from that copy on the fly ("lazy
@@ -16,8 +17,8 @@
 //! `OW` to `Wq` are computed and dropped) reads tap `(c, ky, kx)` at `p` plus a fixed offset.
 //! A block is then [`TILE`] consecutive positions — on x86-64 two vectors of 8 read straight
 //! from the scratch at each tap — times [`NR`] output channels whose weights are broadcast: 12
-//! accumulators, no gather (with AVX-512, two blocks at once, one 16-lane vector each; on wasm
-//! 8 positions × 4 channels, 8 accumulators). The sum over taps runs in steps of [`K_STEP`] so
+//! accumulators, no gather (with AVX-512, two blocks at once, one 16-lane vector each, times
+//! [`NR_AVX512`] channels: 16; on wasm 8 positions × 4 channels, 8 accumulators). The sum over taps runs in steps of [`K_STEP`] so
 //! that the input rows a step reads stay in L1 across the panels of output channels; the
 //! padding, the blocks and the copy out are shared on tract's executor where it has threads.
 //! The bias is added when the blocks are copied out to NCHW. The block is AVX-512 or AVX2 +
@@ -318,12 +319,15 @@ pub(crate) fn pad_before(
 }
 
 /// Replaces each 1×1 convolution that declutter left as an `EinSum` (`NIHW,OI->NOHW`, f32,
-/// constant weights, concrete shapes) and whose input is a batch normalisation and ReLU of its
-/// own — `Mul` by a per-channel constant, `Add` of one, `Max` with zero, each used only by the
-/// next (DenseNet's pre-activation layers) — with one [`DirectConv`] that applies them while it
-/// copies the input in: tract would run them as a separate pass, then pack the result for its
-/// matrix product. The `Add` of a per-channel constant and the `Max` with zero that follow the
-/// product, where they do, become its bias and ReLU. Returns how many.
+/// constant weights, concrete shapes) with a [`DirectConv`]. Where its input is a batch
+/// normalisation and ReLU of its own — `Mul` by a per-channel constant, `Add` of one, `Max`
+/// with zero, each used only by the next (DenseNet's pre-activation layers) — the operator
+/// applies them while it copies the input in: tract would run them as a separate pass, then
+/// pack the result for its matrix product. Without them (MobileNetV2's), only on images of 4
+/// blocks of positions and more: on 7 × 7 the last block's padding lost to tract's product
+/// (MobileNetV2's 7 × 7 layers: 2.7 ms against 2.0, one thread, Zen 4 VM), where the
+/// prologue's pass saved tips DenseNet-121's the other way. The `Add` of a per-channel
+/// constant that follows the product, where it does, becomes its bias. Returns how many.
 pub fn substitute_pointwise(model: &mut TypedModel) -> TractResult<usize> {
     let mut replaced = 0;
     for id in 0..model.nodes().len() {
@@ -386,6 +390,23 @@ fn per_channel(values: Vec<f32>, n: usize) -> Option<Vec<f32>> {
     }
 }
 
+/// When `outlet` is `Max(Add(Mul(x, scale), shift), 0)` (scale and shift per channel of `c`,
+/// each link used only by the next): `x`, the scale and the shift.
+#[allow(clippy::type_complexity)]
+fn prologue(
+    model: &TypedModel,
+    outlet: OutletId,
+    c: usize,
+) -> TractResult<Option<(OutletId, Vec<f32>, Vec<f32>)>> {
+    let Some((added, zero)) = with_constant(model, outlet, "Max", true)? else { return Ok(None) };
+    let Some((scaled, shift)) = with_constant(model, added, "Add", true)? else { return Ok(None) };
+    let Some((x, scale)) = with_constant(model, scaled, "Mul", true)? else { return Ok(None) };
+    let (Some(scale), Some(shift)) = (per_channel(scale, c), per_channel(shift, c)) else {
+        return Ok(None);
+    };
+    Ok(zero.iter().all(|&v| v == 0.0).then_some((x, scale, shift)))
+}
+
 /// The patch [`substitute_pointwise`] applies at node `id`, when the pattern is there.
 fn pointwise_patch(model: &TypedModel, id: usize) -> TractResult<Option<TypedModelPatch>> {
     let node = model.node(id);
@@ -407,18 +428,11 @@ fn pointwise_patch(model: &TypedModel, id: usize) -> TractResult<Option<TypedMod
         return Ok(None);
     }
     let o = weights.len() / c;
-    // Before: Max(Add(Mul(x, scale), shift), 0), each used only by the next.
-    let Some((added, zero)) = with_constant(model, node.inputs[0], "Max", true)? else {
-        return Ok(None);
+    let (x, prologue) = match prologue(model, node.inputs[0], c)? {
+        Some((x, scale, shift)) => (x, Some((scale, shift))),
+        None if h * w >= 4 * TILE => (node.inputs[0], None),
+        None => return Ok(None),
     };
-    let Some((scaled, shift)) = with_constant(model, added, "Add", true)? else { return Ok(None) };
-    let Some((x, scale)) = with_constant(model, scaled, "Mul", true)? else { return Ok(None) };
-    let (Some(scale), Some(shift)) = (per_channel(scale, c), per_channel(shift, c)) else {
-        return Ok(None);
-    };
-    if zero.iter().any(|&v| v != 0.0) {
-        return Ok(None);
-    }
     // After, where they are: Add(·, bias), then a 2×2 average pooling ([`fuse_clamps`] takes
     // a ReLU after that).
     let mut last = OutletId::new(id, 0);
@@ -450,7 +464,7 @@ fn pointwise_patch(model: &TypedModel, id: usize) -> TractResult<Option<TypedMod
         kernel_hw: [1, 1],
         strides: [1, 1],
         pad_before: [0, 0],
-        prologue: true,
+        prologue: prologue.is_some(),
         pooled,
         clamp: Clamp::NONE,
     };
@@ -462,9 +476,12 @@ fn pointwise_patch(model: &TypedModel, id: usize) -> TractResult<Option<TypedMod
     };
     let kernel = patch.add_const(format!("{name}.medinfer.kernel"), op.pack(&weights))?;
     let bias = konst(&mut patch, "bias", &bias, &[bias.len()])?;
-    let scale = konst(&mut patch, "scale", &scale, &[c])?;
-    let shift = konst(&mut patch, "shift", &shift, &[c])?;
-    let wire = patch.wire_node(name.clone(), op, &[input, kernel, bias, scale, shift])?;
+    let mut inputs = vec![input, kernel, bias];
+    if let Some((scale, shift)) = prologue {
+        inputs.push(konst(&mut patch, "scale", &scale, &[c])?);
+        inputs.push(konst(&mut patch, "shift", &shift, &[c])?);
+    }
+    let wire = patch.wire_node(name.clone(), op, &inputs)?;
     patch.shunt_outside(model, last, wire[0])?;
     Ok(Some(patch))
 }
@@ -1840,45 +1857,67 @@ mod tests {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
         let executor = Executor::MultiThread(std::sync::Arc::new(pool));
         multithread_tract_scope(executor, || {
-            check_pointwise("two threads, 1×1", 96, 128, [28, 28], true, false, false);
-            check_pointwise("two threads, pooled", 96, 128, [28, 28], false, false, true)
+            let case = pointwise(96, 128, [28, 28]);
+            check_pointwise("two threads, 1×1", Pointwise { epilogue: true, ..case });
+            check_pointwise("two threads, pooled", Pointwise { pool: true, ..case })
         });
     }
 
-    /// DenseNet's pre-activation 1×1 convolution as tract declutters it — `Mul`, `Add`, `Max`
-    /// with zero, `EinSum`, then (where `epilogue`) `Add` of a bias, then (where `pool`) a 2×2
-    /// average pooling, then (`epilogue`) `Max` with zero — against an f64 oracle, through tract's plan with and without [`substitute_pointwise`];
-    /// positions not a multiple of a block, a shared scale, and 1, 2 and many panels.
+    /// One case of [`pointwise_matches_the_definition`]: `c` → `o` channels on images of `hw`;
+    /// `prologue`: DenseNet's batch normalisation and ReLU before (a single scale for every
+    /// channel where `shared_scale`); `epilogue`: a bias after, and ReLU last; `pool`: a 2×2
+    /// average pooling after the bias.
+    #[derive(Clone, Copy, Debug)]
+    struct Pointwise {
+        c: usize,
+        o: usize,
+        hw: [usize; 2],
+        prologue: bool,
+        shared_scale: bool,
+        epilogue: bool,
+        pool: bool,
+    }
+
+    /// A case with the prologue, without a shared scale, epilogue or pooling.
+    fn pointwise(c: usize, o: usize, hw: [usize; 2]) -> Pointwise {
+        Pointwise { c, o, hw, prologue: true, shared_scale: false, epilogue: false, pool: false }
+    }
+
+    /// 1×1 convolutions as tract declutters them — DenseNet's pre-activation (`Mul`, `Add`,
+    /// `Max` with zero) or nothing before the `EinSum`, then the bias `Add`, a 2×2 average
+    /// pooling, the ReLU `Max`, where the case has them — against an f64 oracle, through
+    /// tract's plan with and without [`substitute_pointwise`] (and [`fuse_clamps`]): positions
+    /// not a multiple of a block, a shared scale, 1, 2 and many panels, odd sizes pooled.
     #[test]
-    fn pointwise_with_its_prologue_matches_the_definition() {
-        for (i, &(c, o, hw, epilogue, shared_scale, pool)) in [
-            (8, 12, [7, 9], true, false, false),
-            (300, 32, [14, 14], true, false, false),
-            (5, 2, [3, 11], false, true, false),
-            (16, 64, [8, 8], false, false, false),
-            // DenseNet's transitions: a 2×2 average pooling after (odd sizes: floor mode).
-            (256, 128, [8, 8], false, false, true),
-            (12, 7, [7, 9], true, false, true),
-            (6, 13, [37, 6], false, true, true),
+    fn pointwise_matches_the_definition() {
+        let epilogue = |p: Pointwise| Pointwise { epilogue: true, ..p };
+        let shared = |p: Pointwise| Pointwise { shared_scale: true, ..p };
+        let pooled = |p: Pointwise| Pointwise { pool: true, ..p };
+        let plain = |p: Pointwise| Pointwise { prologue: false, ..p };
+        for (i, case) in [
+            epilogue(pointwise(8, 12, [7, 9])),
+            epilogue(pointwise(300, 32, [14, 14])),
+            shared(pointwise(5, 2, [3, 11])),
+            pointwise(16, 64, [8, 8]),
+            // DenseNet's transitions (odd sizes: floor mode).
+            pooled(pointwise(256, 128, [8, 8])),
+            epilogue(pooled(pointwise(12, 7, [7, 9]))),
+            shared(pooled(pointwise(6, 13, [37, 6]))),
+            // MobileNetV2's: nothing before, on 4 blocks of positions and more.
+            epilogue(plain(pointwise(16, 96, [9, 9]))),
+            plain(pointwise(144, 24, [12, 13])),
         ]
-        .iter()
+        .into_iter()
         .enumerate()
         {
-            check_pointwise(&format!("case {i}"), c, o, hw, epilogue, shared_scale, pool);
+            check_pointwise(&format!("case {i}, {case:?}"), case);
         }
     }
 
-    /// One case of [`pointwise_with_its_prologue_matches_the_definition`].
-    fn check_pointwise(
-        case: &str,
-        c: usize,
-        o: usize,
-        [h, w]: [usize; 2],
-        epilogue: bool,
-        shared_scale: bool,
-        pool: bool,
-    ) {
+    /// One case of [`pointwise_matches_the_definition`].
+    fn check_pointwise(name: &str, case: Pointwise) {
         use tract_onnx::tract_core::ops::math;
+        let Pointwise { c, o, hw: [h, w], prologue, shared_scale, epilogue, pool } = case;
         let x: Vec<f32> = (0..c * h * w).map(|i| value(i, 11)).collect();
         let scale: Vec<f32> = (0..if shared_scale { 1 } else { c }).map(|i| value(i, 12)).collect();
         let shift: Vec<f32> = (0..c).map(|i| value(i, 13)).collect();
@@ -1889,8 +1928,11 @@ mod tests {
             let (oc, p) = (j / (h * w), j % (h * w));
             let mut sum = 0f64;
             for ci in 0..c {
-                let a = f64::from(scale[if shared_scale { 0 } else { ci }]);
-                let v = (f64::from(x[ci * h * w + p]) * a + f64::from(shift[ci])).max(0.0);
+                let mut v = f64::from(x[ci * h * w + p]);
+                if prologue {
+                    let a = f64::from(scale[if shared_scale { 0 } else { ci }]);
+                    v = (v * a + f64::from(shift[ci])).max(0.0);
+                }
                 sum += v * f64::from(weights[oc * c + ci]);
             }
             *out = if epilogue { sum + f64::from(bias[oc]) } else { sum };
@@ -1919,12 +1961,15 @@ mod tests {
             let per = |m: &mut TypedModel, name: &str, v: &[f32]| {
                 m.add_const(name, tensor1(v).into_shape(&[1, v.len(), 1, 1])?)
             };
-            let sc = per(&mut m, "scale", &scale)?;
-            let sh = per(&mut m, "shift", &shift)?;
             let zero = m.add_const("zero", tensor0(0f32).broadcast_into_rank(4)?)?;
-            let y = m.wire_node("bn.mul", math::mul(), &[input, sc])?[0];
-            let y = m.wire_node("bn.add", math::add(), &[y, sh])?[0];
-            let y = m.wire_node("relu", math::max(), &[y, zero])?[0];
+            let mut y = input;
+            if prologue {
+                let sc = per(&mut m, "scale", &scale)?;
+                let sh = per(&mut m, "shift", &shift)?;
+                y = m.wire_node("bn.mul", math::mul(), &[y, sc])?[0];
+                y = m.wire_node("bn.add", math::add(), &[y, sh])?[0];
+                y = m.wire_node("relu", math::max(), &[y, zero])?[0];
+            }
             let k = m.add_const("w", tensor1(&weights).into_shape(&[o, c])?)?;
             let einsum = EinSum::new("NIHW,OI->NOHW".parse()?, f32::datum_type());
             let mut y = m.wire_node("conv", einsum, &[y, k])?[0];
@@ -1957,30 +2002,31 @@ mod tests {
             out[0].try_as_plain_ram().and_then(|v| v.as_slice::<f32>()).expect("f32").to_vec()
         };
         let tract = build().expect("graph");
-        assert_close(&format!("{case}, tract"), &run(tract), &want);
+        assert_close(&format!("{name}, tract"), &run(tract), &want);
         let mut ours = build().expect("graph");
-        assert_eq!(substitute_pointwise(&mut ours).expect("substitute"), 1, "{case}");
+        assert_eq!(substitute_pointwise(&mut ours).expect("substitute"), 1, "{name}");
         fuse_clamps(&mut ours).expect("fuse");
         let op = ours.nodes().iter().find_map(|n| n.op_as::<DirectConv>()).expect("op");
         let relu = if epilogue { Clamp::new(0.0, f32::INFINITY) } else { Clamp::NONE };
-        assert!(op.prologue && op.clamp == relu && op.pooled == pool, "{case}: {op:?}");
+        assert!(op.prologue == prologue && op.clamp == relu && op.pooled == pool, "{name}: {op:?}");
         // Only the source, the operator and its constants are left.
         assert!(
             !ours.nodes().iter().any(|n| {
                 n.op_is::<EinSum>() || n.op_is::<TypedBinOp>() || n.op_is::<SumPool>()
             })
         );
-        assert_close(&format!("{case}, medinfer"), &run(ours), &want);
+        assert_close(&format!("{name}, medinfer"), &run(ours), &want);
     }
 
-    /// The pattern only where every link is used by the next alone: a second use of the ReLU
-    /// leaves the graph to tract.
+    /// The prologue only where every link is used by the next alone: with a second use of
+    /// the ReLU, the convolution alone is replaced, on an image of 4 blocks of positions and
+    /// more; below that, it is left to tract.
     #[test]
     fn pointwise_leaves_a_shared_prologue() {
         use tract_onnx::tract_core::ops::math;
-        let build = || -> TractResult<TypedModel> {
+        let build = |hw: usize| -> TractResult<TypedModel> {
             let mut m = TypedModel::default();
-            let input = m.add_source("x", f32::fact([1, 4, 5, 5]))?;
+            let input = m.add_source("x", f32::fact([1, 4, hw, hw]))?;
             let one = m.add_const("one", tensor1(&[1f32; 4]).into_shape(&[1, 4, 1, 1])?)?;
             let zero = m.add_const("zero", tensor0(0f32).broadcast_into_rank(4)?)?;
             let y = m.wire_node("bn.mul", math::mul(), &[input, one])?[0];
@@ -1992,8 +2038,13 @@ mod tests {
             m.select_output_outlets(&[conv, relu])?;
             Ok(m)
         };
-        let mut model = build().expect("graph");
-        assert_eq!(substitute_pointwise(&mut model).expect("substitute"), 0);
+        let mut small = build(7).expect("graph");
+        assert_eq!(substitute_pointwise(&mut small).expect("substitute"), 0);
+        let mut large = build(8).expect("graph");
+        assert_eq!(substitute_pointwise(&mut large).expect("substitute"), 1);
+        let op = large.nodes().iter().find_map(|n| n.op_as::<DirectConv>()).expect("op");
+        assert!(!op.prologue);
+        assert_eq!(large.nodes().iter().filter(|n| n.op_is::<TypedBinOp>()).count(), 3);
     }
 
     /// What it leaves to tract: 1×1 kernels (a plain matrix product there), dilation, groups.
