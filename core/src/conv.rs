@@ -327,11 +327,14 @@ pub(crate) fn pad_before(
 /// blocks of positions and more: on 7 × 7 the last block's padding lost to tract's product
 /// (MobileNetV2's 7 × 7 layers: 2.7 ms against 2.0, one thread, Zen 4 VM), where the
 /// prologue's pass saved tips DenseNet-121's the other way. The `Add` of a per-channel
-/// constant that follows the product, where it does, becomes its bias. Returns how many.
-pub fn substitute_pointwise(model: &mut TypedModel) -> TractResult<usize> {
+/// constant that follows the product, where it does, becomes its bias, and a 2×2 average
+/// pooling after that runs before the product. `pooled_only`: only the convolutions with
+/// such a pooling (DenseNet-121's transitions, where a quarter of the products beats a
+/// slower block: the wasm builds). Returns how many.
+pub fn substitute_pointwise(model: &mut TypedModel, pooled_only: bool) -> TractResult<usize> {
     let mut replaced = 0;
     for id in 0..model.nodes().len() {
-        if let Some(patch) = pointwise_patch(model, id)? {
+        if let Some(patch) = pointwise_patch(model, id, pooled_only)? {
             patch.apply(model)?;
             replaced += 1;
         }
@@ -408,7 +411,11 @@ fn prologue(
 }
 
 /// The patch [`substitute_pointwise`] applies at node `id`, when the pattern is there.
-fn pointwise_patch(model: &TypedModel, id: usize) -> TractResult<Option<TypedModelPatch>> {
+fn pointwise_patch(
+    model: &TypedModel,
+    id: usize,
+    pooled_only: bool,
+) -> TractResult<Option<TypedModelPatch>> {
     let node = model.node(id);
     let Some(einsum) = node.op_as::<EinSum>() else { return Ok(None) };
     if einsum.q_params.is_some()
@@ -456,6 +463,9 @@ fn pointwise_patch(model: &TypedModel, id: usize) -> TractResult<Option<TypedMod
         (last, output_hw) = (next, hw);
     }
     let pooled = output_hw != [h, w];
+    if pooled_only && !pooled {
+        return Ok(None);
+    }
     let op = DirectConv {
         input_channels: c,
         output_channels: o,
@@ -2004,7 +2014,10 @@ mod tests {
         let tract = build().expect("graph");
         assert_close(&format!("{name}, tract"), &run(tract), &want);
         let mut ours = build().expect("graph");
-        assert_eq!(substitute_pointwise(&mut ours).expect("substitute"), 1, "{name}");
+        let mut pooled_only = build().expect("graph");
+        let replaced = substitute_pointwise(&mut pooled_only, true).expect("substitute");
+        assert_eq!(replaced, usize::from(pool), "{name}, pooled only");
+        assert_eq!(substitute_pointwise(&mut ours, false).expect("substitute"), 1, "{name}");
         fuse_clamps(&mut ours).expect("fuse");
         let op = ours.nodes().iter().find_map(|n| n.op_as::<DirectConv>()).expect("op");
         let relu = if epilogue { Clamp::new(0.0, f32::INFINITY) } else { Clamp::NONE };
@@ -2039,9 +2052,9 @@ mod tests {
             Ok(m)
         };
         let mut small = build(7).expect("graph");
-        assert_eq!(substitute_pointwise(&mut small).expect("substitute"), 0);
+        assert_eq!(substitute_pointwise(&mut small, false).expect("substitute"), 0);
         let mut large = build(8).expect("graph");
-        assert_eq!(substitute_pointwise(&mut large).expect("substitute"), 1);
+        assert_eq!(substitute_pointwise(&mut large, false).expect("substitute"), 1);
         let op = large.nodes().iter().find_map(|n| n.op_as::<DirectConv>()).expect("op");
         assert!(!op.prologue);
         assert_eq!(large.nodes().iter().filter(|n| n.op_is::<TypedBinOp>()).count(), 3);
