@@ -124,22 +124,24 @@ impl LoadedModel {
         let one = HashMap::from([(batch.clone(), TDim::Val(1))]);
         // In the CPU plan only (`typed`, which the GPU executor walks, keeps tract's ops),
         // where each was measured faster than tract's (BENCHMARKS.md): on x86-64, tract's
-        // depthwise convolutions give way to medinfer's (`depthwise`), its dense ones with
-        // kernels above 1×1 and the 1×1 ones (those with a batch normalisation + ReLU before
-        // them, and the others on images of 64 positions and more; an average pooling after
-        // them moved before) to medinfer's direct convolution (`conv`); in the browser builds
-        // (wasm32-unknown-unknown, SIMD) the dense ones above 1×1 and the 1×1 ones with a
-        // pooling after them (DenseNet-121's transitions). A clamp after any of these (ReLU,
-        // ReLU6) folds into it. The Spin component (wasip2) keeps tract's: under Cranelift
-        // the direct convolution's wasm block made DenseNet-121 15 % slower (and the pooled
-        // transitions alone gained nothing measurable), and with our depthwise convolutions
-        // MobileNetV2 ran 12 % slower; every 1×1 on the fused form was slower in the SIMD128
-        // browser build; aarch64 is not measured.
+        // depthwise convolutions and max poolings give way to medinfer's (`depthwise`), its
+        // dense ones with kernels above 1×1 and the 1×1 ones (those with a batch
+        // normalisation + ReLU before them, and the others on images of 64 positions and
+        // more; an average pooling after them moved before) to medinfer's direct convolution
+        // (`conv`); in the browser builds (wasm32-unknown-unknown, SIMD) the dense ones above
+        // 1×1 and the 1×1 ones with a pooling after them (DenseNet-121's transitions). A
+        // clamp after any of these (ReLU, ReLU6) folds into it. The Spin component (wasip2)
+        // keeps tract's: under Cranelift the direct convolution's wasm block made
+        // DenseNet-121 15 % slower (and the pooled transitions alone gained nothing
+        // measurable), and with our depthwise convolutions MobileNetV2 ran 12 % slower; every
+        // 1×1 on the fused form was slower in the SIMD128 browser build; aarch64 is not
+        // measured.
         let plan = typed
             .set_symbols(&one)
             .and_then(|mut m| {
                 if cfg!(target_arch = "x86_64") {
                     crate::depthwise::substitute(&mut m)?;
+                    crate::depthwise::substitute_max_pools(&mut m)?;
                 }
                 let browser = cfg!(all(
                     target_arch = "wasm32",

@@ -49,6 +49,18 @@ fn mobilenetv2_depthwise_operator() {
     }
 }
 
+/// DenseNet-121's one max pooling (3×3, stride 2, after the stem) runs on medinfer's depthwise
+/// operator on x86-64, tract's elsewhere; `densenet121_matches_onnxruntime` checks the numbers.
+#[test]
+fn densenet121_max_pool_operator() {
+    let ops = common::load_model("densenet121-chexnet").plan_operators();
+    let ours = ops.iter().filter(|op| *op == "medinfer.MaxPool").count();
+    let tracts =
+        ops.iter().filter(|op| op.contains("MaxPool") && !op.starts_with("medinfer")).count();
+    let want = if cfg!(target_arch = "x86_64") { (1, 0) } else { (0, 1) };
+    assert_eq!((ours, tracts), want, "{ops:?}");
+}
+
 /// All 120 of DenseNet-121's convolutions run on medinfer's direct convolution on x86-64
 /// (`core/src/conv.rs`): the 3×3 ones and the 7×7 stem, and the 1×1 ones with the batch
 /// normalisation and ReLU before them (and the bias, average pooling and ReLU after) fused
