@@ -24,6 +24,7 @@
 #![deny(missing_docs)]
 
 mod array;
+mod concat;
 mod conv;
 pub mod deid;
 mod depthwise;

@@ -142,6 +142,7 @@ impl LoadedModel {
                 if cfg!(target_arch = "x86_64") {
                     crate::depthwise::substitute(&mut m)?;
                     crate::depthwise::substitute_max_pools(&mut m)?;
+                    crate::concat::substitute(&mut m)?;
                 }
                 let browser = cfg!(all(
                     target_arch = "wasm32",

@@ -49,16 +49,17 @@ fn mobilenetv2_depthwise_operator() {
     }
 }
 
-/// DenseNet-121's one max pooling (3×3, stride 2, after the stem) runs on medinfer's depthwise
-/// operator on x86-64, tract's elsewhere; `densenet121_matches_onnxruntime` checks the numbers.
+/// DenseNet-121's one max pooling (3×3, stride 2, after the stem) and its 58 concatenations
+/// run on medinfer's operators on x86-64 (`depthwise`, `concat`), tract's elsewhere;
+/// `densenet121_matches_onnxruntime` checks the numbers.
 #[test]
-fn densenet121_max_pool_operator() {
+fn densenet121_max_pool_and_concat_operators() {
     let ops = common::load_model("densenet121-chexnet").plan_operators();
-    let ours = ops.iter().filter(|op| *op == "medinfer.MaxPool").count();
-    let tracts =
-        ops.iter().filter(|op| op.contains("MaxPool") && !op.starts_with("medinfer")).count();
-    let want = if cfg!(target_arch = "x86_64") { (1, 0) } else { (0, 1) };
-    assert_eq!((ours, tracts), want, "{ops:?}");
+    let count = |name: &str| ops.iter().filter(|op| *op == name).count();
+    let ours = (count("medinfer.MaxPool"), count("medinfer.Concat"));
+    let tracts = (count("OptMaxPool"), count("Concat"));
+    let want = if cfg!(target_arch = "x86_64") { [(1, 58), (0, 0)] } else { [(0, 0), (1, 58)] };
+    assert_eq!([ours, tracts], want, "{ops:?}");
 }
 
 /// All 120 of DenseNet-121's convolutions run on medinfer's direct convolution on x86-64
