@@ -102,8 +102,8 @@ fn on_pool<T: Send, R: Send>(
         Executor::MultiThread(pool) => Some(pool.as_ref()),
         _ => None,
     };
-    let threads = match executor {
-        Executor::MultiThread(ref pool) => pool.current_num_threads(),
+    let threads = match &executor {
+        Executor::MultiThread(pool) => pool.current_num_threads(),
         // The browser's threaded build: the Web Workers wasm-bindgen-rayon started.
         Executor::RayonGlobal => rayon::current_num_threads(),
         _ => 1,
@@ -111,10 +111,21 @@ fn on_pool<T: Send, R: Send>(
     if threads < 2 || items.is_empty() {
         return Err(items);
     }
-    let _running = Running::enter();
     if items.len() == 1 {
-        return Ok(with_a_worker_spinning(pool, || items.into_iter().map(f).collect()));
+        // Only with the pool to itself: a worker waiting for a split of this item takes any
+        // job offered to the pool meanwhile, and another call's whole item run inside this one
+        // would find tract's scratch (a thread-local, held across the split) borrowed. Beside
+        // another call, on the calling thread as before: tract still splits its products
+        // across the pool, pieces that hold nothing.
+        let Some(_alone) = Running::alone() else { return Err(items) };
+        // The caller's executor on the worker too (a scoped one is the calling thread's).
+        let one =
+            || multithread_tract_scope(executor.clone(), || items.into_iter().map(f).collect());
+        return Ok(with_a_worker_spinning(pool, one));
     }
+    // Items side by side, each single-threaded inside (so no worker waits inside one), unless
+    // a single item has the pool: then one by one here.
+    let Some(_running) = Running::beside() else { return Err(items) };
     let each = |item: T| multithread_tract_scope(Executor::SingleThread, || f(item));
     let all = || items.into_par_iter().map(each).collect();
     Ok(match pool {
@@ -123,27 +134,44 @@ fn on_pool<T: Send, R: Send>(
     })
 }
 
-/// How many [`on_pool`] calls are under way, process-wide: a spinning worker stands down as
-/// soon as another starts, so that the pool's workers go to it.
+/// The [`on_pool`] calls under way, process-wide: how many, plus [`ALONE`] while a single
+/// item has the pool to itself. Its spinner stands down as soon as another call starts.
 #[cfg(feature = "threads")]
 static RUNNING: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
-/// One call counted in [`RUNNING`] while it lives.
+/// The flag in [`RUNNING`]: a single item runs on the pool.
 #[cfg(feature = "threads")]
-struct Running;
+const ALONE: usize = 1 << (usize::BITS - 1);
+
+/// One call counted in [`RUNNING`] while it lives (the amount it added).
+#[cfg(feature = "threads")]
+struct Running(usize);
 
 #[cfg(feature = "threads")]
 impl Running {
-    fn enter() -> Running {
-        RUNNING.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        Running
+    /// A single item's claim on the pool: only when no other call is under way.
+    fn alone() -> Option<Running> {
+        use std::sync::atomic::Ordering::SeqCst;
+        RUNNING.compare_exchange(0, ALONE | 1, SeqCst, SeqCst).ok().map(|_| Running(ALONE | 1))
+    }
+
+    /// Any other call's count; `None` (and nothing counted) while a single item has the pool.
+    fn beside() -> Option<Running> {
+        use std::sync::atomic::Ordering::SeqCst;
+        let running = Running(1);
+        (RUNNING.fetch_add(1, SeqCst) & ALONE == 0).then_some(running)
+    }
+
+    /// Whether the single item that has the pool is the only call under way.
+    fn only_alone() -> bool {
+        RUNNING.load(std::sync::atomic::Ordering::SeqCst) == ALONE | 1
     }
 }
 
 #[cfg(feature = "threads")]
 impl Drop for Running {
     fn drop(&mut self) {
-        RUNNING.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+        RUNNING.fetch_sub(self.0, std::sync::atomic::Ordering::SeqCst);
     }
 }
 
@@ -172,7 +200,7 @@ fn with_a_worker_spinning<R: Send>(
         f()
     };
     let spin = || {
-        while !done.load(Ordering::Acquire) && RUNNING.load(Ordering::SeqCst) == 1 {
+        while !done.load(Ordering::Acquire) && Running::only_alone() {
             if rayon::yield_now() != Some(rayon::Yield::Executed) {
                 std::hint::spin_loop();
             }
@@ -239,14 +267,24 @@ mod tests {
         multithread_tract_scope(Executor::MultiThread(Arc::new(pool)), f)
     }
 
+    /// The pool's state is process-wide: these tests take turns.
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    fn serial() -> std::sync::MutexGuard<'static, ()> {
+        SERIAL.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
     const N: usize = 10_000;
     const WANT: f64 = ((N - 1) * N * (2 * N - 1) / 6) as f64;
+    /// Above tract's threshold for splitting a share (32 768 values).
+    const BIG: usize = 1_000_000;
 
     /// One item runs on a worker of the pool (a spinner beside it), splitting its work there;
     /// several at once, and calls from several threads at once, all finish with the right
     /// results (a spinner stands down for another call rather than run it inside its loop).
     #[test]
     fn items_run_on_the_pool_alone_and_together() {
+        let _serial = serial();
         with_pool(|| {
             let one = super::map_on_pool(vec![N], |n| (rayon::current_thread_index(), squares(n)));
             assert!(one[0].0.is_some(), "a single item runs on a worker");
@@ -274,9 +312,61 @@ mod tests {
         });
     }
 
+    thread_local! {
+        /// Held across the work of [`holding`], as tract holds its matrix products' scratch
+        /// across their split (`OptMatMul::eval`).
+        static HELD: std::cell::RefCell<()> = const { std::cell::RefCell::new(()) };
+    }
+
+    /// With [`HELD`] borrowed throughout, `n` ones doubled in chunks split across tract's
+    /// executor (`n` above its threshold for splitting), summed: a second borrow on the same
+    /// thread (one call's item run inside another's, by a worker waiting for its split)
+    /// panics.
+    fn holding(n: usize) -> f64 {
+        HELD.with_borrow_mut(|_| {
+            let mut v = vec![1f64; n];
+            par_chunks_mut(&mut v, 256, n, |_, chunk| {
+                chunk.iter_mut().for_each(|x| *x *= 2.0);
+                Ok(())
+            })
+            .expect("chunks");
+            v.iter().sum()
+        })
+    }
+
+    /// Single items and batches from several threads at once, each item holding a
+    /// thread-local borrow across its split: no worker runs a whole item inside another's
+    /// (a pool worker waiting on its split may take any job offered to the pool; the server
+    /// aborted on tract's scratch when single images ran there unguarded).
+    #[test]
+    fn no_item_runs_inside_another() {
+        let _serial = serial();
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
+        let executor = Executor::MultiThread(Arc::new(pool));
+        std::thread::scope(|s| {
+            let calls: Vec<_> = (0..4)
+                .map(|i| {
+                    let executor = executor.clone();
+                    s.spawn(move || {
+                        multithread_tract_scope(executor, || {
+                            (0..100)
+                                .map(|k| super::map_on_pool(vec![BIG; 1 + (i + k) % 3], holding))
+                                .collect::<Vec<_>>()
+                        })
+                    })
+                })
+                .collect();
+            for call in calls {
+                let results = call.join().expect("no call panicked");
+                assert!(results.iter().flatten().all(|&r| r == 2.0 * BIG as f64));
+            }
+        });
+    }
+
     /// A panic in a single item reaches the caller: the spinner beside it stops too.
     #[test]
     fn a_panic_in_an_item_reaches_the_caller() {
+        let _serial = serial();
         let caught = with_pool(|| {
             std::panic::catch_unwind(|| {
                 super::map_on_pool(vec![1], |_: i32| -> i32 { panic!("x") })
