@@ -291,6 +291,15 @@ pub(crate) fn replace_convs<O: TypedOp>(
     Ok(replaced)
 }
 
+/// `spec`'s strides as rows and columns (1 and 1 where it has none); `None` for another rank.
+pub(crate) fn strides_2d(spec: &PoolSpec) -> Option<[usize; 2]> {
+    match &spec.strides {
+        None => Some([1, 1]),
+        Some(s) if s.len() == 2 => Some([s[0], s[1]]),
+        Some(_) => None,
+    }
+}
+
 /// The zero rows and columns before the image that `spec`'s padding asks for, for these
 /// sizes (a `Same` padding split as ONNX says); `None` for a spec of another rank. One as
 /// large as the kernel (outputs of bias only) is `None` too: left to tract, as real models
@@ -598,11 +607,7 @@ impl DirectConv {
         let kernel = kernel.shape.as_concrete()?;
         let bias = bias.shape.as_concrete()?.iter().product::<usize>();
         let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
-        let strides = match &spec.strides {
-            None => [1, 1],
-            Some(s) if s.len() == 2 => [s[0], s[1]],
-            Some(_) => return None,
-        };
+        let strides = strides_2d(spec)?;
         if input.len() != 4
             || output.len() != 4
             || input[1] != c

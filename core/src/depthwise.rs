@@ -97,11 +97,7 @@ impl DepthwiseConv {
         let input = input.shape.as_concrete()?;
         let output = output.shape.as_concrete()?;
         let kernel_hw = [spec.kernel_shape[0], spec.kernel_shape[1]];
-        let strides = match &spec.strides {
-            None => [1, 1],
-            Some(s) if s.len() == 2 => [s[0], s[1]],
-            Some(_) => return None,
-        };
+        let strides = crate::conv::strides_2d(spec)?;
         if input.len() != 4
             || output.len() != 4
             || output[..2] != input[..2]
@@ -111,20 +107,34 @@ impl DepthwiseConv {
         {
             return None;
         }
+        DepthwiseConv::with_geometry(spec, input[1], input, output, kernel_hw, strides, true)
+    }
+
+    /// The operator over `channels` planes, from the NCHW `input` to `output` shapes with
+    /// `spec`'s padding: `None` where a plane is empty or the padding is not one it covers.
+    fn with_geometry(
+        spec: &PoolSpec,
+        channels: usize,
+        input: &[usize],
+        output: &[usize],
+        kernel_hw: [usize; 2],
+        strides: [usize; 2],
+        max: bool,
+    ) -> Option<Self> {
         let (input_hw, output_hw) = ([input[2], input[3]], [output[2], output[3]]);
         if output_hw.contains(&0) || input_hw.contains(&0) {
             return None;
         }
         let pad_before = crate::conv::pad_before(spec, input_hw, output_hw, kernel_hw, strides)?;
         Some(DepthwiseConv {
-            channels: input[1],
+            channels,
             input_hw,
             output_hw,
             kernel_hw,
             strides,
             pad_before,
             clamp: Clamp::NONE,
-            max: true,
+            max,
         })
     }
 
@@ -155,11 +165,7 @@ impl DepthwiseConv {
         let kernel = kernel.shape.as_concrete()?;
         let bias = bias.shape.as_concrete()?.iter().product::<usize>();
         let (kh, kw) = (spec.kernel_shape[0], spec.kernel_shape[1]);
-        let strides = match &spec.strides {
-            None => [1, 1],
-            Some(s) if s.len() == 2 => [s[0], s[1]],
-            Some(_) => return None,
-        };
+        let strides = crate::conv::strides_2d(spec)?;
         if input.len() != 4
             || output.len() != 4
             || input[1] != c
@@ -172,23 +178,7 @@ impl DepthwiseConv {
         {
             return None;
         }
-        let (input_hw, output_hw) = ([input[2], input[3]], [output[2], output[3]]);
-        if output_hw.contains(&0) || input_hw.contains(&0) {
-            return None;
-        }
-        let kernel_hw = [kh, kw];
-        let pad_before =
-            crate::conv::pad_before(&conv.pool_spec, input_hw, output_hw, kernel_hw, strides)?;
-        Some(DepthwiseConv {
-            channels: c,
-            input_hw,
-            output_hw,
-            kernel_hw,
-            strides,
-            pad_before,
-            clamp: Clamp::NONE,
-            max: false,
-        })
+        DepthwiseConv::with_geometry(&conv.pool_spec, c, input, output, [kh, kw], strides, false)
     }
 
     /// The scratch plane's shape: `(phases, rows, phase width)`.
@@ -297,28 +287,22 @@ impl DepthwiseConv {
                 let rows = (oh - y).min(ROWS);
                 let at = y * row_step;
                 let dst = &mut dst[y * ow..(y + rows) * ow];
+                // One instance of `row` per block height.
+                macro_rules! by_rows {
+                    ($($r:literal),*) => {
+                        match rows {
+                            $($r => self.row::<$r, FMA, MAX>(
+                                &scratch, at, row_step, &offsets, weights, b, dst,
+                            ),)*
+                            _ => self.row::<1, FMA, MAX>(
+                                &scratch, at, row_step, &offsets, weights, b, dst,
+                            ),
+                        }
+                    };
+                }
                 // SAFETY: `at` + any offset + `rows` rows of a block's lanes stay within
                 // `reach`, which is inside the scratch.
-                unsafe {
-                    match rows {
-                        8 => self
-                            .row::<8, FMA, MAX>(&scratch, at, row_step, &offsets, weights, b, dst),
-                        7 => self
-                            .row::<7, FMA, MAX>(&scratch, at, row_step, &offsets, weights, b, dst),
-                        6 => self
-                            .row::<6, FMA, MAX>(&scratch, at, row_step, &offsets, weights, b, dst),
-                        5 => self
-                            .row::<5, FMA, MAX>(&scratch, at, row_step, &offsets, weights, b, dst),
-                        4 => self
-                            .row::<4, FMA, MAX>(&scratch, at, row_step, &offsets, weights, b, dst),
-                        3 => self
-                            .row::<3, FMA, MAX>(&scratch, at, row_step, &offsets, weights, b, dst),
-                        2 => self
-                            .row::<2, FMA, MAX>(&scratch, at, row_step, &offsets, weights, b, dst),
-                        _ => self
-                            .row::<1, FMA, MAX>(&scratch, at, row_step, &offsets, weights, b, dst),
-                    }
-                }
+                unsafe { by_rows!(8, 7, 6, 5, 4, 3, 2) }
                 y += rows;
             }
         }

@@ -280,8 +280,8 @@ mod tests {
     const BIG: usize = 1_000_000;
 
     /// One item runs on a worker of the pool (a spinner beside it), splitting its work there;
-    /// several at once, and calls from several threads at once, all finish with the right
-    /// results (a spinner stands down for another call rather than run it inside its loop).
+    /// several run side by side; both with the right results. (Calls from several threads at
+    /// once: [`no_item_runs_inside_another`].)
     #[test]
     fn items_run_on_the_pool_alone_and_together() {
         let _serial = serial();
@@ -290,25 +290,6 @@ mod tests {
             assert!(one[0].0.is_some(), "a single item runs on a worker");
             assert_eq!(one[0].1, WANT);
             assert_eq!(super::map_on_pool(vec![N; 5], squares), vec![WANT; 5]);
-        });
-        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
-        let executor = Executor::MultiThread(Arc::new(pool));
-        std::thread::scope(|s| {
-            let calls: Vec<_> = (0..4)
-                .map(|_| {
-                    let executor = executor.clone();
-                    s.spawn(move || {
-                        multithread_tract_scope(executor, || {
-                            (0..20)
-                                .map(|_| super::map_on_pool(vec![N], squares))
-                                .collect::<Vec<_>>()
-                        })
-                    })
-                })
-                .collect();
-            for call in calls {
-                assert!(call.join().expect("call").iter().all(|r| r == &[WANT]));
-            }
         });
     }
 
