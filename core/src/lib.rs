@@ -67,8 +67,9 @@ pub use image;
 
 /// Maps `f` over `items` several at a time on the pool [`set_threads`] started, each call
 /// single-threaded inside (tract's products included), and returns the results in the items'
-/// order; a single item on the pool too, tract splitting its products across it; without a
-/// pool (one thread; the Spin component), one by one on the calling thread.
+/// order; a single item on the pool too when no other call is under way (tract splitting its
+/// products across it), else on the calling thread; without a pool (one thread; the Spin
+/// component), one by one on the calling thread.
 ///
 /// A batch's images go through it (decode, preprocess, the model run): two images side by side
 /// finish sooner than the same two one after the other, each split across both cores by tract
@@ -83,10 +84,11 @@ pub fn map_on_pool<T: Send, R: Send>(items: Vec<T>, f: impl Fn(T) -> R + Sync) -
 
 /// [`map_on_pool`]'s parallel half: the items back when there is no pool to run them on.
 ///
-/// A single item runs on a worker of the pool too, with a second worker kept looking for work
-/// until it is done ([`with_a_worker_spinning`]), so that tract's products and medinfer's
-/// convolutions inside hand their halves over cheaply: each split of a run (hundreds per
-/// image) otherwise woke the calling thread and a sleeping worker. DenseNet-121 on two
+/// A single item runs on a worker of the pool too (with the pool to itself, see below), with
+/// a second worker kept looking for work until it is done ([`with_a_worker_spinning`]), so
+/// that tract's products and medinfer's convolutions inside hand their halves over cheaply:
+/// each split of a run (hundreds per image) otherwise woke the calling thread and a sleeping
+/// worker. DenseNet-121 on two
 /// threads, 2-core Zen 4 VM: 53.8 ms a run from the calling thread, 47.9 on a worker, 44.4
 /// with the second one spinning (median of 5 rounds of 30 runs each).
 #[cfg(feature = "threads")]
@@ -177,9 +179,9 @@ impl Drop for Running {
 
 /// Runs `f` on a worker of `pool` (rayon's global pool where `None`) while another worker
 /// spins, taking each piece of work the moment `f`'s thread offers it (`rayon::yield_now`),
-/// until `f` returns or panics, or another [`on_pool`] call starts (the spinner would
-/// otherwise run that call inside its own loop, and make this one wait for it). Where no
-/// worker is free to spin, the spinner finds `f` done and returns at once.
+/// until `f` returns or panics, or another [`on_pool`] call starts (the workers are then that
+/// call's too). Where no worker is free to spin, the spinner finds `f` done and returns at
+/// once.
 #[cfg(feature = "threads")]
 fn with_a_worker_spinning<R: Send>(
     pool: Option<&rayon::ThreadPool>,

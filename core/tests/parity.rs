@@ -68,7 +68,8 @@ fn densenet121_max_pool_and_concat_operators() {
 /// in; of MobileNetV2's, the 3×3 stem and the 26 1×1 ones on images larger than 7 × 7 (its
 /// eight on 7 × 7 stay tract's matrix products).
 /// The Spin component's target (wasip2, where these tests also run) keeps tract's; the browser
-/// builds run the dense ones above 1×1 on it (`web/tests/simd.test.mjs` checks the count). The
+/// builds run the dense ones above 1×1 and DenseNet's three transitions on it
+/// (`web/tests/simd.test.mjs` checks the counts). The
 /// `*_matches_onnxruntime` tests check the numbers either way.
 #[test]
 fn direct_convolutions() {
