@@ -18,10 +18,11 @@
 //! A block is then [`TILE`] consecutive positions — on x86-64 two vectors of 8 read straight
 //! from the scratch at each tap — times [`NR`] output channels whose weights are broadcast: 12
 //! accumulators, no gather (with AVX-512, two blocks at once, one 16-lane vector each, times
-//! [`NR_AVX512`] channels: 16; on wasm 8 positions × 4 channels, 8 accumulators). The sum over taps runs in steps of [`K_STEP`] so
-//! that the input rows a step reads stay in L1 across the panels of output channels; the
-//! padding, the blocks and the copy out are shared on tract's executor where it has threads.
-//! The bias is added when the blocks are copied out to NCHW. The block is AVX-512 or AVX2 +
+//! [`NR_AVX512`] channels: 16; on wasm 8 positions × 4 channels, 8 accumulators). The sum
+//! over taps runs in steps of [`K_STEP`] so that the input rows a step reads stay in L1
+//! across the panels of output channels; the padding, the blocks and the copy out are shared
+//! on tract's executor where it has threads. The bias (and a clamp that followed in the
+//! graph, [`fuse_clamps`]) is applied when the blocks are copied out to NCHW. The block is AVX-512 or AVX2 +
 //! FMA intrinsics on x86-64, chosen at run time, wasm SIMD intrinsics on wasm32 with SIMD,
 //! and plain array arithmetic elsewhere (what the tests also check).
 //!
