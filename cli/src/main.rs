@@ -331,7 +331,11 @@ fn infer(
 ) -> Result<bool> {
     let files = collect_files(paths)?;
     let dir = models::models_dir(models_dir);
-    let (mut registry, _) = models::load(&dir, model_id, models::Loading::Parallel)?;
+    // The plan forms only for tract's CPU plan: another executor walks the decluttered
+    // graph, which only the ONNX load gives.
+    let plans = models::user_plans_dir().filter(|_| backend == backend::Backend::Cpu);
+    let mut registry =
+        models::load(&dir, model_id, models::Loading::Parallel, plans.as_deref())?.registry;
     eprintln!("{}", backend::apply(&mut registry, backend)?);
     let model = registry.resolve(model_id)?;
     let clock = Clock(Instant::now());
@@ -457,18 +461,21 @@ fn print_table(rows: &[serde_json::Value], manifest: &medinfer_core::ModelManife
 
 fn list_models(as_json: bool, models_dir: Option<PathBuf>) -> Result<bool> {
     let dir = models::models_dir(models_dir);
-    let (registry, timings) = models::load(&dir, None, models::Loading::Parallel)?;
+    let plans = models::user_plans_dir();
+    let loaded = models::load(&dir, None, models::Loading::Parallel, plans.as_deref())?;
+    let (registry, timings) = (&loaded.registry, &loaded.load_ms);
     let rows: Vec<_> = registry
         .iter()
         .map(|m| {
             let man = m.manifest();
             let load_ms = timings.iter().find(|(id, _)| *id == man.id).map_or(0.0, |t| t.1);
+            let plan_form = loaded.plan_notes.iter().find(|(id, _)| *id == man.id);
             json!({
                 "model_id": man.id, "version": man.version, "status": man.status,
                 "file_path": dir.join(&man.id).join(&man.file).display().to_string(),
                 "input_shape": man.input.shape, "output_shape": m.output_shape(),
                 "labels": man.output.labels.len(), "sha256": m.sha256(), "load_ms": load_ms,
-                "disclaimer": man.disclaimer,
+                "plan_form": plan_form.map(|(_, note)| note), "disclaimer": man.disclaimer,
             })
         })
         .collect();
@@ -552,6 +559,26 @@ fn summary(v: &mut [f64]) -> (f64, f64, f64) {
     (at(0.5), at(0.9), v[0])
 }
 
+/// The load of `manifest`'s model from its plan form, file read included, in milliseconds:
+/// the median of 5 after the form is written to a temporary file (`None`: the model has
+/// none, its graph holding an operator the form does not cover).
+fn plan_form_load_ms(dir: &Path, manifest: &medinfer_core::ModelManifest) -> Result<Option<f64>> {
+    let onnx = std::fs::read(dir.join(&manifest.id).join(&manifest.file))?;
+    let (_, form) = medinfer_core::LoadedModel::load_with_plan_form(manifest.clone(), &onnx)?;
+    let Some(form) = form else { return Ok(None) };
+    let path = std::env::temp_dir().join(format!("medinfer-bench-{}.plan", std::process::id()));
+    std::fs::write(&path, form)?;
+    let mut times = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let form = std::fs::read(&path)?;
+        medinfer_core::LoadedModel::load_plan_form(manifest.clone(), &form)?;
+        times.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    std::fs::remove_file(&path)?;
+    Ok(Some(summary(&mut times).0))
+}
+
 fn bench(
     file: &Path,
     iterations: usize,
@@ -564,7 +591,9 @@ fn bench(
     let bytes = std::fs::read(file)?;
     let dir = models::models_dir(models_dir);
     // One by one: each model's load time is its own, as onnxruntime's session creation is.
-    let (mut registry, load_ms) = models::load(&dir, None, models::Loading::OneByOne)?;
+    // From ONNX (the cold load); the plan form's load is measured on its own below.
+    let loaded = models::load(&dir, None, models::Loading::OneByOne, None)?;
+    let (mut registry, load_ms) = (loaded.registry, loaded.load_ms);
     let (backend_line, gpu) = backend::apply_gpu(&mut registry, backend)?;
     if gpu_profile && gpu.is_none() {
         anyhow::bail!("--gpu-profile needs the models on the GPU ({backend_line})");
@@ -598,8 +627,10 @@ fn bench(
         let (t50, t90, tmin) = summary(&mut total);
         let (i50, i90, imin) = summary(&mut infer);
         let load = load_ms.iter().find(|(m, _)| m == id).map_or(0.0, |l| l.1);
+        let plan_load = plan_form_load_ms(&dir, model.manifest())?;
         rows.push(json!({
-            "model_id": id, "iterations": iterations, "load_ms": load, "batch": batch,
+            "model_id": id, "iterations": iterations, "load_ms": load,
+            "plan_form_load_ms": plan_load, "batch": batch,
             "chunk": chunk, "threads": threads,
             "backend": model.backend(), "backend_detail": backend_line,
             "first_run_ms": first_run_ms,
@@ -647,14 +678,15 @@ fn bench(
         threads
     );
     println!(
-        "{:<24} {:>9} {:>12} {:>12} {:>12} {:>12}",
-        "model", "load ms", "infer p50", "infer p90", "total p50", "total p90"
+        "{:<24} {:>9} {:>10} {:>12} {:>12} {:>12} {:>12}",
+        "model", "load ms", "(plan ms)", "infer p50", "infer p90", "total p50", "total p90"
     );
     for r in &rows {
         println!(
-            "{:<24} {:>9.0} {:>12.1} {:>12.1} {:>12.1} {:>12.1}",
+            "{:<24} {:>9.0} {:>10} {:>12.1} {:>12.1} {:>12.1} {:>12.1}",
             r["model_id"].as_str().unwrap_or(""),
             r["load_ms"].as_f64().unwrap_or(0.0),
+            r["plan_form_load_ms"].as_f64().map_or("-".into(), |ms| format!("{ms:.0}")),
             r["infer_ms"]["median"].as_f64().unwrap_or(0.0),
             r["infer_ms"]["p90"].as_f64().unwrap_or(0.0),
             r["total_ms"]["median"].as_f64().unwrap_or(0.0),

@@ -184,15 +184,26 @@ pub fn serve(options: ServeOptions) -> Result<()> {
     })?;
     let config = config(&options.sources, true)?;
     let t = Instant::now();
+    // The plan forms (`data/plans` unless $MEDINFER_PLANS says otherwise) only for tract's
+    // CPU plan: another executor walks the decluttered graph, which only the ONNX load gives.
+    let plans = crate::models::plans_dir(Some(options.sources.data_dir.join("plans")))
+        .filter(|_| options.backend == crate::backend::Backend::Cpu);
     let loaded = medinfer_service::models::load_dir(
         &options.models_dir,
         None,
         medinfer_service::models::Loading::Parallel,
+        plans.as_deref(),
         &|| t.elapsed().as_secs_f64() * 1e3,
     )
     .with_context(|| format!("cannot read the models folder {}", options.models_dir.display()))?;
     for (id, ms) in &loaded.load_ms {
-        tracing::info!(model_id = %id, load_ms = format!("{ms:.0}"), "model loaded");
+        let plan_form = loaded.plan_notes.iter().find(|(m, _)| m == id).map(|(_, n)| n.as_str());
+        tracing::info!(
+            model_id = %id,
+            load_ms = format!("{ms:.0}"),
+            plan_form = plan_form.unwrap_or("not kept"),
+            "model loaded"
+        );
     }
     for f in &loaded.failures {
         tracing::error!(folder = %f.folder, error = %f.error, "model failed to load");

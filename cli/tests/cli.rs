@@ -115,6 +115,45 @@ fn models_lists_both_bundled_models() {
     assert_eq!(rows[0]["output_shape"], serde_json::json!(["N", "14"]));
 }
 
+/// The first `medinfer models` writes each model's plan form to `$MEDINFER_PLANS`, the
+/// second loads from it (on x86-64, where both bundled graphs have one) and reports the same
+/// models; `off` keeps nothing.
+#[test]
+fn models_load_from_their_plan_forms_the_second_time() {
+    let plans = std::env::temp_dir().join(format!("medinfer-cli-plans-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&plans);
+    let run = |dir: &std::ffi::OsStr| {
+        let out = Command::new(env!("CARGO_BIN_EXE_medinfer"))
+            .args(["models", "--json"])
+            .env("MEDINFER_PLANS", dir)
+            .current_dir(root())
+            .output()
+            .expect("medinfer runs");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        rows.as_array().unwrap().clone()
+    };
+    let notes = |rows: &[serde_json::Value]| -> Vec<String> {
+        rows.iter().map(|r| r["plan_form"].as_str().unwrap_or("").to_string()).collect()
+    };
+    let first = run(plans.as_os_str());
+    let second = run(plans.as_os_str());
+    if cfg!(target_arch = "x86_64") {
+        assert_eq!(notes(&first), ["plan form written"; 2]);
+        assert_eq!(notes(&second), ["loaded from its plan form"; 2]);
+        for id in ["densenet121-chexnet", "mobilenetv2-chexnet"] {
+            assert!(plans.join(format!("{id}.plan")).is_file(), "{id}");
+        }
+    }
+    for (a, b) in first.iter().zip(&second) {
+        for field in ["model_id", "sha256", "output_shape", "labels"] {
+            assert_eq!(a[field], b[field], "{field}");
+        }
+    }
+    assert_eq!(notes(&run("off".as_ref())), ["", ""]);
+    std::fs::remove_dir_all(&plans).unwrap();
+}
+
 #[test]
 fn deid_a_folder_keeps_the_tree_and_skips_bad_files() {
     let base = std::env::temp_dir().join(format!("medinfer-deid-cli-{}", std::process::id()));

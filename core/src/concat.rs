@@ -41,6 +41,22 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
 }
 
 impl Concat {
+    /// The operator's fields as numbers, for the plan form ([`crate::plan_form`]).
+    pub(crate) fn to_words(&self) -> Vec<u64> {
+        vec![self.axis as u64]
+    }
+
+    /// The axis it concatenates along.
+    pub(crate) fn axis(&self) -> usize {
+        self.axis
+    }
+
+    /// The operator [`Concat::to_words`] gave these numbers for.
+    pub(crate) fn from_words(w: &[u64]) -> Option<Concat> {
+        let [axis] = *w else { return None };
+        Some(Concat { axis: usize::try_from(axis).ok().filter(|&a| a < 8)? })
+    }
+
     /// Writes `out`, the output's values from `start` on, from `inputs` (each `outer` blocks
     /// of its own length, the output's blocks their concatenation).
     fn copy(inputs: &[&[f32]], outer: usize, start: usize, out: &mut [f32]) {

@@ -69,7 +69,7 @@ const NR: usize = 4;
 const TILE: usize = 8;
 /// The panel width of the block [`DirectConv::run_tiles`] picks on this CPU: what the kernel
 /// is packed for when the graph is rewritten, and what the run reads it as.
-fn panel_width() -> usize {
+pub(crate) fn panel_width() -> usize {
     #[cfg(target_arch = "x86_64")]
     if avx512() {
         return NR_AVX512;
@@ -130,6 +130,15 @@ impl Clamp {
 
     pub(crate) const fn new(lo: f32, hi: f32) -> Clamp {
         Clamp([lo.to_bits(), hi.to_bits()])
+    }
+
+    /// The bounds' bits, as the plan form keeps them.
+    pub(crate) fn bits(self) -> [u32; 2] {
+        self.0
+    }
+
+    pub(crate) fn from_bits(bits: [u32; 2]) -> Clamp {
+        Clamp(bits)
     }
 
     pub(crate) fn bounds(self) -> [f32; 2] {
@@ -290,6 +299,26 @@ pub(crate) fn replace_convs<O: TypedOp>(
         }
     }
     Ok(replaced)
+}
+
+/// Whether a convolution or pooling of these sizes reads only the image and its padding:
+/// every size above zero, and fewer padding rows (columns) before and after the image than
+/// the kernel has (those after follow from the output size). What the operators assume and
+/// the plan form checks of the ones it reads.
+pub(crate) fn geometry_ok(
+    input_hw: [usize; 2],
+    output_hw: [usize; 2],
+    kernel_hw: [usize; 2],
+    strides: [usize; 2],
+    pad_before: [usize; 2],
+) -> bool {
+    (0..2).all(|a| {
+        let reach = (output_hw[a].max(1) - 1) * strides[a] + kernel_hw[a];
+        [input_hw[a], output_hw[a], kernel_hw[a], strides[a]].iter().all(|&v| v > 0)
+            && pad_before[a] < kernel_hw[a]
+            && reach > pad_before[a]
+            && reach - pad_before[a] < input_hw[a] + kernel_hw[a]
+    })
 }
 
 /// `spec`'s strides as rows and columns (1 and 1 where it has none); `None` for another rank.
@@ -582,6 +611,48 @@ fn at_least(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 }
 
 impl DirectConv {
+    /// The operator's fields as numbers, for the plan form ([`crate::plan_form`]).
+    pub(crate) fn to_words(&self) -> Vec<u64> {
+        let mut w = vec![self.input_channels as u64, self.output_channels as u64];
+        for pair in [self.input_hw, self.output_hw, self.kernel_hw, self.strides, self.pad_before] {
+            w.extend(pair.map(|v| v as u64));
+        }
+        w.extend([u64::from(self.prologue), u64::from(self.pooled)]);
+        w.extend(self.clamp.bits().map(u64::from));
+        w
+    }
+
+    /// The operator [`DirectConv::to_words`] gave these numbers for; `None` where they are
+    /// out of range or describe no convolution this operator runs.
+    pub(crate) fn from_words(w: &[u64]) -> Option<DirectConv> {
+        let [c, m, ih, iw, oh, ow, kh, kw, sh, sw, ph, pw, prologue, pooled, lo, hi] = *w else {
+            return None;
+        };
+        let u = |v: u64| usize::try_from(v).ok().filter(|&v| v <= 1 << 20);
+        let flag = |v: u64| (v <= 1).then_some(v == 1);
+        let bits = |v: u64| u32::try_from(v).ok();
+        let op = DirectConv {
+            input_channels: u(c)?,
+            output_channels: u(m)?,
+            input_hw: [u(ih)?, u(iw)?],
+            output_hw: [u(oh)?, u(ow)?],
+            kernel_hw: [u(kh)?, u(kw)?],
+            strides: [u(sh)?, u(sw)?],
+            pad_before: [u(ph)?, u(pw)?],
+            prologue: flag(prologue)?,
+            pooled: flag(pooled)?,
+            clamp: Clamp::from_bits([bits(lo)?, bits(hi)?]),
+        };
+        let conv_hw = if op.pooled {
+            (op.kernel_hw == [1, 1] && op.input_hw == op.output_hw.map(|v| v * 2))
+                .then_some(op.output_hw)?
+        } else {
+            op.input_hw
+        };
+        let channels = op.input_channels > 0 && op.output_channels > 0;
+        (channels && geometry_ok(conv_hw, op.output_hw, op.kernel_hw, op.strides, op.pad_before))
+            .then_some(op)
+    }
     /// The operator for `conv` with these facts, when it covers them.
     fn for_conv(
         conv: &Conv,
@@ -1496,6 +1567,7 @@ pub(crate) mod testing {
     use super::*;
 
     /// A convolution case: `n` images of `c` channels, `m` outputs, `group` groups.
+    #[derive(Clone)]
     pub struct Case {
         pub n: usize,
         pub c: usize,

@@ -85,6 +85,43 @@ pub fn substitute_max_pools(model: &mut TypedModel) -> TractResult<usize> {
 }
 
 impl DepthwiseConv {
+    /// The operator's fields as numbers, for the plan form ([`crate::plan_form`]).
+    pub(crate) fn to_words(&self) -> Vec<u64> {
+        let mut w = vec![self.channels as u64];
+        for pair in [self.input_hw, self.output_hw, self.kernel_hw, self.strides, self.pad_before] {
+            w.extend(pair.map(|v| v as u64));
+        }
+        w.extend(self.clamp.bits().map(u64::from));
+        w.push(u64::from(self.max));
+        w
+    }
+
+    /// The operator [`DepthwiseConv::to_words`] gave these numbers for; `None` where they are
+    /// out of range or describe no convolution this operator runs.
+    pub(crate) fn from_words(w: &[u64]) -> Option<DepthwiseConv> {
+        let [c, ih, iw, oh, ow, kh, kw, sh, sw, ph, pw, lo, hi, max] = *w else { return None };
+        let u = |v: u64| usize::try_from(v).ok().filter(|&v| v <= 1 << 20);
+        let bits = |v: u64| u32::try_from(v).ok();
+        let op = DepthwiseConv {
+            channels: u(c)?,
+            input_hw: [u(ih)?, u(iw)?],
+            output_hw: [u(oh)?, u(ow)?],
+            kernel_hw: [u(kh)?, u(kw)?],
+            strides: [u(sh)?, u(sw)?],
+            pad_before: [u(ph)?, u(pw)?],
+            clamp: Clamp::from_bits([bits(lo)?, bits(hi)?]),
+            max: (max <= 1).then_some(max == 1)?,
+        };
+        let ok = crate::conv::geometry_ok(
+            op.input_hw,
+            op.output_hw,
+            op.kernel_hw,
+            op.strides,
+            op.pad_before,
+        );
+        (op.channels > 0 && ok).then_some(op)
+    }
+
     /// The max pooling for `spec` with these facts, when it covers them.
     fn for_max_pool(spec: &PoolSpec, input: &TypedFact, output: &TypedFact) -> Option<Self> {
         if spec.data_format != DataFormat::NCHW

@@ -34,6 +34,7 @@ mod manifest;
 mod model;
 mod pipeline;
 mod pixels;
+mod plan_form;
 pub mod preprocess;
 mod raster;
 mod registry;

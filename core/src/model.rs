@@ -42,8 +42,8 @@ pub trait Executor: Send + Sync + std::fmt::Debug {
 #[derive(Debug, Clone)]
 pub struct LoadedModel {
     manifest: Arc<ModelManifest>,
-    typed: Arc<TypedModel>,
-    batch: Symbol,
+    /// The decluttered graph and its batch symbol; `None` when loaded from the plan form.
+    typed: Option<(Arc<TypedModel>, Symbol)>,
     plan: Plan,
     sha256: String,
     output_shape: Vec<String>,
@@ -79,6 +79,57 @@ impl LoadedModel {
     /// Parses, checks and optimises an ONNX model. Verifies the manifest's sha256 when given,
     /// and that the model's output width equals the number of labels.
     pub fn load(manifest: ModelManifest, onnx: &[u8]) -> Result<LoadedModel> {
+        Ok(LoadedModel::compile(manifest, onnx, false)?.0)
+    }
+
+    /// [`LoadedModel::load`], also giving the model's plan form ([`crate::plan_form`]) for
+    /// [`LoadedModel::load_plan_form`] to load it from in milliseconds later, in this build on
+    /// this kind of CPU; `None` where the manifest pins no sha256 (the form names the model
+    /// by it) or the graph holds an operator the form does not cover.
+    pub fn load_with_plan_form(
+        manifest: ModelManifest,
+        onnx: &[u8],
+    ) -> Result<(LoadedModel, Option<Vec<u8>>)> {
+        LoadedModel::compile(manifest, onnx, true)
+    }
+
+    /// Loads a model from a plan form [`LoadedModel::load_with_plan_form`] wrote: no ONNX
+    /// parsing, declutter or rewriting, only tract's last lowering of the few nodes of its
+    /// own left. The manifest must pin the sha256 of the ONNX model the form came from. An
+    /// error (`model.load_failed`) where the form is damaged, or was written by another build,
+    /// for another CPU or from another model; the caller then loads the ONNX model instead.
+    /// The model it gives runs on tract's CPU plan only: the decluttered graph another
+    /// executor would walk ([`LoadedModel::typed_for_batch`]) is not in the form.
+    pub fn load_plan_form(manifest: ModelManifest, form: &[u8]) -> Result<LoadedModel> {
+        let load_err = |e: TractError| Error::ModelLoad { reason: format!("plan form: {e:#}") };
+        let Some(sha256) = manifest.sha256.clone() else {
+            return Err(Error::ModelLoad {
+                reason: "plan form: the manifest pins no sha256 for it to match".into(),
+            });
+        };
+        let read = crate::plan_form::read(form, &sha256).map_err(load_err)?;
+        let classes = read.model.output_fact(0).map_err(load_err)?.shape.iter().last();
+        if classes.and_then(|d| d.to_i64().ok()) != Some(manifest.output.labels.len() as i64) {
+            return Err(Error::Manifest {
+                reason: "the plan form's output does not match the manifest's labels".into(),
+            });
+        }
+        let plan = read.model.into_optimized().and_then(|m| m.into_runnable()).map_err(load_err)?;
+        Ok(LoadedModel {
+            manifest: Arc::new(manifest),
+            typed: None,
+            plan,
+            sha256: sha256.to_ascii_lowercase(),
+            output_shape: read.output_shape,
+            executor: None,
+        })
+    }
+
+    fn compile(
+        manifest: ModelManifest,
+        onnx: &[u8],
+        plan_form: bool,
+    ) -> Result<(LoadedModel, Option<Vec<u8>>)> {
         // wasm: medinfer's matrix kernel registers itself with tract when its module is linked
         // in; this reference keeps the linker from dropping it.
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -136,7 +187,7 @@ impl LoadedModel {
         // measurable), and with our depthwise convolutions MobileNetV2 ran 12 % slower; every
         // 1×1 on the fused form was slower in the SIMD128 browser build; aarch64 is not
         // measured.
-        let plan = typed
+        let rewritten = typed
             .set_symbols(&one)
             .and_then(|mut m| {
                 if cfg!(target_arch = "x86_64") {
@@ -156,26 +207,37 @@ impl LoadedModel {
                 crate::conv::fuse_clamps(&mut m)?;
                 Ok(m)
             })
-            .and_then(|m| m.into_optimized())
-            .and_then(|m| m.into_runnable())
             .map_err(load_err)?;
+        let form = match &manifest.sha256 {
+            Some(pinned) if plan_form => {
+                crate::plan_form::write(&rewritten, pinned, &output_shape).map_err(load_err)?
+            }
+            _ => None,
+        };
+        let plan = rewritten.into_optimized().and_then(|m| m.into_runnable()).map_err(load_err)?;
         let loaded = LoadedModel {
             manifest: Arc::new(manifest),
-            typed: Arc::new(typed),
-            batch,
+            typed: Some((Arc::new(typed), batch)),
             plan,
             sha256,
             output_shape,
             executor: None,
         };
-        Ok(loaded)
+        Ok((loaded, form))
     }
 
     /// The decluttered graph with the batch dimension fixed to `batch`: what an executor
     /// other than tract's own plan (the GPU one) walks.
     pub fn typed_for_batch(&self, batch: usize) -> Result<TypedModel> {
-        let subs = HashMap::from([(self.batch.clone(), TDim::Val(batch as i64))]);
-        self.typed.set_symbols(&subs).map_err(|e| Error::ModelLoad { reason: format!("{e:#}") })
+        let Some((typed, symbol)) = &self.typed else {
+            return Err(Error::ModelLoad {
+                reason: "loaded from its plan form, which keeps no decluttered graph: load the \
+                         ONNX model for this executor"
+                    .into(),
+            });
+        };
+        let subs = HashMap::from([(symbol.clone(), TDim::Val(batch as i64))]);
+        typed.set_symbols(&subs).map_err(|e| Error::ModelLoad { reason: format!("{e:#}") })
     }
 
     /// The names of the operators in the CPU plan, in order (e.g. "medinfer.DepthwiseConv"):

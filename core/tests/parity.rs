@@ -157,3 +157,63 @@ fn wrong_checksum_and_label_count_are_refused() {
         "model.load_failed"
     );
 }
+
+/// A model loaded from its plan form (`core/src/plan_form.rs`) runs the plan the ONNX load
+/// built: the same operators (tract's constants aside), the same outputs bit for bit, within
+/// `TOL` of onnxruntime's. On x86-64 both bundled models have one; elsewhere (the wasm
+/// targets keep tract's convolutions, which the form does not cover) neither.
+#[test]
+fn the_plan_form_runs_the_same_plan() {
+    let input = common::f32_file("testdata/models/testvec_input_2x3x224x224.f32");
+    let first = &input[..input.len() / 2];
+    for (id, ort_file) in [
+        ("densenet121-chexnet", "densenet121_chexnet.testvec_output_ort.f32"),
+        ("mobilenetv2-chexnet", "mobilenetv2.testvec_output_ort.f32"),
+    ] {
+        let dir = common::root().join("models").join(id);
+        #[allow(clippy::disallowed_methods)]
+        let (text, onnx) = (
+            std::fs::read_to_string(dir.join("model.toml")).unwrap(),
+            std::fs::read(dir.join("model.onnx")).unwrap(),
+        );
+        let manifest = || medinfer_core::ModelManifest::from_toml(&text).unwrap();
+        let (onnx_model, form) =
+            medinfer_core::LoadedModel::load_with_plan_form(manifest(), &onnx).unwrap();
+        assert_eq!(form.is_some(), cfg!(target_arch = "x86_64"), "{id}: a plan form or not");
+        let Some(form) = form else { continue };
+        let model = medinfer_core::LoadedModel::load_plan_form(manifest(), &form).unwrap();
+        let ops = |m: &medinfer_core::LoadedModel| {
+            let mut ops = m.plan_operators();
+            ops.retain(|op| op != "Const");
+            ops.sort();
+            ops
+        };
+        assert_eq!(ops(&model), ops(&onnx_model), "{id}");
+        assert_eq!(model.output_shape(), onnx_model.output_shape(), "{id}");
+        assert_eq!(model.sha256(), onnx_model.sha256(), "{id}");
+        let got = model.run_raw(first.to_vec(), 1).unwrap().remove(0);
+        assert_eq!(got, onnx_model.run_raw(first.to_vec(), 1).unwrap().remove(0), "{id}");
+        let expected = common::f32_file(&format!("testdata/models/{ort_file}"));
+        let max = got.iter().zip(&expected).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(max <= TOL, "{id}: max abs diff {max} > {TOL}");
+
+        // Refused: another model's sha256 in the manifest, none at all, a damaged payload.
+        let other = text.replace(&onnx_model.sha256()[..8], "00000000");
+        let m = medinfer_core::ModelManifest::from_toml(&other).unwrap();
+        let err = medinfer_core::LoadedModel::load_plan_form(m, &form).unwrap_err();
+        assert!(err.to_string().contains("another model file"), "{err}");
+        let no_sha: String =
+            text.lines().filter(|l| !l.starts_with("sha256")).collect::<Vec<_>>().join("\n");
+        let m = medinfer_core::ModelManifest::from_toml(&no_sha).unwrap();
+        let err = medinfer_core::LoadedModel::load_plan_form(m, &form).unwrap_err();
+        assert_eq!(err.code(), "model.load_failed");
+        let mut damaged = form.clone();
+        let middle = damaged.len() / 2;
+        damaged[middle] ^= 0x40;
+        let err = medinfer_core::LoadedModel::load_plan_form(manifest(), &damaged).unwrap_err();
+        assert!(err.to_string().contains("damaged"), "{err}");
+        // The ONNX bytes are no plan form.
+        let err = medinfer_core::LoadedModel::load_plan_form(manifest(), &onnx).unwrap_err();
+        assert!(err.to_string().contains("not a medinfer plan form"), "{err}");
+    }
+}

@@ -1,5 +1,7 @@
 //! Loading `models/<id>/{model.toml,model.onnx}` folders into a [`Registry`], keeping the
-//! failures so `/health` can report them.
+//! failures so `/health` can report them; from each model's plan form where a plans folder
+//! holds one this build wrote (`medinfer_core::LoadedModel::load_plan_form`: milliseconds
+//! instead of the ONNX path's hundreds), writing it there on the first load.
 
 use std::path::{Path, PathBuf};
 
@@ -21,8 +23,12 @@ pub struct Loaded {
     pub registry: Registry,
     /// The folders that did not.
     pub failures: Vec<LoadFailure>,
-    /// Parse + optimise time per model, milliseconds (when a clock is given).
+    /// Parse + optimise time per model, milliseconds (when a clock is given); from the
+    /// bytes read to the model ready, whichever form it loaded from.
     pub load_ms: Vec<(String, f64)>,
+    /// Per model, how its plan form went when a plans folder is given: "loaded from its plan
+    /// form", "plan form written", or why neither (for the log).
+    pub plan_notes: Vec<(String, String)>,
 }
 
 /// How [`load_dir`] loads the models it finds.
@@ -38,11 +44,15 @@ pub enum Loading {
 
 /// Loads every folder under `dir` that holds a `model.toml` (sorted by name), optionally
 /// only the model `only`. `clock` gives milliseconds for load timings. The manifests are
-/// read first; then each model is read, parsed and optimised as `loading` says.
+/// read first; then each model is read, parsed and optimised as `loading` says. With
+/// `plans`, a model whose manifest pins its sha256 loads from `plans/<id>.plan` when that is
+/// its plan form for this build and CPU, and from ONNX otherwise, the form then (re)written
+/// there; a form that cannot be read or written only costs the ONNX load.
 pub fn load_dir(
     dir: &Path,
     only: Option<&str>,
     loading: Loading,
+    plans: Option<&Path>,
     clock: &(dyn Fn() -> f64 + Sync),
 ) -> std::io::Result<Loaded> {
     let mut folders: Vec<PathBuf> = std::fs::read_dir(dir)?
@@ -67,15 +77,18 @@ pub fn load_dir(
         jobs.push((name, job));
     }
     let mut loaded = Loaded::default();
-    let load = |(name, job): (String, Job)| (name, load_one(job, clock));
+    let load = |(name, job): (String, Job)| (name, load_one(job, plans, clock));
     let outcomes: Vec<(String, Outcome)> = match loading {
         Loading::Parallel => medinfer_core::map_on_pool(jobs, load),
         Loading::OneByOne => jobs.into_iter().map(load).collect(),
     };
     for (folder, result) in outcomes {
         let error = match result {
-            Ok((model, ms)) => {
+            Ok((model, ms, note)) => {
                 let id = model.manifest().id.clone();
+                if let Some(note) = note {
+                    loaded.plan_notes.push((id.clone(), note));
+                }
                 match loaded.registry.insert(model) {
                     Ok(_) => {
                         loaded.load_ms.push((id, ms));
@@ -93,15 +106,71 @@ pub fn load_dir(
 
 /// A folder's model file and manifest, or why the manifest could not be read.
 type Job = std::result::Result<(PathBuf, ModelManifest), String>;
-/// A loaded model and its load time in milliseconds, or why it failed.
-type Outcome = std::result::Result<(LoadedModel, f64), String>;
+/// A loaded model, its load time in milliseconds and how its plan form went, or why it
+/// failed.
+type Outcome = std::result::Result<(LoadedModel, f64, Option<String>), String>;
 
-fn load_one(job: Job, clock: &(dyn Fn() -> f64 + Sync)) -> Outcome {
+fn load_one(job: Job, plans: Option<&Path>, clock: &(dyn Fn() -> f64 + Sync)) -> Outcome {
     let (file, manifest) = job?;
+    let plans = plans.filter(|_| manifest.sha256.is_some());
+    let mut refused = None;
+    if let Some(dir) = plans {
+        match std::fs::read(plan_path(dir, &manifest.id)) {
+            Ok(form) => {
+                let t = clock();
+                match LoadedModel::load_plan_form(manifest.clone(), &form) {
+                    Ok(model) => {
+                        return Ok((model, clock() - t, Some("loaded from its plan form".into())));
+                    }
+                    Err(e) => refused = Some(format!("plan form refused ({e})")),
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => refused = Some(format!("cannot read its plan form: {e}")),
+        }
+    }
     let onnx = std::fs::read(&file).map_err(|e| format!("cannot read {}: {e}", manifest.file))?;
     let t = clock();
-    let model = LoadedModel::load(manifest, &onnx).map_err(|e| e.to_string())?;
-    Ok((model, clock() - t))
+    let (model, form) = if plans.is_some() {
+        LoadedModel::load_with_plan_form(manifest, &onnx).map_err(|e| e.to_string())?
+    } else {
+        (LoadedModel::load(manifest, &onnx).map_err(|e| e.to_string())?, None)
+    };
+    let ms = clock() - t;
+    let note = plans.map(|dir| {
+        let written = match form {
+            Some(form) => match write_plan(dir, &model.manifest().id, &form) {
+                Ok(()) => "plan form written".to_string(),
+                Err(e) => format!("cannot write its plan form: {e}"),
+            },
+            None => "no plan form: its graph holds an operator the form does not cover".into(),
+        };
+        match &refused {
+            Some(why) => format!("{why}; loaded from ONNX, {written}"),
+            None => written,
+        }
+    });
+    Ok((model, ms, note))
+}
+
+/// Where a model's plan form lives in `dir` (ids are `[A-Za-z0-9._-]`: a file name).
+pub fn plan_path(dir: &Path, id: &str) -> PathBuf {
+    dir.join(format!("{id}.plan"))
+}
+
+/// Writes `form` as `id`'s plan form in `dir` (created if missing), through a temporary file
+/// renamed into place: a reader never sees half a form, and two writers leave one whole.
+fn write_plan(dir: &Path, id: &str, form: &[u8]) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos());
+    let tmp = dir.join(format!(".{id}.plan.{}.{nanos}.tmp", std::process::id()));
+    std::fs::write(&tmp, form).and_then(|()| std::fs::rename(&tmp, plan_path(dir, id))).inspect_err(
+        |_| {
+            let _ = std::fs::remove_file(&tmp);
+        },
+    )
 }
 
 #[cfg(all(test, not(target_family = "wasm")))]
@@ -140,7 +209,7 @@ mod tests {
 
         // A pool, so that Loading::Parallel loads on it.
         medinfer_core::set_threads(2).unwrap();
-        let loaded = load_dir(&dir, None, Loading::Parallel, &|| 0.0).unwrap();
+        let loaded = load_dir(&dir, None, Loading::Parallel, None, &|| 0.0).unwrap();
         let ids: Vec<&str> = loaded.registry.iter().map(|m| m.manifest().id.as_str()).collect();
         assert_eq!(ids, ["first", "second"]);
         let timed: Vec<&str> = loaded.load_ms.iter().map(|(id, _)| id.as_str()).collect();
@@ -158,15 +227,56 @@ mod tests {
             loaded.failures
         );
 
-        let one_by_one = load_dir(&dir, None, Loading::OneByOne, &|| 0.0).unwrap();
+        let one_by_one = load_dir(&dir, None, Loading::OneByOne, None, &|| 0.0).unwrap();
         assert_eq!(one_by_one.failures, loaded.failures);
         let ids_one_by_one: Vec<&str> =
             one_by_one.registry.iter().map(|m| m.manifest().id.as_str()).collect();
         assert_eq!(ids_one_by_one, ids);
 
-        let only = load_dir(&dir, Some("second"), Loading::Parallel, &|| 0.0).unwrap();
+        let only = load_dir(&dir, Some("second"), Loading::Parallel, None, &|| 0.0).unwrap();
         assert_eq!(only.registry.len(), 1);
         assert!(only.registry.get("second").is_ok());
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// With a plans folder, the first load writes each model's plan form, the second loads
+    /// from it with the same predictions, and a damaged form is refused, the model loaded
+    /// from ONNX and the form written again.
+    #[test]
+    fn loads_from_the_plan_form_it_wrote() {
+        let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+        let models = repo.join("models");
+        let plans = std::env::temp_dir().join(format!("medinfer-plans-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&plans);
+        let only = Some("mobilenetv2-chexnet");
+        let load = || load_dir(&models, only, Loading::OneByOne, Some(&plans), &|| 0.0).unwrap();
+        let notes = |l: &Loaded| l.plan_notes.iter().map(|(_, n)| n.clone()).collect::<Vec<_>>();
+        let image: Vec<f32> = (0..3 * 224 * 224).map(|i| (i % 251) as f32 / 251.0).collect();
+        let run = |l: &Loaded| {
+            l.registry.get("mobilenetv2-chexnet").unwrap().run_raw(image.clone(), 1).unwrap()
+        };
+
+        let first = load();
+        assert_eq!(notes(&first), ["plan form written"], "{:?}", first.failures);
+        let path = plan_path(&plans, "mobilenetv2-chexnet");
+        let second = load();
+        assert_eq!(notes(&second), ["loaded from its plan form"]);
+        assert_eq!(run(&first), run(&second), "the plan form runs the same plan");
+        assert!(second.registry.get("mobilenetv2-chexnet").unwrap().typed_for_batch(1).is_err());
+
+        let mut form = std::fs::read(&path).unwrap();
+        let last = form.len() - 1;
+        form[last] ^= 1;
+        std::fs::write(&path, &form).unwrap();
+        let third = load();
+        let note = &notes(&third)[0];
+        assert!(note.starts_with("plan form refused") && note.contains("damaged"), "{note}");
+        assert!(note.ends_with("loaded from ONNX, plan form written"), "{note}");
+        assert_eq!(run(&third), run(&first));
+        assert_eq!(notes(&load()), ["loaded from its plan form"]);
+        // Without a plans folder nothing is read or written.
+        let plain = load_dir(&models, only, Loading::OneByOne, None, &|| 0.0).unwrap();
+        assert!(plain.plan_notes.is_empty());
+        std::fs::remove_dir_all(&plans).unwrap();
     }
 }

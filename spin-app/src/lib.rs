@@ -42,6 +42,9 @@ fn load_models() -> medinfer_service::models::Loaded {
         MODELS_DIR.as_ref(),
         None,
         medinfer_service::models::Loading::OneByOne,
+        // The pre-initialised component starts with its models in its snapshot; the plain
+        // build's files are read-only.
+        None,
         &clock,
     )
     .unwrap_or_else(|e| medinfer_service::models::Loaded {

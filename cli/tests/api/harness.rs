@@ -93,6 +93,12 @@ impl Server {
                 cmd.env_remove(&k);
             }
         }
+        if target == Target::Native {
+            // One plans folder for every native server of the suite: the first to start
+            // writes the models' plan forms, the others load from them, as a restarted
+            // server does.
+            cmd.env("MEDINFER_PLANS", Path::new(env!("CARGO_TARGET_TMPDIR")).join("plans-api"));
+        }
         let mut child = cmd
             .current_dir(&root)
             .stdin(Stdio::piped())
