@@ -40,6 +40,7 @@
 //! positions). The tests run on every target, wasip2 included.
 
 use std::cell::RefCell;
+use std::ops::Range;
 
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
@@ -939,33 +940,25 @@ impl DirectConv {
         }
     }
 
-    /// Computes one chunk of the blocks' buffer for one scratch image: whole blocks from
-    /// block `first`, or whole panels from panel `first` where the layout shares by panel.
-    fn run_tiles(
-        &self,
-        image: &[f32],
-        weights: &[f32],
-        layout: &Layout,
-        first: usize,
-        blocks: &mut [f32],
-    ) {
+    /// Computes the sums of one scratch image's blocks and panels that `sums` holds.
+    fn run_tiles(&self, image: &[f32], weights: &[f32], layout: &Layout, sums: &mut Sums) {
         #[cfg(target_arch = "x86_64")]
         {
             use std::arch::is_x86_feature_detected as has;
             if layout.nr == NR_AVX512 && avx512() {
                 // SAFETY: the CPU has AVX-512F, AVX2 and FMA, what `tiles_avx512` is compiled
                 // for.
-                return unsafe { tiles_avx512(image, weights, layout, first, blocks) };
+                return unsafe { tiles_avx512(image, weights, layout, sums) };
             }
             if layout.nr == NR && has!("avx2") && has!("fma") {
                 // SAFETY: the CPU has AVX2 and FMA, the features `tiles_avx2` is compiled for.
-                return unsafe { tiles_avx2(image, weights, layout, first, blocks) };
+                return unsafe { tiles_avx2(image, weights, layout, sums) };
             }
         }
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-        tiles_wasm(image, weights, layout, first, blocks);
+        tiles_wasm(image, weights, layout, sums);
         #[cfg(not(all(target_arch = "wasm32", target_feature = "simd128")))]
-        tiles_portable(image, weights, layout, first, blocks)
+        tiles_portable(image, weights, layout, sums)
     }
 
     /// Convolves `n` images, each `C × H × W` in `input`, into `output` (`n × M × OH × OW`).
@@ -1003,20 +996,39 @@ impl DirectConv {
         let result = (|| -> TractResult<()> {
             let Buffers { image, blocks, pooled } = &mut buffers;
             let image = at_least(image, layout.scratch);
-            let blocks = at_least(blocks, layout.tiles * layout.channels * TILE);
+            // The packed layout's sums of one pass go straight into the output planes (no
+            // blocks' buffer, no copy out): 4–40 % off those convolutions (MobileNetV2's
+            // expansions most, their 4.8 MB outputs no longer written twice). Sums of several
+            // passes stay in the buffer: read back from and written to the planes between
+            // passes, DenseNet-121's deep 1×1 ones ran 3–5 % slower.
+            let direct = layout.packed && layout.offsets.len() <= K_STEP;
+            let blocks =
+                at_least(blocks, if direct { 0 } else { layout.tiles * layout.channels * TILE });
             let image_in = self.input_channels * ih * iw;
             let image_out = self.output_channels * oh * ow;
             for (src, dst) in input.chunks_exact(image_in).zip(output.chunks_exact_mut(image_out)) {
                 self.pad_image(src, image, pooled, &layout, affine)?;
                 let (image, weights, layout) = (&*image, weights, &layout);
                 let work = image_out * layout.offsets.len();
+                if direct {
+                    // The sums straight into the output planes, shared out by blocks or by
+                    // panels (the units' slice only numbers them).
+                    let planes = Planes::new(self, dst, bias);
+                    let units =
+                        if layout.by_panel { layout.channels / layout.nr } else { layout.tiles };
+                    share(&mut vec![(); units], 1, work, |first, chunk| {
+                        let mut sums = Sums::planes(planes, layout, first..first + chunk.len());
+                        self.run_tiles(image, weights, layout, &mut sums)
+                    })?;
+                    continue;
+                }
                 let row = if layout.by_panel {
                     layout.tiles * layout.nr * TILE
                 } else {
                     layout.channels * TILE
                 };
                 share(blocks, row, work, |first, chunk| {
-                    self.run_tiles(image, weights, layout, first, chunk)
+                    self.run_tiles(image, weights, layout, &mut Sums::blocks(layout, first, chunk))
                 })?;
                 let blocks = &*blocks;
                 share(dst, oh * ow, image_out, |first, planes| {
@@ -1077,11 +1089,11 @@ fn threads() -> usize {
 /// Runs `f(first, chunk)` over `out` in chunks of whole rows (`row` values each; `first` is
 /// the chunk's first row), side by side on tract's executor where it has threads and `work`
 /// (values touched) is worth sharing, else once over all of `out`.
-fn share(
-    out: &mut [f32],
+fn share<T: Send>(
+    out: &mut [T],
     row: usize,
     work: usize,
-    f: impl Fn(usize, &mut [f32]) + Sync + Send,
+    f: impl Fn(usize, &mut [T]) + Sync + Send,
 ) -> TractResult<()> {
     #[cfg(feature = "threads")]
     return tract_linalg::multithread::par_chunks_mut(out, row, work, |first, chunk| {
@@ -1099,14 +1111,8 @@ fn share(
 /// [`tiles`] with [`block_avx2`]: AVX2 with fused multiply-add.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tiles_avx2(
-    image: &[f32],
-    weights: &[f32],
-    layout: &Layout,
-    first: usize,
-    out: &mut [f32],
-) {
-    single(image, weights, layout, first, out, |image, p, offsets, weights, acc, first| {
+unsafe fn tiles_avx2(image: &[f32], weights: &[f32], layout: &Layout, sums: &mut Sums) {
+    single(image, weights, layout, sums, |image, p, offsets, weights, acc, first| {
         // SAFETY: the CPU has AVX2 and FMA (the caller's contract), and `tiles` vouches for
         // the reach.
         unsafe { block_avx2(image, p, offsets, weights, acc, first) }
@@ -1119,37 +1125,23 @@ unsafe fn tiles_avx2(
 /// (6 channels) ran at 109–114 GFLOP/s against 85–97 for the AVX2 block, one thread.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx2,fma")]
-unsafe fn tiles_avx512(
-    image: &[f32],
-    weights: &[f32],
-    layout: &Layout,
-    first: usize,
-    out: &mut [f32],
-) {
-    tiles(
-        image,
-        weights,
-        layout,
-        first,
-        out,
-        true,
-        |image, ps, offsets, weights, acc, next, first| {
-            // SAFETY: the CPU has AVX-512F, AVX2 and FMA (the caller's contract), and `tiles`
-            // vouches for the reach of both blocks.
-            unsafe {
-                match next {
-                    Some(next) => block_avx512(image, ps, offsets, weights, [acc, next], first),
-                    None => block_avx512(image, [ps[0]], offsets, weights, [acc], first),
-                }
+unsafe fn tiles_avx512(image: &[f32], weights: &[f32], layout: &Layout, sums: &mut Sums) {
+    tiles(image, weights, layout, sums, true, |image, ps, offsets, weights, acc, next, first| {
+        // SAFETY: the CPU has AVX-512F, AVX2 and FMA (the caller's contract), and `tiles`
+        // vouches for the reach of both blocks.
+        unsafe {
+            match next {
+                Some(next) => block_avx512(image, ps, offsets, weights, [acc, next], first),
+                None => block_avx512(image, [ps[0]], offsets, weights, [acc], first),
             }
-        },
-    )
+        }
+    })
 }
 
 /// [`tiles`] with [`block_wasm`].
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
-fn tiles_wasm(image: &[f32], weights: &[f32], layout: &Layout, first: usize, out: &mut [f32]) {
-    single(image, weights, layout, first, out, |image, p, offsets, weights, acc, first| {
+fn tiles_wasm(image: &[f32], weights: &[f32], layout: &Layout, sums: &mut Sums) {
+    single(image, weights, layout, sums, |image, p, offsets, weights, acc, first| {
         // SAFETY: `tiles` vouches for the reach.
         unsafe { block_wasm(image, p, offsets, weights, acc, first) }
     })
@@ -1158,17 +1150,17 @@ fn tiles_wasm(image: &[f32], weights: &[f32], layout: &Layout, first: usize, out
 /// [`tiles`] with the portable [`block`], for the layout's panels (4, 6 or 8 channels; on wasm
 /// SIMD, for the tests only).
 #[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
-fn tiles_portable(image: &[f32], weights: &[f32], layout: &Layout, first: usize, out: &mut [f32]) {
-    fn with<const R: usize>(i: &[f32], w: &[f32], l: &Layout, first: usize, out: &mut [f32]) {
-        single(i, w, l, first, out, |image, p, offsets, weights, acc, first| {
+fn tiles_portable(image: &[f32], weights: &[f32], layout: &Layout, sums: &mut Sums) {
+    fn with<const R: usize>(i: &[f32], w: &[f32], l: &Layout, sums: &mut Sums) {
+        single(i, w, l, sums, |image, p, offsets, weights, acc, first| {
             // SAFETY: `tiles` vouches for the reach.
             unsafe { block::<R>(image, p, offsets, weights, acc, first) }
         })
     }
     match layout.nr {
-        4 => with::<4>(image, weights, layout, first, out),
-        8 => with::<8>(image, weights, layout, first, out),
-        _ => with::<6>(image, weights, layout, first, out),
+        4 => with::<4>(image, weights, layout, sums),
+        8 => with::<8>(image, weights, layout, sums),
+        _ => with::<6>(image, weights, layout, sums),
     }
 }
 
@@ -1178,50 +1170,36 @@ fn single(
     image: &[f32],
     weights: &[f32],
     layout: &Layout,
-    first: usize,
-    out: &mut [f32],
+    sums: &mut Sums,
     block: impl Fn(&[f32], usize, &[usize], &[f32], &mut [f32], bool),
 ) {
-    tiles(image, weights, layout, first, out, false, |image, [p, _], offsets, w, acc, _, first| {
+    tiles(image, weights, layout, sums, false, |image, [p, _], offsets, w, acc, _, first| {
         block(image, p, offsets, w, acc, first)
     })
 }
 
-/// The sums in `out`, a chunk of the blocks' buffer: whole blocks from block `first` on, or
-/// whole panels from panel `first` on where the layout shares by panel. Each through `block`
-/// (with [`block`]'s arguments and contract, the block's position first of a pair and its
-/// sums first of two). `pairs`: two blocks of a group at a time where there are two left
-/// (their positions, and the second one's sums as `Some`), else one (`None`).
+/// The sums `sums` holds (blocks and panels of the blocks' buffer or of the output planes),
+/// each through `block` (with [`block`]'s arguments and contract, the block's position first
+/// of a pair and its sums first of two). `pairs`: two blocks of a group at a time where there
+/// are two left (their positions, and the second one's sums as `Some`), else one (`None`).
 #[inline(always)]
 fn tiles(
     image: &[f32],
     weights: &[f32],
     layout: &Layout,
-    first: usize,
-    out: &mut [f32],
+    sums: &mut Sums,
     pairs: bool,
     block: impl Fn(&[f32], [usize; 2], &[usize], &[f32], &mut [f32], Option<&mut [f32]>, bool),
 ) {
     let (k, nr) = (layout.offsets.len(), layout.nr);
-    // The blocks and panels of this chunk, and where a block's sums for a panel lie in it.
-    let (tiles, panels) = if layout.by_panel {
-        (0..layout.tiles, first..first + out.len() / (layout.tiles * nr * TILE))
-    } else {
-        (first..first + out.len() / (layout.channels * TILE), 0..layout.channels / nr)
-    };
+    let (tiles, panels) = sums.ranges();
     debug_assert!(tiles.end <= layout.tiles && panels.end <= layout.channels / nr);
-    let at = |t: usize, panel: usize| {
-        if layout.by_panel {
-            ((panel - panels.start) * layout.tiles + t) * nr * TILE
-        } else {
-            ((t - tiles.start) * layout.channels + panel * nr) * TILE
-        }
-    };
     // A range of steps, then a group of blocks, then panels, then the group's blocks: a
     // panel's weights for the steps stay in L1 while the group's blocks pass over them, and
     // the group's image lines for the steps stay in L2 across the panels.
     for k0 in (0..k).step_by(K_STEP) {
         let k1 = (k0 + K_STEP).min(k);
+        let steps = Steps { first: k0 == 0, last: k1 == k };
         for group in tiles.clone().step_by(GROUP) {
             for panel in panels.clone() {
                 let w = &weights[(panel * k + k0) * nr..(panel * k + k1) * nr];
@@ -1232,19 +1210,219 @@ fn tiles(
                     // `run` checked that `p` plus any offset plus TILE stays in `image`, for
                     // every block.
                     if pairs && t + 1 < end {
-                        // The second block's sums lie after the first's, by panel or by block.
-                        let (a, b) = (at(t, panel), at(t + 1, panel));
-                        let (head, tail) = out.split_at_mut(b);
-                        let (acc, next) = (&mut head[a..][..nr * TILE], &mut tail[..nr * TILE]);
                         let ps = [p, p + layout.tile_stride];
-                        block(image, ps, offsets, w, acc, Some(next), k0 == 0);
+                        sums.with(t, panel, true, steps, |acc, next, first| {
+                            block(image, ps, offsets, w, acc, next, first)
+                        });
                         t += 2;
                     } else {
-                        let acc = &mut out[at(t, panel)..][..nr * TILE];
-                        block(image, [p, p], offsets, w, acc, None, k0 == 0);
+                        sums.with(t, panel, false, steps, |acc, _, first| {
+                            block(image, [p, p], offsets, w, acc, None, first)
+                        });
                         t += 1;
                     }
                 }
+            }
+        }
+    }
+}
+
+/// Which steps of the sum a pass over a block runs: from the first (the sums start from
+/// zero), to the last (they are complete after it).
+#[derive(Clone, Copy)]
+struct Steps {
+    first: bool,
+    last: bool,
+}
+
+/// Where [`tiles`] keeps the sums of the blocks and panels it runs: a chunk of the blocks'
+/// buffer, copied out by [`DirectConv::unpack`] after; or, for the packed layout (whose
+/// positions are the output's), the output planes themselves, the bias and clamp applied as
+/// the last pass over a block writes it.
+enum Sums<'a> {
+    Blocks {
+        out: &'a mut [f32],
+        tiles: Range<usize>,
+        panels: Range<usize>,
+        by_panel: bool,
+        nr: usize,
+        channels: usize,
+        tiles_all: usize,
+    },
+    Planes {
+        planes: Planes<'a>,
+        tiles: Range<usize>,
+        panels: Range<usize>,
+        nr: usize,
+        temp: [f32; 2 * MAX_NR * TILE],
+    },
+}
+
+/// The widest panel any block runs.
+const MAX_NR: usize = 8;
+
+/// The output planes of one image as [`Sums::Planes`] writes them: shared by the threads of
+/// one convolution, each writing only its own blocks or panels.
+#[derive(Clone, Copy)]
+struct Planes<'a> {
+    out: *mut f32,
+    /// Values per plane (`OH · OW`: the packed layout's positions) and planes (`M`).
+    plane: usize,
+    m: usize,
+    bias: &'a [f32],
+    clamp: [f32; 2],
+}
+
+// SAFETY: the threads that share a `Planes` write disjoint blocks or panels of it (`run`
+// hands each its own units), and nothing reads it until they are all done.
+unsafe impl Send for Planes<'_> {}
+// SAFETY: as above.
+unsafe impl Sync for Planes<'_> {}
+
+impl<'a> Planes<'a> {
+    /// `out`: one image's `M` output planes; `bias`: `M` values, or one for all.
+    fn new(op: &DirectConv, out: &'a mut [f32], bias: &'a [f32]) -> Planes<'a> {
+        let [oh, ow] = op.output_hw;
+        debug_assert_eq!(out.len(), op.output_channels * oh * ow);
+        Planes {
+            out: out.as_mut_ptr(),
+            plane: oh * ow,
+            m: op.output_channels,
+            bias,
+            clamp: op.clamp.bounds(),
+        }
+    }
+}
+
+impl<'a> Sums<'a> {
+    /// A chunk of the blocks' buffer: whole blocks from block `first`, or whole panels from
+    /// panel `first` where the layout shares by panel.
+    fn blocks(layout: &Layout, first: usize, out: &'a mut [f32]) -> Sums<'a> {
+        let nr = layout.nr;
+        let (tiles, panels) = if layout.by_panel {
+            (0..layout.tiles, first..first + out.len() / (layout.tiles * nr * TILE))
+        } else {
+            (first..first + out.len() / (layout.channels * TILE), 0..layout.channels / nr)
+        };
+        Sums::Blocks {
+            out,
+            tiles,
+            panels,
+            by_panel: layout.by_panel,
+            nr,
+            channels: layout.channels,
+            tiles_all: layout.tiles,
+        }
+    }
+
+    /// The output planes' `units`: blocks, or panels where the layout shares by panel.
+    fn planes(planes: Planes<'a>, layout: &Layout, units: Range<usize>) -> Sums<'a> {
+        debug_assert!(layout.packed && layout.nr <= MAX_NR && layout.positions == planes.plane);
+        let (tiles, panels) = if layout.by_panel {
+            (0..layout.tiles, units)
+        } else {
+            (units, 0..layout.channels / layout.nr)
+        };
+        Sums::Planes { planes, tiles, panels, nr: layout.nr, temp: [0.0; 2 * MAX_NR * TILE] }
+    }
+
+    /// The blocks and the panels it holds.
+    fn ranges(&self) -> (Range<usize>, Range<usize>) {
+        match self {
+            Sums::Blocks { tiles, panels, .. } | Sums::Planes { tiles, panels, .. } => {
+                (tiles.clone(), panels.clone())
+            }
+        }
+    }
+
+    /// Runs `f(acc, next, first)` on the sums of block `t` for `panel` (`nr` rows of
+    /// [`TILE`]) and, where `pair`, of block `t + 1`; `first`: they start from zero.
+    #[inline(always)]
+    fn with(
+        &mut self,
+        t: usize,
+        panel: usize,
+        pair: bool,
+        steps: Steps,
+        f: impl FnOnce(&mut [f32], Option<&mut [f32]>, bool),
+    ) {
+        match self {
+            Sums::Blocks { out, tiles, panels, by_panel, nr, channels, tiles_all } => {
+                let at = |t: usize| {
+                    if *by_panel {
+                        ((panel - panels.start) * *tiles_all + t) * *nr * TILE
+                    } else {
+                        ((t - tiles.start) * *channels + panel * *nr) * TILE
+                    }
+                };
+                let n = *nr * TILE;
+                if pair {
+                    // The second block's sums lie after the first's, by panel or by block.
+                    let (a, b) = (at(t), at(t + 1));
+                    let (head, tail) = out.split_at_mut(b);
+                    f(&mut head[a..][..n], Some(&mut tail[..n]), steps.first);
+                } else {
+                    f(&mut out[at(t)..][..n], None, steps.first);
+                }
+            }
+            Sums::Planes { planes, nr, temp, .. } => {
+                let n = *nr * TILE;
+                let (a, b) = temp.split_at_mut(MAX_NR * TILE);
+                let (a, b) = (&mut a[..n], &mut b[..n]);
+                if !steps.first {
+                    planes.load(t, panel, *nr, a);
+                    if pair {
+                        planes.load(t + 1, panel, *nr, b);
+                    }
+                }
+                f(a, pair.then_some(&mut *b), steps.first);
+                planes.store(t, panel, *nr, a, steps.last);
+                if pair {
+                    planes.store(t + 1, panel, *nr, b, steps.last);
+                }
+            }
+        }
+    }
+}
+
+impl Planes<'_> {
+    /// The output positions of block `t` (`TILE` of them but in the last block) and the
+    /// planes of `panel` (`nr` but past `M`).
+    fn span(&self, t: usize, panel: usize, nr: usize) -> (usize, usize, Range<usize>) {
+        let p = t * TILE;
+        let lanes = TILE.min(self.plane - p);
+        (p, lanes, panel * nr..(panel * nr + nr).min(self.m))
+    }
+
+    /// The partial sums of block `t`, `panel`, from the planes into `acc` (its rows past `M`
+    /// and lanes past the last position left as they are: never stored).
+    fn load(&self, t: usize, panel: usize, nr: usize, acc: &mut [f32]) {
+        let (p, lanes, outputs) = self.span(t, panel, nr);
+        for (o, row) in outputs.zip(acc.chunks_exact_mut(TILE)) {
+            // SAFETY: `o < M` and `p + lanes <= plane`: inside this image's planes, in the
+            // block and panel only this thread writes.
+            let src =
+                unsafe { std::slice::from_raw_parts(self.out.add(o * self.plane + p), lanes) };
+            row[..lanes].copy_from_slice(src);
+        }
+    }
+
+    /// Stores `acc`, block `t`'s sums for `panel`, into the planes: the bias added and the
+    /// clamp applied where `last`, as they are otherwise (partial sums, for the next pass).
+    fn store(&self, t: usize, panel: usize, nr: usize, acc: &[f32], last: bool) {
+        let (p, lanes, outputs) = self.span(t, panel, nr);
+        let [lo, hi] = self.clamp;
+        for (o, row) in outputs.zip(acc.chunks_exact(TILE)) {
+            // SAFETY: as in `load`.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(self.out.add(o * self.plane + p), lanes) };
+            if last {
+                let b = if self.bias.len() == 1 { self.bias[0] } else { self.bias[o] };
+                for (d, &s) in dst.iter_mut().zip(&row[..lanes]) {
+                    *d = Clamp::apply(lo, hi, s + b);
+                }
+            } else {
+                dst.copy_from_slice(&row[..lanes]);
             }
         }
     }
@@ -1845,18 +2023,18 @@ mod tests {
             use std::arch::is_x86_feature_detected as has;
             if has!("avx2") && has!("fma") {
                 // SAFETY: the CPU has AVX2 and FMA.
-                kernels.push(("avx2", |i, w, l, f, o| unsafe { tiles_avx2(i, w, l, f, o) }, NR));
+                kernels.push(("avx2", |i, w, l, s| unsafe { tiles_avx2(i, w, l, s) }, NR));
             }
             if avx512() {
                 // SAFETY: the CPU has AVX-512F, AVX2 and FMA.
-                let avx512: Kernel = |i, w, l, f, o| unsafe { tiles_avx512(i, w, l, f, o) };
+                let avx512: Kernel = |i, w, l, s| unsafe { tiles_avx512(i, w, l, s) };
                 kernels.push(("avx512", avx512, NR_AVX512));
             }
         }
         kernels
     }
 
-    type Kernel = fn(&[f32], &[f32], &Layout, usize, &mut [f32]);
+    type Kernel = fn(&[f32], &[f32], &Layout, &mut Sums);
 
     /// Each block of [`kernels`], the sums of [`tiles`] through it copied out, against the
     /// definition, with the blocks' buffer laid out by block and by panel.
@@ -1915,12 +2093,26 @@ mod tests {
             let per_image = case.m * oh * ow;
             let mut out = vec![f32::NAN; case.n * per_image];
             let image_in = case.c * case.hw[0] * case.hw[1];
-            for (src, dst) in input.chunks_exact(image_in).zip(out.chunks_exact_mut(per_image)) {
+            let mut direct = out.clone();
+            let chunks = input.chunks_exact(image_in).zip(out.chunks_exact_mut(per_image));
+            for ((src, dst), planes) in chunks.zip(direct.chunks_exact_mut(per_image)) {
                 op.pad_image(src, &mut image, &mut Vec::new(), &layout, None).expect("pad");
-                run(&image, &weights, &layout, 0, &mut blocks);
+                run(&image, &weights, &layout, &mut Sums::blocks(&layout, 0, &mut blocks));
                 op.unpack(&blocks, &bias, &layout, 0, dst);
+                if layout.packed {
+                    // Straight into the planes, in two chunks of units as two threads would.
+                    let units = if by_panel { layout.channels / nr } else { layout.tiles };
+                    let planes = Planes::new(op, planes, &bias);
+                    for range in [0..units / 2, units / 2..units] {
+                        run(&image, &weights, &layout, &mut Sums::planes(planes, &layout, range));
+                    }
+                }
             }
-            assert_close(&format!("case {i}, {name}, by panel {by_panel}"), &out, &case.oracle());
+            let what = format!("case {i}, {name}, by panel {by_panel}");
+            assert_close(&what, &out, &case.oracle());
+            if layout.packed {
+                assert_close(&format!("{what}, into the planes"), &direct, &case.oracle());
+            }
         }
     }
 
