@@ -1239,6 +1239,8 @@ struct Steps {
 /// buffer, copied out by [`DirectConv::unpack`] after; or, for the packed layout (whose
 /// positions are the output's), the output planes themselves, the bias and clamp applied as
 /// the last pass over a block writes it.
+// One per chunk of work, on its thread's stack: the temp inline, not boxed.
+#[allow(clippy::large_enum_variant)]
 enum Sums<'a> {
     Blocks {
         out: &'a mut [f32],
