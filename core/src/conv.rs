@@ -601,6 +601,8 @@ struct Buffers {
 
 thread_local! {
     static BUFFERS: RefCell<Buffers> = RefCell::default();
+    /// [`DirectConv::run_by_panels`]'s planes of one panel, per thread.
+    static PANEL: RefCell<Vec<f32>> = RefCell::default();
 }
 
 /// `v` grown to at least `n` values (new ones zero); what it held is kept.
@@ -612,6 +614,24 @@ fn at_least(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 }
 
 impl DirectConv {
+    /// How many numbers [`DirectConv::to_words`] gives.
+    pub(crate) const WORDS: usize = 16;
+
+    /// Its output channels (`M`).
+    pub(crate) fn output_channels(&self) -> usize {
+        self.output_channels
+    }
+
+    /// Values per output plane (`OH · OW`).
+    pub(crate) fn output_plane(&self) -> usize {
+        self.output_hw[0] * self.output_hw[1]
+    }
+
+    /// Values per input image (`C · H · W`).
+    pub(crate) fn input_len(&self) -> usize {
+        self.input_channels * self.input_hw[0] * self.input_hw[1]
+    }
+
     /// The operator's fields as numbers, for the plan form ([`crate::plan_form`]).
     pub(crate) fn to_words(&self) -> Vec<u64> {
         let mut w = vec![self.input_channels as u64, self.output_channels as u64];
@@ -1041,6 +1061,79 @@ impl DirectConv {
         result
     }
 
+    /// Whether [`DirectConv::run_by_panels`] runs this convolution: the packed layout, summed
+    /// in one pass, in whole panels (`M` a multiple of this CPU's panel width), nothing before
+    /// it or pooling after.
+    pub(crate) fn runs_by_panels(&self) -> bool {
+        let layout = self.layout();
+        layout.packed
+            && layout.offsets.len() <= K_STEP
+            && self.output_channels.is_multiple_of(layout.nr)
+            && !self.prologue
+            && !self.pooled
+    }
+
+    /// Convolves `n` images, each `C × H × W` in `input`, panel by panel: each panel's `nr`
+    /// planes (`OH × OW`, biased and clamped) into a scratch of its thread's, handed to
+    /// `then(planes, first channel, out)` with the panel's share of `output` (`out_plane`
+    /// values per channel, `n × M` channels): what the fused [`crate::fused`] operator runs
+    /// its depthwise convolution on, while the planes are in L2. Panels side by side on
+    /// tract's executor where it has threads. Only where [`DirectConv::runs_by_panels`].
+    pub(crate) fn run_by_panels(
+        &self,
+        input: &[f32],
+        weights: &[f32],
+        bias: &[f32],
+        output: &mut [f32],
+        out_plane: usize,
+        then: impl Fn(&[f32], usize, &mut [f32]) -> TractResult<()> + Sync,
+    ) -> TractResult<()> {
+        let [ih, iw] = self.input_hw;
+        let [oh, ow] = self.output_hw;
+        let mut layout = self.layout();
+        layout.by_panel = true;
+        let nr = layout.nr;
+        if !self.runs_by_panels() || weights.len() != layout.channels * layout.offsets.len() {
+            bail!("{}: not a convolution to run by panels", self.name());
+        }
+        let failed = std::sync::Mutex::new(None);
+        let mut buffers = BUFFERS.take();
+        let result = (|| -> TractResult<()> {
+            let Buffers { image, pooled, .. } = &mut buffers;
+            let image = at_least(image, layout.scratch);
+            let image_in = self.input_channels * ih * iw;
+            let image_out = self.output_channels * out_plane;
+            for (src, dst) in input.chunks_exact(image_in).zip(output.chunks_exact_mut(image_out)) {
+                self.pad_image(src, image, pooled, &layout, None)?;
+                let (image, layout) = (&*image, &layout);
+                let work = self.output_channels * oh * ow * layout.offsets.len();
+                share(dst, nr * out_plane, work, |first, chunk| {
+                    let mut planes = PANEL.take();
+                    let planes_now = at_least(&mut planes, nr * oh * ow);
+                    for (panel, out) in (first..).zip(chunk.chunks_exact_mut(nr * out_plane)) {
+                        {
+                            let mut target = Planes::new(self, planes_now, bias);
+                            target.first = panel * nr;
+                            let mut sums = Sums::planes(target, layout, panel..panel + 1);
+                            self.run_tiles(image, weights, layout, &mut sums);
+                        }
+                        if let Err(e) = then(planes_now, panel * nr, out) {
+                            let _ = failed.lock().map(|mut f| f.get_or_insert(e).to_string());
+                        }
+                    }
+                    PANEL.set(planes);
+                })?;
+            }
+            Ok(())
+        })();
+        BUFFERS.set(buffers);
+        result?;
+        match failed.into_inner() {
+            Ok(Some(e)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Copies the valid positions of the blocks out as `OH × OW` planes, adding the bias, then
     /// clamping: as many planes as `out` holds, the first being output channel `first`.
     fn unpack(&self, blocks: &[f32], bias: &[f32], layout: &Layout, first: usize, out: &mut [f32]) {
@@ -1268,6 +1361,8 @@ const MAX_NR: usize = 8;
 #[derive(Clone, Copy)]
 struct Planes<'a> {
     out: *mut f32,
+    /// The output channel of `out`'s first plane.
+    first: usize,
     /// Values per plane (`OH · OW`: the packed layout's positions) and planes (`M`).
     plane: usize,
     m: usize,
@@ -1285,9 +1380,10 @@ impl<'a> Planes<'a> {
     /// `out`: one image's `M` output planes; `bias`: `M` values, or one for all.
     fn new(op: &DirectConv, out: &'a mut [f32], bias: &'a [f32]) -> Planes<'a> {
         let [oh, ow] = op.output_hw;
-        debug_assert_eq!(out.len(), op.output_channels * oh * ow);
+        debug_assert_eq!(out.len() % (oh * ow), 0);
         Planes {
             out: out.as_mut_ptr(),
+            first: 0,
             plane: oh * ow,
             m: op.output_channels,
             bias,
@@ -1401,10 +1497,11 @@ impl Planes<'_> {
     fn load(&self, t: usize, panel: usize, nr: usize, acc: &mut [f32]) {
         let (p, lanes, outputs) = self.span(t, panel, nr);
         for (o, row) in outputs.zip(acc.chunks_exact_mut(TILE)) {
-            // SAFETY: `o < M` and `p + lanes <= plane`: inside this image's planes, in the
-            // block and panel only this thread writes.
-            let src =
-                unsafe { std::slice::from_raw_parts(self.out.add(o * self.plane + p), lanes) };
+            // SAFETY: `first <= o < M` and `p + lanes <= plane`: inside the planes `out`
+            // holds, in the block and panel only this thread writes.
+            let src = unsafe {
+                std::slice::from_raw_parts(self.out.add((o - self.first) * self.plane + p), lanes)
+            };
             row[..lanes].copy_from_slice(src);
         }
     }
@@ -1416,8 +1513,12 @@ impl Planes<'_> {
         let [lo, hi] = self.clamp;
         for (o, row) in outputs.zip(acc.chunks_exact(TILE)) {
             // SAFETY: as in `load`.
-            let dst =
-                unsafe { std::slice::from_raw_parts_mut(self.out.add(o * self.plane + p), lanes) };
+            let dst = unsafe {
+                std::slice::from_raw_parts_mut(
+                    self.out.add((o - self.first) * self.plane + p),
+                    lanes,
+                )
+            };
             if last {
                 let b = if self.bias.len() == 1 { self.bias[0] } else { self.bias[o] };
                 for (d, &s) in dst.iter_mut().zip(&row[..lanes]) {

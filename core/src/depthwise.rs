@@ -85,6 +85,22 @@ pub fn substitute_max_pools(model: &mut TypedModel) -> TractResult<usize> {
 }
 
 impl DepthwiseConv {
+    /// A depthwise convolution (not a max pooling) of `[H, W]` images into `[OH, OW]`.
+    pub(crate) fn convolves(&self) -> bool {
+        !self.max
+    }
+
+    /// Its input planes' and output planes' sizes, in values.
+    pub(crate) fn plane_sizes(&self) -> (usize, usize) {
+        let ([ih, iw], [oh, ow]) = (self.input_hw, self.output_hw);
+        (ih * iw, oh * ow)
+    }
+
+    /// Its channels, output size and taps per channel.
+    pub(crate) fn shape(&self) -> (usize, [usize; 2], usize) {
+        (self.channels, self.output_hw, self.kernel_hw[0] * self.kernel_hw[1])
+    }
+
     /// The operator's fields as numbers, for the plan form ([`crate::plan_form`]).
     pub(crate) fn to_words(&self) -> Vec<u64> {
         let mut w = vec![self.channels as u64];
@@ -229,7 +245,7 @@ impl DepthwiseConv {
     /// Convolves `input` (whole `H × W` planes, the first of them plane `first` of the
     /// `[N, C]` planes) into `output` (as many `OH × OW` planes). `kernel` holds
     /// `C · KH · KW` taps, `bias` `C` values or one.
-    fn run(
+    pub(crate) fn run(
         &self,
         input: &[f32],
         first: usize,

@@ -30,6 +30,7 @@ pub mod deid;
 mod depthwise;
 pub mod dicom;
 mod error;
+mod fused;
 mod manifest;
 mod model;
 mod pipeline;

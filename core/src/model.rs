@@ -205,6 +205,9 @@ impl LoadedModel {
                     crate::conv::substitute_pointwise(&mut m, browser)?;
                 }
                 crate::conv::fuse_clamps(&mut m)?;
+                if cfg!(target_arch = "x86_64") {
+                    crate::fused::substitute(&mut m)?;
+                }
                 Ok(m)
             })
             .map_err(load_err)?;

@@ -40,6 +40,7 @@ use tract_onnx::tract_core::ops::source::TypedSource;
 use crate::concat::Concat;
 use crate::conv::DirectConv;
 use crate::depthwise::DepthwiseConv;
+use crate::fused::ExpandDepthwise;
 
 const MAGIC: &[u8; 8] = b"MEDIPLAN";
 /// Bumped when the layout changes (the source hash catches the rest).
@@ -67,6 +68,7 @@ mod tag {
     pub const CONV: u8 = 8;
     pub const DEPTHWISE: u8 = 9;
     pub const CONCAT: u8 = 10;
+    pub const EXPAND_DEPTHWISE: u8 = 11;
 }
 
 /// tract's binary operators the form names, as their `name()` says.
@@ -163,6 +165,9 @@ fn write_op(p: &mut Vec<u8>, node: &TypedNode) -> TractResult<bool> {
         put_words(p, &op.to_words());
     } else if let Some(op) = node.op_as::<Concat>() {
         p.push(tag::CONCAT);
+        put_words(p, &op.to_words());
+    } else if let Some(op) = node.op_as::<ExpandDepthwise>() {
+        p.push(tag::EXPAND_DEPTHWISE);
         put_words(p, &op.to_words());
     } else if let Some(op) = node.op_as::<TypedSource>() {
         let Some(shape) = op.fact.shape.as_concrete() else { return Ok(false) };
@@ -328,6 +333,9 @@ fn read_op(tag: u8, r: &mut Reader) -> TractResult<Box<dyn TypedOp>> {
         tag::CONV => Box::new(DirectConv::from_words(&r.words()?).ok_or_else(bad)?),
         tag::DEPTHWISE => Box::new(DepthwiseConv::from_words(&r.words()?).ok_or_else(bad)?),
         tag::CONCAT => Box::new(Concat::from_words(&r.words()?).ok_or_else(bad)?),
+        tag::EXPAND_DEPTHWISE => {
+            Box::new(ExpandDepthwise::from_words(&r.words()?).ok_or_else(bad)?)
+        }
         tag::BINARY => Box::new(binary(std::str::from_utf8(r.bytes()?)?).ok_or_else(bad)?),
         tag::ELEMENT_WISE => {
             Box::new(element_wise(std::str::from_utf8(r.bytes()?)?).ok_or_else(bad)?)

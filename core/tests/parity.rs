@@ -33,19 +33,21 @@ fn mobilenetv2_matches_onnxruntime() {
     check("mobilenetv2-chexnet", "mobilenetv2.testvec_output_ort.f32");
 }
 
-/// MobileNetV2's 17 depthwise convolutions run on medinfer's operator on x86-64 and on
-/// tract's elsewhere (`core/src/depthwise.rs`); `mobilenetv2_matches_onnxruntime` checks the
-/// plan's numbers either way.
+/// MobileNetV2's 17 depthwise convolutions run on medinfer's operators on x86-64 and on
+/// tract's elsewhere (`core/src/depthwise.rs`): 13 of them fused with the 1×1 expansion
+/// before them (`core/src/fused.rs`), the 4 others (after the stem, and after the 7 × 7
+/// expansions, which stay tract's) alone. `mobilenetv2_matches_onnxruntime` checks the plan's
+/// numbers either way.
 #[test]
 fn mobilenetv2_depthwise_operator() {
     let model = common::load_model("mobilenetv2-chexnet");
     let ops = model.plan_operators();
-    let ours = ops.iter().filter(|op| *op == "medinfer.DepthwiseConv").count();
-    let tracts = ops.iter().filter(|op| *op == "DepthWiseConv").count();
+    let count = |name: &str| ops.iter().filter(|op| *op == name).count();
+    let ours = (count("medinfer.ExpandDepthwise"), count("medinfer.DepthwiseConv"));
     if cfg!(target_arch = "x86_64") {
-        assert_eq!((ours, tracts), (17, 0), "{ops:?}");
+        assert_eq!((ours, count("DepthWiseConv")), ((13, 4), 0), "{ops:?}");
     } else {
-        assert_eq!(ours, 0, "{ops:?}");
+        assert_eq!(ours, (0, 0), "{ops:?}");
     }
 }
 
@@ -66,7 +68,8 @@ fn densenet121_max_pool_and_concat_operators() {
 /// (`core/src/conv.rs`): the 3×3 ones and the 7×7 stem, and the 1×1 ones with the batch
 /// normalisation and ReLU before them (and the bias, average pooling and ReLU after) fused
 /// in; of MobileNetV2's, the 3×3 stem and the 26 1×1 ones on images larger than 7 × 7 (its
-/// eight on 7 × 7 stay tract's matrix products).
+/// eight on 7 × 7 stay tract's matrix products), 13 of those inside the fused expansion and
+/// depthwise operator.
 /// The Spin component's target (wasip2, where these tests also run) keeps tract's; the browser
 /// builds run the dense ones above 1×1 and DenseNet's three transitions on it
 /// (`web/tests/simd.test.mjs` checks the counts). The
@@ -75,7 +78,8 @@ fn densenet121_max_pool_and_concat_operators() {
 fn direct_convolutions() {
     for (model, want) in [("densenet121-chexnet", 120), ("mobilenetv2-chexnet", 27)] {
         let ops = common::load_model(model).plan_operators();
-        let ours = ops.iter().filter(|op| *op == "medinfer.Conv").count();
+        let count = |name: &str| ops.iter().filter(|op| *op == name).count();
+        let ours = count("medinfer.Conv") + count("medinfer.ExpandDepthwise");
         let want = if cfg!(target_arch = "x86_64") { want } else { 0 };
         assert_eq!(ours, want, "{model}: {ops:?}");
     }

@@ -1,0 +1,256 @@
+//! A 1×1 expansion and the depthwise convolution after it as one operator (the x86-64 CPU
+//! plan): MobileNetV2's inverted residual blocks widen 16–96 channels to 6 times as many,
+//! then convolve each of them 3×3. Apart, the wide tensor between the two (96 × 112 × 112:
+//! 4.8 MB) is written out to L3 or memory and read back. Here the expansion
+//! ([`DirectConv::run_by_panels`]) computes a panel of its channels at a time into a scratch
+//! of one thread's (8 planes of 112 × 112: 400 KB, in L2), and the depthwise convolution
+//! reads them from there at once; the wide tensor never exists. Same sums, same order: the
+//! output is the two operators', bit for bit.
+
+use tract_onnx::prelude::*;
+use tract_onnx::tract_core::internal::*;
+
+use crate::conv::DirectConv;
+use crate::depthwise::DepthwiseConv;
+
+/// The expansion then the depthwise convolution. Inputs: the image, the expansion's packed
+/// kernel and bias, the depthwise kernel and bias.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ExpandDepthwise {
+    expand: DirectConv,
+    depthwise: DepthwiseConv,
+}
+
+impl ExpandDepthwise {
+    /// The two operators' fields as numbers, for the plan form: the expansion's, then the
+    /// depthwise convolution's.
+    pub(crate) fn to_words(&self) -> Vec<u64> {
+        let mut words = self.expand.to_words();
+        words.extend(self.depthwise.to_words());
+        words
+    }
+
+    /// The operator [`ExpandDepthwise::to_words`] gave these numbers for.
+    pub(crate) fn from_words(w: &[u64]) -> Option<ExpandDepthwise> {
+        let n = DirectConv::WORDS;
+        let op = ExpandDepthwise {
+            expand: DirectConv::from_words(w.get(..n)?)?,
+            depthwise: DepthwiseConv::from_words(w.get(n..)?)?,
+        };
+        op.fits().then_some(op)
+    }
+
+    /// Whether the depthwise convolution takes the expansion's output, and the expansion runs
+    /// by panels.
+    fn fits(&self) -> bool {
+        let (channels, _, _) = self.depthwise.shape();
+        self.expand.runs_by_panels()
+            && self.depthwise.convolves()
+            && channels == self.expand.output_channels()
+            && self.depthwise.plane_sizes().0 == self.expand.output_plane()
+    }
+}
+
+/// Fuses each medinfer direct convolution that runs by panels into the depthwise convolution
+/// that is its only consumer (run after [`crate::conv::fuse_clamps`], so that each keeps its
+/// clamp). Returns how many.
+pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
+    let mut fused = 0;
+    for id in 0..model.nodes().len() {
+        let node = model.node(id);
+        let Some(depthwise) = node.op_as::<DepthwiseConv>() else { continue };
+        if node.inputs.len() != 3 {
+            continue;
+        }
+        let producer = model.node(node.inputs[0].node);
+        let Some(expand) = producer.op_as::<DirectConv>() else { continue };
+        let op = ExpandDepthwise { expand: expand.clone(), depthwise: depthwise.clone() };
+        let alone = producer.outputs[0].successors.len() == 1
+            && !model.output_outlets()?.contains(&node.inputs[0]);
+        if !alone || producer.inputs.len() != 3 || !op.fits() {
+            continue;
+        }
+        let mut patch = TypedModelPatch::default();
+        let mut inputs = tvec!();
+        for outlet in producer.inputs.iter().chain(&node.inputs[1..]) {
+            inputs.push(patch.tap_model(model, *outlet)?);
+        }
+        let wire = patch.wire_node(format!("{}.fused", node.name), op, &inputs)?;
+        patch.shunt_outside(model, OutletId::new(id, 0), wire[0])?;
+        patch.apply(model)?;
+        fused += 1;
+    }
+    if fused > 0 {
+        model.compact()?;
+    }
+    Ok(fused)
+}
+
+impl Op for ExpandDepthwise {
+    fn name(&self) -> StaticName {
+        "medinfer.ExpandDepthwise".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let mut info = self.expand.info()?;
+        info.extend(self.depthwise.info()?);
+        Ok(info)
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Rounding
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for ExpandDepthwise {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        fn slice(t: &TValue) -> TractResult<&[f32]> {
+            t.try_as_plain_ram()?.as_slice::<f32>()
+        }
+        let [input, kernel, bias, dw_kernel, dw_bias] = &inputs[..] else {
+            bail!("{}: {} inputs", self.name(), inputs.len());
+        };
+        let (input, kernel, bias) = (slice(input)?, slice(kernel)?, slice(bias)?);
+        let (dw_kernel, dw_bias) = (slice(dw_kernel)?, slice(dw_bias)?);
+        let (channels, [oh, ow], taps) = self.depthwise.shape();
+        let per_image = self.expand.input_len();
+        if input.len() % per_image != 0
+            || (bias.len() != channels && bias.len() != 1)
+            || dw_kernel.len() != channels * taps
+            || (dw_bias.len() != channels && dw_bias.len() != 1)
+        {
+            bail!("{}: inputs of unexpected sizes", self.name());
+        }
+        let n = input.len() / per_image;
+        // SAFETY: f32 has no invalid bit patterns, and `run_by_panels` hands every plane of
+        // the output to the depthwise convolution, which writes all of it.
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&[n, channels, oh, ow])? };
+        let mut view = output.try_as_plain_ram_mut()?;
+        let out = view.as_slice_mut::<f32>()?;
+        self.expand.run_by_panels(input, kernel, bias, out, oh * ow, |planes, first, out| {
+            self.depthwise.run(planes, first, dw_kernel, dw_bias, out)
+        })?;
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for ExpandDepthwise {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let expanded = self.expand.output_facts(inputs)?;
+        let facts: TVec<&TypedFact> = tvec!(&expanded[0]);
+        self.depthwise.output_facts(&facts)
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let mut cost = self.expand.cost(inputs)?;
+        let expanded = self.expand.output_facts(inputs)?;
+        cost.extend(self.depthwise.cost(&[&expanded[0]])?);
+        Ok(cost)
+    }
+
+    as_op!();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::conv::testing::value;
+    use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec};
+    use tract_onnx::tract_core::ops::einsum::EinSum;
+    use tract_onnx::tract_core::ops::math;
+    use tract_onnx::tract_core::ops::nn::DataFormat;
+
+    /// MobileNetV2's block start as tract declutters it: a 1×1 `EinSum` from `c` to `m`
+    /// channels, its bias and ReLU6, a 3×3 depthwise `Conv` at `stride` and its ReLU6; with
+    /// the expansion's output also a model output where `shared`.
+    fn block(
+        c: usize,
+        m: usize,
+        hw: usize,
+        stride: usize,
+        shared: bool,
+    ) -> TractResult<TypedModel> {
+        let mut g = TypedModel::default();
+        let x = g.add_source("x", f32::fact([1, c, hw, hw]))?;
+        let per = |g: &mut TypedModel, name: &str, salt: usize| {
+            let v: Vec<f32> = (0..m).map(|i| value(i, salt)).collect();
+            g.add_const(name, tensor1(&v).into_shape(&[1, m, 1, 1])?)
+        };
+        let relu6 = |g: &mut TypedModel, name: &str, y: OutletId| -> TractResult<OutletId> {
+            let zero = g.add_const(format!("{name}.0"), tensor0(0f32).broadcast_into_rank(4)?)?;
+            let six = g.add_const(format!("{name}.6"), tensor0(6f32).broadcast_into_rank(4)?)?;
+            let y = g.wire_node(format!("{name}.max"), math::max(), &[y, zero])?[0];
+            Ok(g.wire_node(format!("{name}.min"), math::min(), &[y, six])?[0])
+        };
+        let w: Vec<f32> = (0..m * c).map(|i| value(i, 1) * 2.0).collect();
+        let w = g.add_const("w", tensor1(&w).into_shape(&[m, c])?)?;
+        let einsum = EinSum::new("NIHW,OI->NOHW".parse()?, f32::datum_type());
+        let y = g.wire_node("expand", einsum, &[x, w])?[0];
+        let b = per(&mut g, "expand.bias", 2)?;
+        let y = g.wire_node("expand.add", math::add(), &[y, b])?[0];
+        let expanded = relu6(&mut g, "expand.relu6", y)?;
+        let k: Vec<f32> = (0..m * 9).map(|i| value(i, 3)).collect();
+        let k = g.add_const("dw.k", tensor1(&k).into_shape(&[m, 1, 3, 3])?)?;
+        let b: Vec<f32> = (0..m).map(|i| value(i, 4)).collect();
+        let b = g.add_const("dw.b", tensor1(&b))?;
+        let conv = Conv {
+            pool_spec: PoolSpec {
+                data_format: DataFormat::NCHW,
+                kernel_shape: [3, 3].into_iter().collect(),
+                padding: PaddingSpec::Explicit(
+                    [1, 1].into_iter().collect(),
+                    [1, 1].into_iter().collect(),
+                ),
+                dilations: None,
+                strides: Some([stride, stride].into_iter().collect()),
+                input_channels: m,
+                output_channels: m,
+            },
+            kernel_fmt: KernelFormat::OIHW,
+            group: m,
+            q_params: None,
+        };
+        let y = g.wire_node("dw", conv, &[expanded, k, b])?[0];
+        let y = relu6(&mut g, "dw.relu6", y)?;
+        let outputs = if shared { vec![y, expanded] } else { vec![y] };
+        g.select_output_outlets(&outputs)?;
+        Ok(g)
+    }
+
+    /// medinfer's rewrites, fusing or not; returns the outputs and how many it fused.
+    fn run(mut g: TypedModel, fuse: bool, input: &Tensor) -> (Vec<Vec<f32>>, usize) {
+        crate::conv::substitute_pointwise(&mut g, false).expect("pointwise");
+        crate::depthwise::substitute(&mut g).expect("depthwise");
+        crate::conv::fuse_clamps(&mut g).expect("clamps");
+        let fused = if fuse { substitute(&mut g).expect("fuse") } else { 0 };
+        let plan = g.into_optimized().and_then(|m| m.into_runnable()).expect("plan");
+        let out = plan.run(tvec!(input.clone().into_tvalue())).expect("run");
+        let values = out
+            .iter()
+            .map(|t| t.try_as_plain_ram().and_then(|v| v.as_slice::<f32>()).expect("f32").to_vec())
+            .collect();
+        (values, fused)
+    }
+
+    /// Fused, the block gives the two operators' outputs bit for bit, at stride 1 and 2, with
+    /// positions not a multiple of a block; nothing is fused where the expansion's output is
+    /// used elsewhere too.
+    #[test]
+    fn fused_is_the_two_operators() {
+        for (c, m, hw, stride) in [(8, 48, 12, 1), (5, 24, 9, 2), (16, 96, 17, 2)] {
+            let input: Vec<f32> = (0..c * hw * hw).map(|i| value(i, 5)).collect();
+            let input = tensor1(&input).into_shape(&[1, c, hw, hw]).expect("input");
+            let graph = block(c, m, hw, stride, false).expect("graph");
+            let (apart, _) = run(graph.clone(), false, &input);
+            let (together, fused) = run(graph, true, &input);
+            assert_eq!(fused, 1, "{c} -> {m} on {hw}, stride {stride}");
+            assert!(apart == together, "{c} -> {m} on {hw}, stride {stride}: outputs differ");
+            let (_, fused) = run(block(c, m, hw, stride, true).expect("graph"), true, &input);
+            assert_eq!(fused, 0, "an expansion used twice is left apart");
+        }
+    }
+}
