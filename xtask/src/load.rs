@@ -72,9 +72,12 @@ pub fn run(iterations: usize) -> Result<String> {
          (`medinfer bench --batch 1`, p50). Native: `medinfer serve` (axum, redb, workers = \
          cores). Spin: the pre-initialised component spin.toml serves, under the wasmtime \
          host (`wasm-host serve`, wasmtime 44, {INSTANCES} instances reused across requests, \
-         as Spin 4 does). Each request also writes its result and an audit record.\n\n\
-         | server | model | connections | requests | p50 ms | p99 ms | req/s | p50 / in-process |\n\
-         |---|---|---|---|---|---|---|---|\n"
+         as Spin 4 does). Each request also writes its result and an audit record. Own \
+         pipeline: the server's `timing_ms.total_ms` for the same request (decode, preprocess, \
+         model, inside the server or the component), median of 7 sent one at a time; p50 / \
+         own pipeline is what HTTP, auth, JSON, the store and the host add on top.\n\n\
+         | server | model | connections | requests | p50 ms | p99 ms | req/s | p50 / in-process (native) | own pipeline ms | p50 / own pipeline |\n\
+         |---|---|---|---|---|---|---|---|---|---|\n"
     );
     let native = Server::start(
         Command::new(MEDINFER)
@@ -179,6 +182,17 @@ fn rows(
             .unwrap_or(f64::NAN);
         // Warm every instance / worker first.
         wrk(server, &path, token, dir, INSTANCES.max(2), 3)?;
+        // The server's own time for the request's pipeline (decode, preprocess, model: its
+        // `timing_ms.total_ms`), median of 7 one at a time: what is left of the p50 is HTTP,
+        // auth, JSON, the store writes and, on Spin, the host.
+        let mut own: Vec<f64> = (0..7)
+            .map(|_| {
+                let (_, _, json) = post_reading(&server.addr, &path, token, &body)?;
+                Ok(json["timing_ms"]["total_ms"].as_f64().unwrap_or(f64::NAN))
+            })
+            .collect::<Result<_>>()?;
+        own.sort_by(f64::total_cmp);
+        let own = own[own.len() / 2];
         for connections in [1, 4] {
             let load = wrk(server, &path, token, dir, connections, SECONDS)?;
             let p50 = load["p50_ms"].as_f64().unwrap_or(f64::NAN);
@@ -194,10 +208,11 @@ fn rows(
                 load["non_2xx"].as_u64().unwrap_or(0) + load["socket_errors"].as_u64().unwrap_or(0);
             let failed = if failed > 0 { format!(" ({failed} failed)") } else { String::new() };
             md += &format!(
-                "| {name} | {model} | {connections} | {requests}{failed} | {p50:.1} | {:.1} | {:.1} | {:.2}× |\n",
+                "| {name} | {model} | {connections} | {requests}{failed} | {p50:.1} | {:.1} | {:.1} | {:.2}× | {own:.1} | {:.2}× |\n",
                 load["p99_ms"].as_f64().unwrap_or(f64::NAN),
                 requests as f64 / seconds,
-                p50 / reference
+                p50 / reference,
+                p50 / own
             );
         }
     }
@@ -274,6 +289,11 @@ fn token(dir: &Path) -> Result<String> {
 /// One POST on a fresh connection: the status and the milliseconds until the whole response
 /// was read.
 fn post(addr: &str, path: &str, token: &str, body: &[u8]) -> Result<(u16, f64)> {
+    post_reading(addr, path, token, body).map(|(status, ms, _)| (status, ms))
+}
+
+/// [`post`], also giving the response's JSON body (`Null` where it has none).
+fn post_reading(addr: &str, path: &str, token: &str, body: &[u8]) -> Result<(u16, f64, Value)> {
     let t0 = Instant::now();
     let mut stream = TcpStream::connect(addr)?;
     let head = format!(
@@ -291,7 +311,13 @@ fn post(addr: &str, path: &str, token: &str, body: &[u8]) -> Result<(u16, f64)> 
         .nth(1)
         .and_then(|s| s.parse().ok())
         .context("no HTTP status line")?;
-    Ok((status, ms))
+    // The JSON object from its first brace to its last (whatever the transfer encoding).
+    let text = String::from_utf8_lossy(&response);
+    let json = match (text.find("\r\n\r\n{").map(|i| i + 4), text.rfind('}')) {
+        (Some(a), Some(b)) if a < b => serde_json::from_str(&text[a..=b]).unwrap_or(Value::Null),
+        _ => Value::Null,
+    };
+    Ok((status, ms, json))
 }
 
 /// A server started with `--port 0 --stop-on-stdin-eof`: its address from the line it prints,
