@@ -22,9 +22,10 @@
 //! over taps runs in steps of [`K_STEP`] so that the input rows a step reads stay in L1
 //! across the panels of output channels; the padding, the blocks and the copy out are shared
 //! on tract's executor where it has threads. The bias (and a clamp that followed in the
-//! graph, [`fuse_clamps`]) is applied when the blocks are copied out to NCHW. The block is AVX-512 or AVX2 +
-//! FMA intrinsics on x86-64, chosen at run time, wasm SIMD intrinsics on wasm32 with SIMD,
-//! and plain array arithmetic elsewhere (what the tests also check).
+//! graph, [`fuse_clamps`]) is applied when the blocks are copied out to NCHW, or, for a 1×1
+//! summed in one pass, as its sums are stored straight into the output planes. The block is
+//! AVX-512 or AVX2 + FMA intrinsics on x86-64, chosen at run time, wasm SIMD intrinsics on
+//! wasm32 with SIMD, and plain array arithmetic elsewhere (what the tests also check).
 //!
 //! A 1×1 kernel reads a scratch packed block by block instead (`[block][C][TILE]`, the
 //! normalisation and ReLU applied on the way in), so that each step of its sum reads one

@@ -243,11 +243,6 @@ impl LoadedModel {
         typed.set_symbols(&subs).map_err(|e| Error::ModelLoad { reason: format!("{e:#}") })
     }
 
-    #[doc(hidden)]
-    pub fn plan_for_profiling(&self) -> &Plan {
-        &self.plan
-    }
-
     /// The names of the operators in the CPU plan, in order (e.g. "medinfer.DepthwiseConv"):
     /// what tract's optimiser made of the model, for tests and reports.
     pub fn plan_operators(&self) -> Vec<String> {
