@@ -665,9 +665,11 @@ impl DirectConv {
             pooled: flag(pooled)?,
             clamp: Clamp::from_bits([bits(lo)?, bits(hi)?]),
         };
+        // Pooled: the image is twice the output, and a row or column more where it is odd
+        // (pooling's floor mode).
         let conv_hw = if op.pooled {
-            (op.kernel_hw == [1, 1] && op.input_hw == op.output_hw.map(|v| v * 2))
-                .then_some(op.output_hw)?
+            let halves = (0..2).all(|a| op.input_hw[a] / 2 == op.output_hw[a]);
+            (op.kernel_hw == [1, 1] && halves).then_some(op.output_hw)?
         } else {
             op.input_hw
         };
@@ -2396,6 +2398,9 @@ mod tests {
         let op = ours.nodes().iter().find_map(|n| n.op_as::<DirectConv>()).expect("op");
         let relu = if epilogue { Clamp::new(0.0, f32::INFINITY) } else { Clamp::NONE };
         assert!(op.prologue == prologue && op.clamp == relu && op.pooled == pool, "{name}: {op:?}");
+        // The plan form reads back what it wrote (odd pooled sizes included).
+        assert_eq!(DirectConv::from_words(&op.to_words()).as_ref(), Some(op), "{name}: words");
+        assert_eq!(op.to_words().len(), DirectConv::WORDS);
         // Only the source, the operator and its constants are left.
         assert!(
             !ours.nodes().iter().any(|n| {
