@@ -108,23 +108,40 @@ fn machine() -> Result<String> {
     ))
 }
 
-/// Single-image model runs at 1 and 2 threads, and model load.
+/// Alternating rounds of the native rows: medinfer and onnxruntime take turns, so that a
+/// spell in which this VM's two vCPUs share one core (it happens: whole processes whose
+/// two-thread runs are no faster than one thread, both CPUs busy) falls on both sides.
+const ROUNDS: usize = 3;
+
+/// Single-image model runs at 1 and 2 threads, and model load: each number the median of
+/// [`ROUNDS`] alternating rounds' medians.
 fn native(iterations: usize) -> Result<String> {
     let n = iterations.to_string();
-    let ours = [medinfer_bench(&n, &["--threads", "1"])?, medinfer_bench(&n, &["--threads", "2"])?];
-    let ort = json(Command::new("python3").args([
-        "bench/ort_native.py",
-        "models",
-        "--n",
-        &n,
-        "--threads",
-        "1,2",
-    ]))?;
+    // Per round: medinfer at 1 and 2 threads, then onnxruntime at both.
+    let mut rounds = Vec::new();
+    for _ in 0..ROUNDS {
+        let ours =
+            [medinfer_bench(&n, &["--threads", "1"])?, medinfer_bench(&n, &["--threads", "2"])?];
+        let ort = json(Command::new("python3").args([
+            "bench/ort_native.py",
+            "models",
+            "--n",
+            &n,
+            "--threads",
+            "1,2",
+        ]))?;
+        rounds.push((ours, ort));
+    }
+    let median = |mut v: Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+    };
     let mut md = format!(
         "## Native model run vs onnxruntime, 1 and 2 threads\n\n{iterations} runs per model after \
          a warm-up, one 224×224 image; medinfer's time is the tract run inside \
          `medinfer bench --threads T` (preprocessed chest CR), onnxruntime's the session run on a \
-         fixed tensor of the same shape with `intra_op_num_threads = T`. Load, cold: medinfer \
+         fixed tensor of the same shape with `intra_op_num_threads = T`; each number the median \
+         of {ROUNDS} rounds in which the two take turns. Load, cold: medinfer \
          parses, checks the sha256, declutters, rewrites and optimises; onnxruntime creates the \
          session. Load from the plan form: medinfer reads the file the first load wrote \
          (`data/plans/<id>.plan` for the server), checks its sha256 and key and lowers the \
@@ -132,20 +149,39 @@ fn native(iterations: usize) -> Result<String> {
          | model | threads | medinfer p50 ms | onnxruntime p50 ms | ratio | medinfer load ms (cold) | from the plan form | ort load ms | load ratio (cold / plan form) |\n\
          |---|---|---|---|---|---|---|---|---|\n"
     );
-    for (threads, rows) in [(1, &ours[0]), (2, &ours[1])] {
-        for row in rows.as_array().context("medinfer bench output")? {
+    let first = rounds.first().context("no round")?;
+    for (threads, index) in [(1, 0), (2, 1)] {
+        for row in first.0[index].as_array().context("medinfer bench output")? {
             let id = row["model_id"].as_str().unwrap_or_default();
-            let p50 = row["infer_ms"]["median"].as_f64().unwrap_or(f64::NAN);
-            let load = row["load_ms"].as_f64().unwrap_or(f64::NAN);
-            let plan = row["plan_form_load_ms"].as_f64().unwrap_or(f64::NAN);
-            let theirs = ort
-                .as_array()
-                .context("ort output")?
-                .iter()
-                .find(|r| r["model_id"] == id && r["threads"] == threads);
-            let Some(theirs) = theirs else { continue };
-            let op50 = theirs["p50_ms"].as_f64().unwrap_or(f64::NAN);
-            let oload = theirs["load_ms"].as_f64().unwrap_or(f64::NAN);
+            let ours = |field: &dyn Fn(&Value) -> Option<f64>| {
+                median(
+                    rounds
+                        .iter()
+                        .filter_map(|(ours, _)| ours[index].as_array())
+                        .filter_map(|rows| rows.iter().find(|r| r["model_id"] == id))
+                        .filter_map(field)
+                        .collect(),
+                )
+            };
+            let theirs = |field: &str| {
+                median(
+                    rounds
+                        .iter()
+                        .filter_map(|(_, ort)| ort.as_array())
+                        .filter_map(|rows| {
+                            rows.iter().find(|r| r["model_id"] == id && r["threads"] == threads)
+                        })
+                        .filter_map(|r| r[field].as_f64())
+                        .collect(),
+                )
+            };
+            let p50 = ours(&|r| r["infer_ms"]["median"].as_f64());
+            let load = ours(&|r| r["load_ms"].as_f64());
+            let plan = ours(&|r| r["plan_form_load_ms"].as_f64());
+            let (op50, oload) = (theirs("p50_ms"), theirs("load_ms"));
+            if op50.is_nan() {
+                continue;
+            }
             md += &format!(
                 "| {id} | {threads} | {p50:.1} | {op50:.1} | {:.2}× | {load:.0} | {plan:.0} | {oload:.0} | {:.2}× / {:.2}× |\n",
                 p50 / op50,
