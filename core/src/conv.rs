@@ -145,8 +145,9 @@ impl Clamp {
         self.0
     }
 
-    pub(crate) fn from_bits(bits: [u32; 2]) -> Clamp {
-        Clamp(bits)
+    /// The clamp of the plan form's two numbers (the bounds' bits).
+    pub(crate) fn from_words(lo: u64, hi: u64) -> Option<Clamp> {
+        Some(Clamp([u32::try_from(lo).ok()?, u32::try_from(hi).ok()?]))
     }
 
     pub(crate) fn bounds(self) -> [f32; 2] {
@@ -327,6 +328,12 @@ pub(crate) fn geometry_ok(
             && reach > pad_before[a]
             && reach - pad_before[a] < input_hw[a] + kernel_hw[a]
     })
+}
+
+/// A size or count read from the plan form: at most 2²⁰, so that no product of them
+/// overflows.
+pub(crate) fn size_word(v: u64) -> Option<usize> {
+    usize::try_from(v).ok().filter(|&v| v <= 1 << 20)
 }
 
 /// `spec`'s strides as rows and columns (1 and 1 where it has none); `None` for another rank.
@@ -656,9 +663,7 @@ impl DirectConv {
         let [c, m, ih, iw, oh, ow, kh, kw, sh, sw, ph, pw, prologue, pooled, lo, hi] = *w else {
             return None;
         };
-        let u = |v: u64| usize::try_from(v).ok().filter(|&v| v <= 1 << 20);
-        let flag = |v: u64| (v <= 1).then_some(v == 1);
-        let bits = |v: u64| u32::try_from(v).ok();
+        let (u, flag) = (size_word, |v: u64| (v <= 1).then_some(v == 1));
         let op = DirectConv {
             input_channels: u(c)?,
             output_channels: u(m)?,
@@ -669,7 +674,7 @@ impl DirectConv {
             pad_before: [u(ph)?, u(pw)?],
             prologue: flag(prologue)?,
             pooled: flag(pooled)?,
-            clamp: Clamp::from_bits([bits(lo)?, bits(hi)?]),
+            clamp: Clamp::from_words(lo, hi)?,
         };
         // Pooled: the image is twice the output, and a row or column more where it is odd
         // (pooling's floor mode).

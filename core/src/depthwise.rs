@@ -116,8 +116,7 @@ impl DepthwiseConv {
     /// out of range or describe no convolution this operator runs.
     pub(crate) fn from_words(w: &[u64]) -> Option<DepthwiseConv> {
         let [c, ih, iw, oh, ow, kh, kw, sh, sw, ph, pw, lo, hi, max] = *w else { return None };
-        let u = |v: u64| usize::try_from(v).ok().filter(|&v| v <= 1 << 20);
-        let bits = |v: u64| u32::try_from(v).ok();
+        let u = crate::conv::size_word;
         let op = DepthwiseConv {
             channels: u(c)?,
             input_hw: [u(ih)?, u(iw)?],
@@ -125,7 +124,7 @@ impl DepthwiseConv {
             kernel_hw: [u(kh)?, u(kw)?],
             strides: [u(sh)?, u(sw)?],
             pad_before: [u(ph)?, u(pw)?],
-            clamp: Clamp::from_bits([bits(lo)?, bits(hi)?]),
+            clamp: Clamp::from_words(lo, hi)?,
             max: (max <= 1).then_some(max == 1)?,
         };
         let ok = crate::conv::geometry_ok(

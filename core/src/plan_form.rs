@@ -511,6 +511,13 @@ mod tests {
         out[0].try_as_plain_ram().and_then(|v| v.as_slice::<f32>()).expect("f32").to_vec()
     }
 
+    /// A 3×3 convolution of one image of `c` channels to as many, in `group`s, on `hw` ×
+    /// `hw` at `stride`, padding 1 all round.
+    fn conv3x3(c: usize, group: usize, hw: usize, stride: usize) -> Case {
+        let (k, s, before, after) = ([3, 3], [stride; 2], [1, 1], [1, 1]);
+        Case { n: 1, c, m: c, group, hw: [hw, hw], k, s, before, after, bias_per_channel: true }
+    }
+
     const SHA: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
 
     /// A graph written, read back and written again gives the same bytes, and runs to the
@@ -521,19 +528,8 @@ mod tests {
         let input: Vec<f32> = (0..60).map(|i| value(i, 1)).collect();
         let input = tensor1(&input).into_shape(&[1, 4, 3, 5]).expect("input");
         let mut graphs = vec![(arithmetic().expect("graph"), input)];
-        let dense = Case {
-            n: 1,
-            c: 3,
-            m: 8,
-            group: 1,
-            hw: [20, 20],
-            k: [3, 3],
-            s: [2, 2],
-            before: [1, 1],
-            after: [1, 1],
-            bias_per_channel: true,
-        };
-        let depthwise = Case { c: 6, m: 6, group: 6, hw: [14, 14], s: [1, 1], ..dense.clone() };
+        let dense = Case { m: 8, ..conv3x3(3, 1, 20, 2) };
+        let depthwise = conv3x3(6, 6, 14, 1);
         for case in [dense, depthwise] {
             let mut model = case.model();
             let conv = model.output_outlets().expect("outputs")[0];
@@ -564,19 +560,7 @@ mod tests {
     /// A graph with an operator the form does not name (tract's `Conv`) has no form.
     #[test]
     fn has_no_form_for_an_operator_it_does_not_name() {
-        let case = Case {
-            n: 1,
-            c: 2,
-            m: 2,
-            group: 1,
-            hw: [5, 5],
-            k: [3, 3],
-            s: [1, 1],
-            before: [1, 1],
-            after: [1, 1],
-            bias_per_channel: true,
-        };
-        assert!(write(&case.model(), SHA, &[]).expect("write").is_none());
+        assert!(write(&conv3x3(2, 1, 5, 1).model(), SHA, &[]).expect("write").is_none());
     }
 
     /// Every cut of a form is refused, as is one for another build or model, or with bytes
