@@ -241,7 +241,10 @@ mod tests {
 
     /// With a plans folder, the first load writes each model's plan form, the second loads
     /// from it with the same predictions, and a damaged form is refused, the model loaded
-    /// from ONNX and the form written again.
+    /// from ONNX and the form written again. (x86-64: elsewhere the bundled models' graphs keep
+    /// tract operators the form does not cover, and have none; core's
+    /// `the_plan_form_runs_the_same_plan` checks that.)
+    #[cfg(target_arch = "x86_64")]
     #[test]
     fn loads_from_the_plan_form_it_wrote() {
         let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
