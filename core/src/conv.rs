@@ -1131,8 +1131,10 @@ impl DirectConv {
                             let mut sums = Sums::planes(target, layout, panel..panel + 1);
                             self.run_tiles(image, weights, layout, &mut sums);
                         }
-                        if let Err(e) = then(planes_now, panel * nr, out) {
-                            let _ = failed.lock().map(|mut f| f.get_or_insert(e).to_string());
+                        if let Err(e) = then(planes_now, panel * nr, out)
+                            && let Ok(mut first) = failed.lock()
+                        {
+                            first.get_or_insert(e);
                         }
                     }
                     PANEL.set(planes);
