@@ -22,8 +22,9 @@
 //! over taps runs in steps of [`K_STEP`] so that the input rows a step reads stay in L1
 //! across the panels of output channels; the padding, the blocks and the copy out are shared
 //! on tract's executor where it has threads. The bias (and a clamp that followed in the
-//! graph, [`fuse_clamps`]) is applied when the blocks are copied out to NCHW, or, for a 1×1
-//! summed in one pass, as its sums are stored straight into the output planes. The block is
+//! graph, [`fuse_clamps`]) is applied when the blocks are copied out to NCHW, or, for a
+//! convolution summed in one pass, as its sums are stored straight into the output planes
+//! (the padded layout's dropped columns masked off row by row). The block is
 //! AVX-512 or AVX2 + FMA intrinsics on x86-64, chosen at run time, wasm SIMD intrinsics on
 //! wasm32 with SIMD, and plain array arithmetic elsewhere (what the tests also check).
 //!
@@ -1034,19 +1035,20 @@ impl DirectConv {
         let result = (|| -> TractResult<()> {
             let Buffers { image, blocks, pooled } = &mut buffers;
             let image = at_least(image, layout.scratch);
-            // The packed layout's sums of one pass go straight into the output planes (no
-            // blocks' buffer, no copy out): 4–40 % off those convolutions (MobileNetV2's
-            // expansions most, their 4.8 MB outputs no longer written twice). Sums of several
-            // passes stay in the buffer: read back from and written to the planes between
-            // passes, DenseNet-121's deep 1×1 ones ran 3–5 % slower.
-            let direct = layout.packed && layout.offsets.len() <= K_STEP;
+            // Sums of one pass go straight into the output planes (no blocks' buffer, no copy
+            // out): 4–40 % off the packed layout's convolutions (MobileNetV2's expansions
+            // most, their 4.8 MB outputs no longer written twice), 10–20 % off the stems
+            // (MobileNetV2's 3×3: 0.64 → 0.51 ms, DenseNet-121's 7×7: 2.73 → 2.62 ms). Sums
+            // of several passes stay in the buffer: read back from and written to the planes
+            // between passes, DenseNet-121's deep 1×1 ones ran 3–5 % slower.
+            let direct = layout.offsets.len() <= K_STEP;
             let blocks =
                 at_least(blocks, if direct { 0 } else { layout.tiles * layout.channels * TILE });
             let image_in = self.input_channels * ih * iw;
             let image_out = self.output_channels * oh * ow;
             // Summed in one pass with nothing before: the image is read where it lies, nothing
             // packed ([`DirectConv::in_place`]).
-            let in_place = direct && affine.is_none() && !self.pooled;
+            let in_place = direct && layout.packed && affine.is_none() && !self.pooled;
             for (src, dst) in input.chunks_exact(image_in).zip(output.chunks_exact_mut(image_out)) {
                 let work = image_out * layout.offsets.len();
                 if in_place {
@@ -1545,9 +1547,13 @@ struct Planes<'a> {
     out: *mut f32,
     /// The output channel of `out`'s first plane.
     first: usize,
-    /// Values per plane (`OH · OW`: the packed layout's positions) and planes (`M`).
+    /// Values per plane (`OH · OW`) and planes (`M`).
     plane: usize,
     m: usize,
+    /// The output's columns, and the positions a row of the layout's blocks spans
+    /// (`width − OW` computed and dropped; `OW` where the layout is packed).
+    ow: usize,
+    width: usize,
     bias: &'a [f32],
     clamp: [f32; 2],
 }
@@ -1568,6 +1574,8 @@ impl<'a> Planes<'a> {
             first: 0,
             plane: oh * ow,
             m: op.output_channels,
+            ow,
+            width: ow,
             bias,
             clamp: op.clamp.bounds(),
         }
@@ -1596,8 +1604,11 @@ impl<'a> Sums<'a> {
     }
 
     /// The output planes' `units`: blocks, or panels where the layout shares by panel.
-    fn planes(planes: Planes<'a>, layout: &Layout, units: Range<usize>) -> Sums<'a> {
-        debug_assert!(layout.packed && layout.nr <= MAX_NR && layout.positions == planes.plane);
+    fn planes(mut planes: Planes<'a>, layout: &Layout, units: Range<usize>) -> Sums<'a> {
+        planes.width = layout.width;
+        debug_assert!(
+            layout.nr <= MAX_NR && layout.positions == planes.plane / planes.ow * layout.width
+        );
         let (tiles, panels) = if layout.by_panel {
             (0..layout.tiles, units)
         } else {
@@ -1680,7 +1691,7 @@ impl Planes<'_> {
     /// planes of `panel` (`nr` but past `M`).
     fn span(&self, t: usize, panel: usize, nr: usize) -> (usize, usize, Range<usize>) {
         let p = t * TILE;
-        let lanes = TILE.min(self.plane - p);
+        let lanes = TILE.min(self.plane / self.ow * self.width - p);
         (p, lanes, panel * nr..(panel * nr + nr).min(self.m))
     }
 
@@ -1703,6 +1714,37 @@ impl Planes<'_> {
     fn store(&self, t: usize, panel: usize, nr: usize, acc: &[f32], last: bool) {
         let (p, lanes, outputs) = self.span(t, panel, nr);
         let [lo, hi] = self.clamp;
+        if self.width != self.ow {
+            // Rows of `width` positions, the last `width − OW` of each dropped: the block's
+            // lanes fall in one row or more (only a last pass stores here: `run`).
+            debug_assert!(last);
+            let (ow, width) = (self.ow, self.width);
+            for (o, row) in outputs.zip(acc.chunks_exact(TILE)) {
+                let b = if self.bias.len() == 1 { self.bias[0] } else { self.bias[o] };
+                let (mut lane, mut y, mut x) = (0, p / width, p % width);
+                while lane < lanes {
+                    let run = (width - x).min(lanes - lane);
+                    let valid = ow.saturating_sub(x).min(run);
+                    if valid > 0 {
+                        // SAFETY: `first <= o < M`, `y < OH` (the lanes are inside the
+                        // layout's `OH · width` positions) and `x + valid <= OW`: inside the
+                        // planes `out` holds, in the block and panel only this thread writes.
+                        let dst = unsafe {
+                            std::slice::from_raw_parts_mut(
+                                self.out.add((o - self.first) * self.plane + y * ow + x),
+                                valid,
+                            )
+                        };
+                        for (d, &s) in dst.iter_mut().zip(&row[lane..lane + valid]) {
+                            *d = Clamp::apply(lo, hi, s + b);
+                        }
+                    }
+                    lane += run;
+                    (y, x) = (y + 1, 0);
+                }
+            }
+            return;
+        }
         for (o, row) in outputs.zip(acc.chunks_exact(TILE)) {
             // SAFETY: as in `load`.
             let dst = unsafe {
@@ -2389,12 +2431,19 @@ mod tests {
             let mut out = vec![f32::NAN; case.n * per_image];
             let image_in = case.c * case.hw[0] * case.hw[1];
             let mut direct = out.clone();
+            // Into the planes where `run` does so: summed in one pass, or packed (whose
+            // planes also take a pass's partial sums).
+            let into_planes = layout.packed || layout.offsets.len() <= K_STEP;
             let chunks = input.chunks_exact(image_in).zip(out.chunks_exact_mut(per_image));
             for ((src, dst), planes) in chunks.zip(direct.chunks_exact_mut(per_image)) {
                 op.pad_image(src, &mut image, &mut Vec::new(), &layout, None).expect("pad");
                 run(&image, &weights, &layout, &mut Sums::blocks(&layout, 0, &mut blocks));
                 op.unpack(&blocks, &bias, &layout, 0, dst);
-                if layout.packed {
+                // The row-by-row copy out (CPUs without AVX-512) writes the same values.
+                let mut rows = vec![f32::NAN; dst.len()];
+                op.unpack_rows(&blocks, &bias, &layout, 0, &mut rows);
+                assert_eq!(rows, dst, "case {i}, {name}: unpacked by rows");
+                if into_planes {
                     // Straight into the planes, in two chunks of units as two threads would.
                     let units = if by_panel { layout.channels / nr } else { layout.tiles };
                     let planes = Planes::new(op, planes, &bias);
@@ -2405,7 +2454,7 @@ mod tests {
             }
             let what = format!("case {i}, {name}, by panel {by_panel}");
             assert_close(&what, &out, &case.oracle());
-            if layout.packed {
+            if into_planes {
                 assert_close(&format!("{what}, into the planes"), &direct, &case.oracle());
             }
         }
