@@ -36,7 +36,10 @@
 //! prologue is before either). A 1×1 kernel with nothing before it, summed in one pass
 //! (MobileNetV2's), reads its image where it lies, step `c` of a block from plane `c`
 //! ([`DirectConv::in_place`]): the packing was a copy of the whole input, through L3 for the
-//! wide early layers (their projections 15–25 % faster without it).
+//! wide early layers (their projections 15–25 % faster without it). On planes of fewer than
+//! four blocks of positions (the 7 × 7 layers), a 1×1 convolution with AVX-512 runs with its
+//! output channels in the lanes instead ([`DirectConv::run_small`]): blocks of 32 channels ×
+//! 7 positions, no lane empty on 49 positions.
 //!
 //! [`substitute`] and [`substitute_pointwise`] swap the operator into a decluttered graph with
 //! concrete shapes, before tract's codegen; the graph the GPU executor walks keeps tract's
@@ -98,6 +101,36 @@ pub(crate) fn avx512() -> bool {
 const K_STEP: usize = 512;
 #[cfg(not(target_arch = "x86_64"))]
 const K_STEP: usize = 256;
+/// Output channels (lanes: two vectors) and positions (broadcast) per block of
+/// [`DirectConv::run_small`].
+const SMALL_M: usize = 32;
+const SMALL_P: usize = 7;
+
+/// Whether 1×1 convolutions on small planes run as [`DirectConv::run_small`] on this CPU
+/// (AVX-512, where the panel width says so too: a plan form keyed by it packs for it).
+fn small_planes() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if panel_width() == NR_AVX512 {
+        return true;
+    }
+    false
+}
+
+/// A pointer that blocks running side by side write disjoint parts through.
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: the blocks that share it write disjoint ranges, and nothing reads them until all
+// are done.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// Blocks that pass over a panel's weights in turn (their image lines, `K_STEP` × 64 bytes
 /// each when packed, stay in L2 across the panels).
 const GROUP: usize = 8;
@@ -495,7 +528,7 @@ fn pointwise_patch(
     let o = weights.len() / c;
     let (x, prologue) = match prologue(model, node.inputs[0], c)? {
         Some((x, scale, shift)) => (x, Some((scale, shift))),
-        None if h * w >= 4 * TILE => (node.inputs[0], None),
+        None if h * w >= 4 * TILE || small_planes() => (node.inputs[0], None),
         None => return Ok(None),
     };
     // After, where they are: Add(·, bias), then a 2×2 average pooling ([`fuse_clamps`] takes
@@ -973,6 +1006,9 @@ impl DirectConv {
     /// The OIHW kernel packed as [`DirectConv::pack_weights`] does: what the operator's kernel
     /// input holds.
     fn pack(&self, kernel: &[f32]) -> Tensor {
+        if self.small() {
+            return tensor1(&self.pack_small(kernel));
+        }
         let layout = self.layout();
         let mut packed = vec![0f32; layout.channels * layout.offsets.len()];
         self.pack_weights(kernel, &mut packed, &layout);
@@ -1025,6 +1061,9 @@ impl DirectConv {
         affine: Option<(&[f32], &[f32])>,
         output: &mut [f32],
     ) -> TractResult<()> {
+        if self.small() {
+            return self.run_small(input, weights, bias, affine, output);
+        }
         let [ih, iw] = self.input_hw;
         let [oh, ow] = self.output_hw;
         let mut layout = self.layout();
@@ -1183,6 +1222,212 @@ impl DirectConv {
             && self.output_channels.is_multiple_of(layout.nr)
             && !self.prologue
             && !self.pooled
+            && !self.small()
+    }
+
+    /// Whether it runs as [`DirectConv::run_small`]: a 1×1 convolution (no pooling after) on
+    /// planes of fewer positions than four blocks, where [`small_planes`].
+    fn small(&self) -> bool {
+        let [oh, ow] = self.output_hw;
+        small_planes()
+            && self.kernel_hw == [1, 1]
+            && self.strides == [1, 1]
+            && self.pad_before == [0, 0]
+            && !self.pooled
+            && oh * ow < 4 * TILE
+    }
+
+    /// Output channels the packed kernel holds (the last panel or block filled with zeros).
+    fn kernel_channels(&self) -> usize {
+        let m = self.output_channels;
+        if self.small() { m.next_multiple_of(SMALL_M) } else { m.next_multiple_of(panel_width()) }
+    }
+
+    /// The kernel of a [`DirectConv::small`] convolution (`[M][C]`), as blocks of
+    /// [`SMALL_M`] output channels, `[block][c][SMALL_M]`, zero past `M`.
+    fn pack_small(&self, kernel: &[f32]) -> Vec<f32> {
+        let (c, m) = (self.input_channels, self.output_channels);
+        let mut packed = vec![0f32; m.next_multiple_of(SMALL_M) * c];
+        for (block, dst) in packed.chunks_exact_mut(c * SMALL_M).enumerate() {
+            for (step, lanes) in dst.chunks_exact_mut(SMALL_M).enumerate() {
+                for (r, lane) in lanes.iter_mut().enumerate() {
+                    let o = block * SMALL_M + r;
+                    if o < m {
+                        *lane = kernel[o * c + step];
+                    }
+                }
+            }
+        }
+        packed
+    }
+
+    /// A 1×1 convolution on small planes (MobileNetV2's and DenseNet-121's 7 × 7), output
+    /// channels in the lanes: blocks of [`SMALL_M`] channels × [`SMALL_P`] positions, each
+    /// step two weight vectors and seven broadcast image values, fourteen multiply-adds. The
+    /// positions-in-lanes blocks left a quarter of their lanes empty on 49 positions, and
+    /// tract's 32 × 5 kernel (which ran the layers without a prologue) packs the image first.
+    /// The image goes through the prologue into a scratch first where there is one. Blocks
+    /// of channels side by side on tract's executor where it has threads.
+    fn run_small(
+        &self,
+        input: &[f32],
+        weights: &[f32],
+        bias: &[f32],
+        affine: Option<(&[f32], &[f32])>,
+        output: &mut [f32],
+    ) -> TractResult<()> {
+        let (c, m) = (self.input_channels, self.output_channels);
+        let [oh, ow] = self.output_hw;
+        let positions = oh * ow;
+        if weights.len() != m.next_multiple_of(SMALL_M) * c {
+            bail!("{}: a kernel of unexpected size", self.name());
+        }
+        for (src, dst) in
+            input.chunks_exact(c * positions).zip(output.chunks_exact_mut(m * positions))
+        {
+            // The image (through the prologue) with a block's reach of slack after it: the
+            // last group of positions reads `SMALL_P` values from its first, past the end
+            // where fewer are left.
+            let owned;
+            let image: &[f32] = if affine.is_some() || !positions.is_multiple_of(SMALL_P) {
+                let mut copy = Vec::with_capacity(src.len() + SMALL_P);
+                for (plane, channel) in src.chunks_exact(positions).zip(0..) {
+                    match affine {
+                        Some((scale, shift)) => {
+                            let (a, b) = (scale[channel], shift[channel]);
+                            copy.extend(plane.iter().map(|&x| (x * a + b).max(0.0)));
+                        }
+                        None => copy.extend_from_slice(plane),
+                    }
+                }
+                copy.resize(src.len() + SMALL_P, 0.0);
+                owned = copy;
+                &owned
+            } else {
+                src
+            };
+            // What the blocks read (`small_block_avx512` checks it again, and writes
+            // nothing where it is short: checked here, so that it never is).
+            if image.len() < c * positions + (SMALL_P - positions % SMALL_P) % SMALL_P {
+                bail!("{}: an image shorter than its blocks' reach", self.name());
+            }
+            let out = SendPtr(dst.as_mut_ptr());
+            let blocks = m.div_ceil(SMALL_M);
+            share(&mut vec![(); blocks], 1, m * positions * c, |first, chunk| {
+                for block in first..first + chunk.len() {
+                    let channels = block * SMALL_M..((block + 1) * SMALL_M).min(m);
+                    let w = &weights[block * c * SMALL_M..(block + 1) * c * SMALL_M];
+                    // SAFETY: each block writes its own channels' planes of `dst`.
+                    let planes = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            out.get().add(channels.start * positions),
+                            channels.len() * positions,
+                        )
+                    };
+                    self.small_block(image, w, bias, channels.start, planes);
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// One block of [`DirectConv::run_small`]: the planes of output channels `first..` (as
+    /// many as `out` holds, [`SMALL_M`] at most) from `image` (`C` planes, with slack after)
+    /// and the block's kernel `w` (`[c][SMALL_M]`).
+    fn small_block(&self, image: &[f32], w: &[f32], bias: &[f32], first: usize, out: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if avx512() {
+            // SAFETY: the CPU has AVX-512F.
+            return unsafe { self.small_block_avx512(image, w, bias, first, out) };
+        }
+        self.small_block_portable(image, w, bias, first, out)
+    }
+
+    /// [`DirectConv::small_block`] in plain arithmetic: what the tests hold the AVX-512 one
+    /// against (and what would run where `run_small` ran without it).
+    fn small_block_portable(
+        &self,
+        image: &[f32],
+        w: &[f32],
+        bias: &[f32],
+        first: usize,
+        out: &mut [f32],
+    ) {
+        let (c, [oh, ow]) = (self.input_channels, self.output_hw);
+        let positions = oh * ow;
+        let [lo, hi] = self.clamp.bounds();
+        for (r, plane) in out.chunks_exact_mut(positions).enumerate() {
+            let o = first + r;
+            let b = if bias.len() == 1 { bias[0] } else { bias[o] };
+            for (p, d) in plane.iter_mut().enumerate() {
+                let sum: f32 = (0..c).map(|k| w[k * SMALL_M + r] * image[k * positions + p]).sum();
+                *d = Clamp::apply(lo, hi, sum + b);
+            }
+        }
+    }
+
+    /// [`DirectConv::small_block`] with AVX-512.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f")]
+    unsafe fn small_block_avx512(
+        &self,
+        image: &[f32],
+        w: &[f32],
+        bias: &[f32],
+        first: usize,
+        out: &mut [f32],
+    ) {
+        use std::arch::x86_64::*;
+        const P: usize = SMALL_P;
+        let (c, [oh, ow]) = (self.input_channels, self.output_hw);
+        let positions = oh * ow;
+        let planes = out.len() / positions;
+        // The last group of positions reads P values from its first.
+        let reach = c * positions + (P - positions % P) % P;
+        if w.len() < c * SMALL_M || image.len() < reach || planes > SMALL_M {
+            return;
+        }
+        let [lo, hi] = self.clamp.bounds();
+        let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
+        let b: [f32; SMALL_M] = std::array::from_fn(|r| match bias.len() {
+            1 => bias[0],
+            _ => bias.get(first + r).copied().unwrap_or(0.0),
+        });
+        // SAFETY: `b` holds 32 values.
+        let b = unsafe { [_mm512_loadu_ps(b.as_ptr()), _mm512_loadu_ps(b.as_ptr().add(16))] };
+        for p0 in (0..positions).step_by(P) {
+            let mut acc = [[_mm512_setzero_ps(); 2]; P];
+            for k in 0..c {
+                // SAFETY: `w` holds `c` steps of SMALL_M values; P values from `p0` of plane
+                // `k` are inside `image` (`reach`).
+                unsafe {
+                    let wk = w.as_ptr().add(k * SMALL_M);
+                    let (w0, w1) = (_mm512_loadu_ps(wk), _mm512_loadu_ps(wk.add(16)));
+                    let x = image.as_ptr().add(k * positions + p0);
+                    for (j, acc) in acc.iter_mut().enumerate() {
+                        let v = _mm512_set1_ps(*x.add(j));
+                        acc[0] = _mm512_fmadd_ps(w0, v, acc[0]);
+                        acc[1] = _mm512_fmadd_ps(w1, v, acc[1]);
+                    }
+                }
+            }
+            // Channels are the lanes: through a scratch, transposed into the planes.
+            let mut t = [[0f32; SMALL_M]; P];
+            for (row, acc) in t.iter_mut().zip(&acc) {
+                for (h, (&a, &b)) in acc.iter().zip(&b).enumerate() {
+                    // As `Clamp::apply`: a NaN stays NaN.
+                    let v = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(a, b)));
+                    // SAFETY: `row` holds 32 values.
+                    unsafe { _mm512_storeu_ps(row.as_mut_ptr().add(16 * h), v) };
+                }
+            }
+            let n = (positions - p0).min(P);
+            for (r, plane) in out.chunks_exact_mut(positions).enumerate() {
+                for (d, row) in plane[p0..p0 + n].iter_mut().zip(&t) {
+                    *d = row[r];
+                }
+            }
+        }
     }
 
     /// Convolves `n` images, each `C × H × W` in `input`, panel by panel: each panel's `nr`
@@ -1951,7 +2196,7 @@ impl EvalOp for DirectConv {
         let [kh, kw] = self.kernel_hw;
         let (c, m) = (self.input_channels, self.output_channels);
         if input.len() % (c * ih * iw) != 0
-            || kernel.len() != m.next_multiple_of(panel_width()) * c * kh * kw
+            || kernel.len() != self.kernel_channels() * c * kh * kw
             || (bias.len() != m && bias.len() != 1)
         {
             bail!("{}: inputs of unexpected sizes", self.name());
@@ -2508,6 +2753,8 @@ mod tests {
                 |c, o| Pointwise { prologue: false, epilogue: true, ..pointwise(c, o, [27, 29]) };
             check_pointwise("two threads, in place by blocks", plain(96, 8));
             check_pointwise("two threads, in place by panels", plain(96, 128));
+            let small = Pointwise { prologue: false, epilogue: true, ..pointwise(96, 200, [7, 7]) };
+            check_pointwise("two threads, small planes", small);
         });
     }
 
@@ -2558,6 +2805,12 @@ mod tests {
             plain(pointwise(144, 24, [12, 13])),
             epilogue(plain(pointwise(32, 16, [8, 8]))),
             plain(pointwise(7, 9, [5, 13])),
+            // Small planes (`run_small` where AVX-512 runs it): 7 × 7 with a last partial
+            // block of channels, 5 × 5 with a last partial group of positions, with the
+            // prologue.
+            epilogue(plain(pointwise(160, 40, [7, 7]))),
+            plain(pointwise(33, 70, [5, 5])),
+            epilogue(pointwise(96, 64, [7, 7])),
         ]
         .into_iter()
         .enumerate()
@@ -2678,7 +2931,8 @@ mod tests {
 
     /// The prologue only where every link is used by the next alone: with a second use of
     /// the ReLU, the convolution alone is replaced, on an image of 4 blocks of positions and
-    /// more (8 × 8: 64, 32 on wasm); below that (5 × 5), it is left to tract.
+    /// more (8 × 8: 64, 32 on wasm); below that (5 × 5), it is left to tract, unless small
+    /// planes run as [`DirectConv::run_small`].
     #[test]
     fn pointwise_leaves_a_shared_prologue() {
         use tract_onnx::tract_core::ops::math;
@@ -2696,13 +2950,56 @@ mod tests {
             m.select_output_outlets(&[conv, relu])?;
             Ok(m)
         };
+        // Where small planes run as `run_small` (AVX-512), replaced too, the prologue left.
         let mut small = build(5).expect("graph");
-        assert_eq!(substitute_pointwise(&mut small, false).expect("substitute"), 0);
+        let replaced = substitute_pointwise(&mut small, false).expect("substitute");
+        assert_eq!(replaced, usize::from(small_planes()));
         let mut large = build(8).expect("graph");
         assert_eq!(substitute_pointwise(&mut large, false).expect("substitute"), 1);
         let op = large.nodes().iter().find_map(|n| n.op_as::<DirectConv>()).expect("op");
         assert!(!op.prologue);
         assert_eq!(large.nodes().iter().filter(|n| n.op_is::<TypedBinOp>()).count(), 3);
+    }
+
+    /// `run_small`'s AVX-512 block against the portable one, on every group of positions
+    /// and a partial block of channels.
+    #[test]
+    fn small_blocks_agree() {
+        let (c, m, hw) = (37, 20, [5, 6]);
+        let op = DirectConv {
+            input_channels: c,
+            output_channels: m,
+            input_hw: hw,
+            output_hw: hw,
+            kernel_hw: [1, 1],
+            strides: [1, 1],
+            pad_before: [0, 0],
+            prologue: false,
+            pooled: false,
+            clamp: Clamp::new(-0.5, 0.5),
+        };
+        let positions = hw[0] * hw[1];
+        let kernel: Vec<f32> = (0..m * c).map(|i| value(i, 21) - 0.5).collect();
+        let bias: Vec<f32> = (0..m).map(|i| value(i, 22) - 0.5).collect();
+        let mut image: Vec<f32> = (0..c * positions).map(|i| value(i, 23) - 0.5).collect();
+        image.resize(c * positions + SMALL_P, 0.0);
+        let w = &op.pack_small(&kernel)[..c * SMALL_M];
+        let mut want = vec![f32::NAN; m * positions];
+        for (o, plane) in want.chunks_exact_mut(positions).enumerate() {
+            for (p, d) in plane.iter_mut().enumerate() {
+                let sum: f64 = (0..c)
+                    .map(|k| f64::from(kernel[o * c + k]) * f64::from(image[k * positions + p]))
+                    .sum();
+                *d = Clamp::apply(-0.5, 0.5, (sum + f64::from(bias[o])) as f32);
+            }
+        }
+        let want: Vec<f64> = want.into_iter().map(f64::from).collect();
+        let mut got = vec![f32::NAN; m * positions];
+        op.small_block(&image, w, &bias, 0, &mut got);
+        assert_close("small block", &got, &want);
+        let mut portable = vec![f32::NAN; m * positions];
+        op.small_block_portable(&image, w, &bias, 0, &mut portable);
+        assert_close("small block, portable", &portable, &want);
     }
 
     /// What it leaves to tract: 1×1 kernels (a plain matrix product there), dilation, groups.
