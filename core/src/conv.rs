@@ -2662,22 +2662,28 @@ mod tests {
             .collect();
         for (c, m, hw) in [(600, 13, [9, 11]), (24, 32, [16, 16])] {
             let case = case(2, c, m, hw, [1, 1], [1, 1], [0, 0], [0, 0], true);
-            let op = DirectConv {
-                input_channels: c,
-                output_channels: m,
-                input_hw: hw,
-                output_hw: hw,
-                kernel_hw: [1, 1],
-                strides: [1, 1],
-                pad_before: [0, 0],
-                prologue: false,
-                pooled: false,
-                clamp: Clamp::NONE,
-            };
+            let op = plain_1x1(c, m, hw, Clamp::NONE);
             assert!(op.layout().packed);
             all.push((case, op));
         }
         all
+    }
+
+    /// A 1×1 convolution of `c` → `m` channels on `hw` images, nothing before it, `clamp`
+    /// after.
+    fn plain_1x1(c: usize, m: usize, hw: [usize; 2], clamp: Clamp) -> DirectConv {
+        DirectConv {
+            input_channels: c,
+            output_channels: m,
+            input_hw: hw,
+            output_hw: hw,
+            kernel_hw: [1, 1],
+            strides: [1, 1],
+            pad_before: [0, 0],
+            prologue: false,
+            pooled: false,
+            clamp,
+        }
     }
 
     fn check_blocks(name: &str, run: Kernel, nr: usize, by_panel: bool) {
@@ -2966,18 +2972,7 @@ mod tests {
     #[test]
     fn small_blocks_agree() {
         let (c, m, hw) = (37, 20, [5, 6]);
-        let op = DirectConv {
-            input_channels: c,
-            output_channels: m,
-            input_hw: hw,
-            output_hw: hw,
-            kernel_hw: [1, 1],
-            strides: [1, 1],
-            pad_before: [0, 0],
-            prologue: false,
-            pooled: false,
-            clamp: Clamp::new(-0.5, 0.5),
-        };
+        let op = plain_1x1(c, m, hw, Clamp::new(-0.5, 0.5));
         let positions = hw[0] * hw[1];
         let kernel: Vec<f32> = (0..m * c).map(|i| value(i, 21) - 0.5).collect();
         let bias: Vec<f32> = (0..m).map(|i| value(i, 22) - 0.5).collect();

@@ -18,7 +18,7 @@
 //! out.
 //!
 //! With AVX-512, 3×3 kernels at stride 1 or 2 skip the padded copy
-//! ([`DepthwiseConv::masked`]): blocks of 4 rows × 16 columns read the input rows where they
+//! ([`DepthwiseConv::masked`]): blocks of 2 rows × 16 columns read the input rows where they
 //! lie with masked loads, the lanes outside the image reading as padding, each input row once
 //! for every output row of the block it reaches, and stride 2's columns picked out of two
 //! loads by a permutation. The copy was a third of the time (a 32-channel 112 × 112 plane:
@@ -43,9 +43,10 @@ use crate::conv::{Clamp, Clamped};
 
 /// Lanes of the narrowest output block: rows are padded up to a multiple of it.
 const LANES: usize = 8;
-/// Output rows per block of [`DepthwiseConv::masked`]: four independent sums per lane, as
-/// many as hide the multiply-add's latency, and each input row read once for up to three
-/// output rows.
+/// Output rows per block of [`DepthwiseConv::masked`]: each input row it reads is read once
+/// for both (3×3 at stride 1: four rows of loads for two output rows). Four rows were no
+/// faster (MobileNetV2's depthwise and fused operators, 3 alternating runs: 4.3–5.7 ms with
+/// two, 4.9–5.4 with four); the blocks along a row overlap their sums anyway.
 #[cfg(target_arch = "x86_64")]
 const MASKED_ROWS: usize = 2;
 
