@@ -2918,7 +2918,14 @@ mod tests {
         let mut pooled_only = build().expect("graph");
         let replaced = substitute_pointwise(&mut pooled_only, true).expect("substitute");
         assert_eq!(replaced, usize::from(pool), "{name}, pooled only");
-        assert_eq!(substitute_pointwise(&mut ours, false).expect("substitute"), 1, "{name}");
+        // Without a prologue, small images are left to tract where `run_small` does not run
+        // (wasm, CPUs without AVX-512): tract's answer above is then the one that counts.
+        let covered = prologue || h * w >= 4 * TILE || small_planes();
+        let replaced = substitute_pointwise(&mut ours, false).expect("substitute");
+        assert_eq!(replaced, usize::from(covered), "{name}");
+        if !covered {
+            return;
+        }
         fuse_clamps(&mut ours).expect("fuse");
         let op = ours.nodes().iter().find_map(|n| n.op_as::<DirectConv>()).expect("op");
         let relu = if epilogue { Clamp::new(0.0, f32::INFINITY) } else { Clamp::NONE };
