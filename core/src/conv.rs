@@ -800,8 +800,9 @@ impl DirectConv {
             // Rows share their padding columns: a row's right padding reads as the next
             // row's left padding (both zero), so that a row is only as long as its image and
             // the wider of the two, not both (3×3: `OW + 1` positions, a column dropped per
-            // row where `OW + 2` dropped two: DenseNet-121's 14 × 14 layers 12 % fewer
-            // positions). The image's columns, up to where taps read (`OW + KW − 1`), fit
+            // row where `OW + 2` dropped two: DenseNet-121's 56 × 56 and 28 × 28 layers 2 and
+            // 3 % fewer positions; its 14 × 14 and 7 × 7 ones still fill as many blocks). The
+            // image's columns, up to where taps read (`OW + KW − 1`), fit
             // before the next row's, and the padding after them runs into the next row's
             // left padding only.
             let [iw, pl] = [self.input_hw[1], self.pad_before[1]];
