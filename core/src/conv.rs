@@ -609,6 +609,32 @@ fn halving_pool(
     Ok(fits.then_some(half))
 }
 
+/// The runs of a block's lanes that land in output columns, for positions `p..p + lanes`
+/// laid out in rows of `width` (the last `width − OW` of each computed and dropped), `OH`
+/// rows: each run's first lane, its length and the output index (`y · OW + x`) of its first
+/// value; and how many runs there are (one per row the block touches, at most [`TILE`]).
+fn row_runs(
+    p: usize,
+    lanes: usize,
+    width: usize,
+    [oh, ow]: [usize; 2],
+) -> ([(usize, usize, usize); TILE], usize) {
+    let mut runs = [(0, 0, 0); TILE];
+    let mut n = 0;
+    let (mut lane, mut y, mut x) = (0, p / width, p % width);
+    while lane < lanes && y < oh {
+        let run = (width - x).min(lanes - lane);
+        let valid = ow.saturating_sub(x).min(run);
+        if valid > 0 {
+            runs[n] = (lane, valid, y * ow + x);
+            n += 1;
+        }
+        lane += run;
+        (y, x) = (y + 1, 0);
+    }
+    (runs, n)
+}
+
 /// Where everything lies in the scratch, for one operator.
 #[derive(Clone)]
 struct Layout {
@@ -640,6 +666,19 @@ struct Layout {
     /// where that reads less: DenseNet-121's deep layers (49–196 positions, weights of up to
     /// 0.5 MB), where a thread's few blocks would reread all the weights for little work.
     by_panel: bool,
+}
+
+impl Layout {
+    /// Where the sums of block `tile` for output channel `o` start in the blocks' buffer
+    /// (`[panel][block][NR × TILE]` by panel, `[block][channels][TILE]` by block).
+    fn block_sums(&self, tile: usize, o: usize) -> usize {
+        if self.by_panel {
+            let nr = self.nr;
+            ((o / nr * self.tiles + tile) * nr + o % nr) * TILE
+        } else {
+            (tile * self.channels + o) * TILE
+        }
+    }
 }
 
 /// A thread's reusable buffers: the padded image and the blocks.
@@ -1519,7 +1558,7 @@ impl DirectConv {
     ) {
         use std::arch::x86_64::*;
         let [oh, ow] = self.output_hw;
-        let (width, nr) = (layout.width, layout.nr);
+        let width = layout.width;
         let [lo, hi] = self.clamp.bounds();
         let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
         let channels = first..first + out.len() / (oh * ow);
@@ -1535,27 +1574,12 @@ impl DirectConv {
             // The output rows the block's positions fall in: where each run of lanes lands
             // (the vector's start: `lane` values before its first column, outside the plane
             // for masked lanes only) and which lanes are inside the output's columns.
-            let mut runs = [(0usize, 0u16); TILE];
-            let mut n = 0;
-            let p = tile * TILE;
-            let (mut lane, mut y, mut x) = (0, p / width, p % width);
-            while lane < TILE && y < oh {
-                let run = (width - x).min(TILE - lane);
-                let valid = ow.saturating_sub(x).min(run);
-                if valid > 0 {
-                    runs[n] =
-                        ((y * ow + x).wrapping_sub(lane), (((1u32 << valid) - 1) << lane) as u16);
-                    n += 1;
-                }
-                lane += run;
-                (y, x) = (y + 1, 0);
-            }
+            let (lanes, n) = row_runs(tile * TILE, TILE, width, [oh, ow]);
+            let runs = lanes.map(|(lane, valid, at)| {
+                (at.wrapping_sub(lane), (((1u32 << valid) - 1) << lane) as u16)
+            });
             for (c, (o, &b)) in channels.clone().zip(&biases).enumerate() {
-                let at = if layout.by_panel {
-                    ((o / nr * layout.tiles + tile) * nr + o % nr) * TILE
-                } else {
-                    (tile * layout.channels + o) * TILE
-                };
+                let at = layout.block_sums(tile, o);
                 let Some(src) = blocks.get(at..at + TILE) else { return };
                 // SAFETY: `src` holds TILE values.
                 let v = unsafe { _mm512_loadu_ps(src.as_ptr()) };
@@ -1591,13 +1615,7 @@ impl DirectConv {
                     let p = y * layout.width + x;
                     let (tile, lane) = (p / TILE, p % TILE);
                     let n = (TILE - lane).min(ow - x);
-                    let at = if layout.by_panel {
-                        let nr = layout.nr;
-                        ((o / nr * layout.tiles + tile) * nr + o % nr) * TILE
-                    } else {
-                        (tile * layout.channels + o) * TILE
-                    };
-                    let src = &blocks[at + lane..][..n];
+                    let src = &blocks[layout.block_sums(tile, o) + lane..][..n];
                     for (d, &s) in row[x..x + n].iter_mut().zip(src) {
                         *d = Clamp::apply(lo, hi, s + b);
                     }
@@ -1978,29 +1996,23 @@ impl Planes<'_> {
             // Rows of `width` positions, the last `width − OW` of each dropped: the block's
             // lanes fall in one row or more (only a last pass stores here: `run`).
             debug_assert!(last);
-            let (ow, width) = (self.ow, self.width);
+            let oh = self.plane / self.ow;
+            let (runs, n) = row_runs(p, lanes, self.width, [oh, self.ow]);
             for (o, row) in outputs.zip(acc.chunks_exact(TILE)) {
                 let b = if self.bias.len() == 1 { self.bias[0] } else { self.bias[o] };
-                let (mut lane, mut y, mut x) = (0, p / width, p % width);
-                while lane < lanes {
-                    let run = (width - x).min(lanes - lane);
-                    let valid = ow.saturating_sub(x).min(run);
-                    if valid > 0 {
-                        // SAFETY: `first <= o < M`, `y < OH` (the lanes are inside the
-                        // layout's `OH · width` positions) and `x + valid <= OW`: inside the
-                        // planes `out` holds, in the block and panel only this thread writes.
-                        let dst = unsafe {
-                            std::slice::from_raw_parts_mut(
-                                self.out.add((o - self.first) * self.plane + y * ow + x),
-                                valid,
-                            )
-                        };
-                        for (d, &s) in dst.iter_mut().zip(&row[lane..lane + valid]) {
-                            *d = Clamp::apply(lo, hi, s + b);
-                        }
+                for &(lane, valid, at) in &runs[..n] {
+                    // SAFETY: `first <= o < M`, and `row_runs` keeps each run inside a row
+                    // below OH and its columns below OW: inside the planes `out` holds, in the
+                    // block and panel only this thread writes.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            self.out.add((o - self.first) * self.plane + at),
+                            valid,
+                        )
+                    };
+                    for (d, &s) in dst.iter_mut().zip(&row[lane..lane + valid]) {
+                        *d = Clamp::apply(lo, hi, s + b);
                     }
-                    lane += run;
-                    (y, x) = (y + 1, 0);
                 }
             }
             return;
