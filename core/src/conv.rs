@@ -47,6 +47,7 @@
 //! [`substitute`] alone in the browser builds (wasm SIMD, [`block_wasm`]: 4 channels × 8
 //! positions). The tests run on every target, wasip2 included.
 
+use std::borrow::Cow;
 use std::cell::RefCell;
 use std::ops::Range;
 
@@ -56,6 +57,8 @@ use tract_onnx::tract_core::ops::binary::TypedBinOp;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, PaddingSpec, PoolSpec, SumPool};
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::nn::DataFormat;
+
+use crate::concat::Concat;
 
 /// Output channels per block (a panel of the packed kernel: weights broadcast from one panel
 /// row each step) for the AVX2 and portable blocks; [`NR_AVX512`] where the AVX-512 block
@@ -434,6 +437,62 @@ pub fn substitute_pointwise(model: &mut TypedModel, pooled_only: bool) -> TractR
         model.compact()?;
     }
     Ok(replaced)
+}
+
+/// Lets each 1×1 convolution that copies its image anyway (through a prologue, or pooled
+/// first: [`DirectConv::packs_image`]) read the inputs of the concatenation along the channels
+/// before it, in place of its output; chains of such concatenations are flattened first
+/// (`concat(concat(a, b), c)` → `concat(a, b, c)`). Returns how many nodes were rewired.
+///
+/// DenseNet-121 concatenates its growing feature maps after every layer: about 40 MB copied
+/// per image (2.3 of a 59 ms run, one thread, the Zen 4 VM), each map read next by the
+/// following layer's 1×1 convolution and the following concatenation only. With both reading
+/// the pieces, no concatenation inside a dense block has a reader left and none runs; the
+/// last block's final one copies each piece once.
+pub fn read_concats(model: &mut TypedModel) -> TractResult<usize> {
+    let mut rewired = 0;
+    // Nodes in order, so that a concatenation's inputs are already flat when it is reached
+    // (a patch rewires the readers of a node it replaces to the new one).
+    for id in model.eval_order()? {
+        let node = model.node(id);
+        let channels = |outlet: &OutletId| {
+            model.node(outlet.node).op_as::<Concat>().filter(|c| c.axis() == 1).is_some()
+        };
+        let inputs: TVec<OutletId> = if node.op_as::<Concat>().is_some_and(|c| c.axis() == 1) {
+            if !node.inputs.iter().any(channels) {
+                continue;
+            }
+            let mut flat = tvec!();
+            for input in &node.inputs {
+                match channels(input) {
+                    true => flat.extend(model.node(input.node).inputs.iter().copied()),
+                    false => flat.push(*input),
+                }
+            }
+            flat
+        } else if let Some(conv) = node.op_as::<DirectConv>() {
+            let params = if conv.prologue { 4 } else { 2 };
+            if !conv.packs_image() || node.inputs.len() != 1 + params || !channels(&node.inputs[0])
+            {
+                continue;
+            }
+            let pieces = &model.node(node.inputs[0].node).inputs;
+            pieces.iter().chain(&node.inputs[1..]).copied().collect()
+        } else {
+            continue;
+        };
+        let mut patch = TypedModelPatch::default();
+        let taps =
+            inputs.iter().map(|&i| patch.tap_model(model, i)).collect::<TractResult<TVec<_>>>()?;
+        let wire = patch.wire_node(&node.name, node.op.clone(), &taps)?;
+        patch.shunt_outside(model, OutletId::new(id, 0), wire[0])?;
+        patch.apply(model)?;
+        rewired += 1;
+    }
+    if rewired > 0 {
+        model.compact()?;
+    }
+    Ok(rewired)
 }
 
 /// The f32 values of a constant `outlet`, when it is one.
@@ -886,14 +945,14 @@ impl DirectConv {
         }
     }
 
-    /// Writes channels of one image (`H × W` planes) into `scratch` as `sh × sw` phase
-    /// planes of `rows × width` each: padded row `r`, column `j` of a channel lands in phase
-    /// `(r % sh, j % sw)` at `[r / sh][j / sw]`; everything outside the image is zero. As many
-    /// channels as `scratch` holds phase planes for.
+    /// Writes channels of one image (its `H × W` planes, in order) into `scratch` as
+    /// `sh × sw` phase planes of `rows × width` each: padded row `r`, column `j` of a channel
+    /// lands in phase `(r % sh, j % sw)` at `[r / sh][j / sw]`; everything outside the image
+    /// is zero. As many channels as `scratch` holds phase planes for.
     /// `affine`: the prologue's scale and shift for these channels (then ReLU), if any.
     fn pad_channels(
         &self,
-        image: &[f32],
+        image: &[&[f32]],
         scratch: &mut [f32],
         layout: &Layout,
         affine: Option<(&[f32], &[f32])>,
@@ -902,10 +961,8 @@ impl DirectConv {
         let [pt, pl] = self.pad_before;
         let [sh, sw] = self.strides;
         let (rows, width) = (layout.rows, layout.width);
-        for (c, (channel, planes)) in image
-            .chunks_exact(ih * iw)
-            .zip(scratch.chunks_exact_mut(sh * sw * rows * width))
-            .enumerate()
+        for (c, (channel, planes)) in
+            image.iter().zip(scratch.chunks_exact_mut(sh * sw * rows * width)).enumerate()
         {
             let (a, b) = affine.map_or((1.0, 0.0), |(scale, shift)| (scale[c], shift[c]));
             let f = |x: f32| if affine.is_some() { (x * a + b).max(0.0) } else { x };
@@ -943,12 +1000,13 @@ impl DirectConv {
         }
     }
 
-    /// Writes one image (`C` planes of `H × W`) into `scratch` as [`DirectConv::pad_channels`]
+    /// Writes one image (its `C` planes of `H × W`, wherever each lies: [`read_concats`]) into
+    /// `scratch` as [`DirectConv::pad_channels`]
     /// says, channels side by side on tract's executor where it has threads, and zeroes the
     /// tail past the planes.
     fn pad_image(
         &self,
-        image: &[f32],
+        image: &[&[f32]],
         scratch: &mut [f32],
         pooled: &mut Vec<f32>,
         layout: &Layout,
@@ -957,27 +1015,27 @@ impl DirectConv {
         let [ih, iw] = self.input_hw;
         let [sh, sw] = self.strides;
         if layout.packed {
-            let (image, affine, plane) = if self.pooled {
+            let (image, affine): (Vec<&[f32]>, _) = if self.pooled {
                 let [oh, ow] = self.output_hw;
                 let pooled = at_least(pooled, self.input_channels * oh * ow);
-                share(pooled, oh * ow, image.len(), |first, planes| {
+                share(pooled, oh * ow, image.len() * ih * iw, |first, planes| {
                     let affine = affine.map(|(a, b)| (&a[first..], &b[first..]));
-                    self.pool_planes(&image[first * ih * iw..], planes, affine)
+                    self.pool_planes(&image[first..], planes, affine)
                 })?;
-                (&*pooled, None, oh * ow)
+                (pooled.chunks_exact(oh * ow).collect(), None)
             } else {
-                (image, affine, ih * iw)
+                (image.to_vec(), affine)
             };
             let block = layout.tile_stride;
             return share(&mut scratch[..layout.scratch], block, layout.scratch, |first, chunk| {
-                self.pack_blocks(image, plane, chunk, layout, first, affine)
+                self.pack_blocks(&image, chunk, layout, first, affine)
             });
         }
         let planes = sh * sw * layout.rows * layout.width;
         let (used, tail) = scratch.split_at_mut(self.input_channels * planes);
         share(used, planes, used.len(), |first, chunk| {
             let affine = affine.map(|(a, b)| (&a[first..], &b[first..]));
-            self.pad_channels(&image[first * ih * iw..], chunk, layout, affine)
+            self.pad_channels(&image[first..], chunk, layout, affine)
         })?;
         tail.fill(0.0);
         Ok(())
@@ -986,12 +1044,10 @@ impl DirectConv {
     /// Writes the `OH × OW` planes of `out` (the first being channel 0 of `image`, `H × W`
     /// planes): each value the average of a 2×2 patch of the image, through the prologue's
     /// scale, shift and ReLU first where there is one.
-    fn pool_planes(&self, image: &[f32], out: &mut [f32], affine: Option<(&[f32], &[f32])>) {
-        let [ih, iw] = self.input_hw;
+    fn pool_planes(&self, image: &[&[f32]], out: &mut [f32], affine: Option<(&[f32], &[f32])>) {
+        let iw = self.input_hw[1];
         let [oh, ow] = self.output_hw;
-        for (c, (src, dst)) in
-            image.chunks_exact(ih * iw).zip(out.chunks_exact_mut(oh * ow)).enumerate()
-        {
+        for (c, (src, dst)) in image.iter().zip(out.chunks_exact_mut(oh * ow)).enumerate() {
             let (a, b) = affine.map_or((1.0, 0.0), |(scale, shift)| (scale[c], shift[c]));
             let f = |x: f32| if affine.is_some() { (x * a + b).max(0.0) } else { x };
             for (y, row) in dst.chunks_exact_mut(ow).enumerate() {
@@ -1007,12 +1063,11 @@ impl DirectConv {
     }
 
     /// Writes blocks `first..` of a packed scratch (`[block][C][TILE]`, as many blocks as
-    /// `scratch` holds) from one image of `C` planes of `plane` values, through the prologue
-    /// where there is one; the positions past the image are zero.
+    /// `scratch` holds) from one image of `C` planes (of the layout's positions), through the
+    /// prologue where there is one; the positions past the image are zero.
     fn pack_blocks(
         &self,
-        image: &[f32],
-        plane: usize,
+        image: &[&[f32]],
         scratch: &mut [f32],
         layout: &Layout,
         first: usize,
@@ -1021,9 +1076,7 @@ impl DirectConv {
         for (dst, block) in scratch.chunks_exact_mut(layout.tile_stride).zip(first..) {
             let p = block * TILE;
             let n = TILE.min(layout.positions - p);
-            for (c, (line, src)) in
-                dst.chunks_exact_mut(TILE).zip(image.chunks_exact(plane)).enumerate()
-            {
+            for (c, (line, src)) in dst.chunks_exact_mut(TILE).zip(image).enumerate() {
                 let (line, src) = (&mut line[..n], &src[p..p + n]);
                 match affine {
                     Some((scale, shift)) => {
@@ -1095,7 +1148,7 @@ impl DirectConv {
     /// each), where it has one.
     fn run(
         &self,
-        input: &[f32],
+        input: Input,
         weights: &[f32],
         bias: &[f32],
         affine: Option<(&[f32], &[f32])>,
@@ -1104,7 +1157,6 @@ impl DirectConv {
         if self.small() {
             return self.run_small(input, weights, bias, affine, output);
         }
-        let [ih, iw] = self.input_hw;
         let [oh, ow] = self.output_hw;
         let mut layout = self.layout();
         // What one thread reads, in values: by panels, the whole image and its share of the
@@ -1137,19 +1189,18 @@ impl DirectConv {
             let direct = layout.offsets.len() <= K_STEP;
             let blocks =
                 at_least(blocks, if direct { 0 } else { layout.tiles * layout.channels * TILE });
-            let image_in = self.input_channels * ih * iw;
             let image_out = self.output_channels * oh * ow;
             // Summed in one pass with nothing before: the image is read where it lies, nothing
             // packed ([`DirectConv::in_place`]).
             let in_place = direct && layout.packed && affine.is_none() && !self.pooled;
-            for (src, dst) in input.chunks_exact(image_in).zip(output.chunks_exact_mut(image_out)) {
+            for (n, dst) in output.chunks_exact_mut(image_out).enumerate() {
                 let work = image_out * layout.offsets.len();
                 if in_place {
                     let planes = Planes::new(self, dst, bias);
-                    self.run_in_place(src, weights, &layout, planes, work)?;
+                    self.run_in_place(&input.joined(n), weights, &layout, planes, work)?;
                     continue;
                 }
-                self.pad_image(src, image, pooled, &layout, affine)?;
+                self.pad_image(&input.planes(n), image, pooled, &layout, affine)?;
                 let (image, weights, layout) = (&*image, weights, &layout);
                 if direct {
                     // The sums straight into the output planes, shared out by blocks or by
@@ -1265,6 +1316,16 @@ impl DirectConv {
             && !self.small()
     }
 
+    /// Whether it copies its image before its sums whatever the layout (so that it can as well
+    /// copy it from pieces, [`read_concats`]): a 1×1 convolution with a prologue (packed
+    /// through it, or copied through it for [`DirectConv::run_small`]) or pooled first.
+    fn packs_image(&self) -> bool {
+        self.kernel_hw == [1, 1]
+            && self.strides == [1, 1]
+            && self.pad_before == [0, 0]
+            && (self.prologue || self.pooled)
+    }
+
     /// Whether it runs as [`DirectConv::run_small`]: a 1×1 convolution (no pooling after) on
     /// planes of fewer positions than four blocks, where [`small_planes`].
     fn small(&self) -> bool {
@@ -1310,7 +1371,7 @@ impl DirectConv {
     /// of channels side by side on tract's executor where it has threads.
     fn run_small(
         &self,
-        input: &[f32],
+        input: Input,
         weights: &[f32],
         bias: &[f32],
         affine: Option<(&[f32], &[f32])>,
@@ -1322,30 +1383,28 @@ impl DirectConv {
         if weights.len() != m.next_multiple_of(SMALL_M) * c {
             bail!("{}: a kernel of unexpected size", self.name());
         }
-        for (src, dst) in
-            input.chunks_exact(c * positions).zip(output.chunks_exact_mut(m * positions))
-        {
-            // The image (through the prologue) with a block's reach of slack after it: the
-            // last group of positions reads `SMALL_P` values from its first, past the end
-            // where fewer are left.
-            let owned;
-            let image: &[f32] = if affine.is_some() || !positions.is_multiple_of(SMALL_P) {
-                let mut copy = Vec::with_capacity(src.len() + SMALL_P);
-                for (plane, channel) in src.chunks_exact(positions).zip(0..) {
-                    match affine {
-                        Some((scale, shift)) => {
-                            let (a, b) = (scale[channel], shift[channel]);
-                            copy.extend(plane.iter().map(|&x| (x * a + b).max(0.0)));
+        for (n, dst) in output.chunks_exact_mut(m * positions).enumerate() {
+            // The image (through the prologue, its planes joined) with a block's reach of
+            // slack after it: the last group of positions reads `SMALL_P` values from its
+            // first, past the end where fewer are left.
+            let image =
+                if affine.is_some() || !positions.is_multiple_of(SMALL_P) || input.pieces.len() > 1
+                {
+                    let mut copy = Vec::with_capacity(c * positions + SMALL_P);
+                    for (plane, channel) in input.planes(n).into_iter().zip(0..) {
+                        match affine {
+                            Some((scale, shift)) => {
+                                let (a, b) = (scale[channel], shift[channel]);
+                                copy.extend(plane.iter().map(|&x| (x * a + b).max(0.0)));
+                            }
+                            None => copy.extend_from_slice(plane),
                         }
-                        None => copy.extend_from_slice(plane),
                     }
-                }
-                copy.resize(src.len() + SMALL_P, 0.0);
-                owned = copy;
-                &owned
-            } else {
-                src
-            };
+                    copy.resize(c * positions + SMALL_P, 0.0);
+                    Cow::Owned(copy)
+                } else {
+                    input.joined(n)
+                };
             // What the blocks read (`small_block_avx512` checks it again, and writes
             // nothing where it is short: checked here, so that it never is).
             if image.len() < c * positions + (SMALL_P - positions % SMALL_P) % SMALL_P {
@@ -1364,7 +1423,7 @@ impl DirectConv {
                             channels.len() * positions,
                         )
                     };
-                    self.small_block(image, w, bias, channels.start, planes);
+                    self.small_block(&image, w, bias, channels.start, planes);
                 }
             })?;
         }
@@ -1622,6 +1681,43 @@ impl DirectConv {
                     x += n;
                 }
             }
+        }
+    }
+}
+
+/// The operator's image input: `N` images of `C` planes, as one tensor or as the pieces that
+/// a concatenation along the channels would have joined ([`read_concats`]), each
+/// `[N, C_i, H, W]`, in order.
+#[derive(Clone, Copy)]
+struct Input<'a> {
+    pieces: &'a [&'a [f32]],
+    images: usize,
+    /// Values per plane (`H · W`).
+    plane: usize,
+}
+
+impl<'a> Input<'a> {
+    /// Image `n`'s planes, in order.
+    fn planes(&self, n: usize) -> Vec<&'a [f32]> {
+        let images = self.images;
+        self.pieces
+            .iter()
+            .flat_map(|piece| {
+                let len = piece.len() / images;
+                piece[n * len..][..len].chunks_exact(self.plane)
+            })
+            .collect()
+    }
+
+    /// Image `n` in one slice: where it lies when there is one piece, the pieces' parts
+    /// joined when there are several.
+    fn joined(&self, n: usize) -> Cow<'a, [f32]> {
+        match self.pieces {
+            [one] => {
+                let len = one.len() / self.images;
+                Cow::Borrowed(&one[n * len..][..len])
+            }
+            _ => Cow::Owned(self.planes(n).concat()),
         }
     }
 }
@@ -2191,12 +2287,15 @@ impl EvalOp for DirectConv {
         fn slice(t: &TValue) -> TractResult<&[f32]> {
             t.try_as_plain_ram()?.as_slice::<f32>()
         }
-        if inputs.len() != if self.prologue { 5 } else { 3 } {
+        // The image's pieces ([`read_concats`]; one where nothing was rewired), then the
+        // kernel, the bias and the prologue's scale and shift where there is one.
+        let params = if self.prologue { 4 } else { 2 };
+        let Some(pieces) = inputs.len().checked_sub(params).filter(|&p| p > 0) else {
             bail!("{}: {} inputs", self.name(), inputs.len());
-        }
-        let (input, kernel, bias) = (slice(&inputs[0])?, slice(&inputs[1])?, slice(&inputs[2])?);
+        };
+        let (kernel, bias) = (slice(&inputs[pieces])?, slice(&inputs[pieces + 1])?);
         let affine = if self.prologue {
-            let (scale, shift) = (slice(&inputs[3])?, slice(&inputs[4])?);
+            let (scale, shift) = (slice(&inputs[pieces + 2])?, slice(&inputs[pieces + 3])?);
             if scale.len() != self.input_channels || shift.len() != self.input_channels {
                 bail!("{}: a prologue of unexpected size", self.name());
             }
@@ -2208,13 +2307,18 @@ impl EvalOp for DirectConv {
         let [oh, ow] = self.output_hw;
         let [kh, kw] = self.kernel_hw;
         let (c, m) = (self.input_channels, self.output_channels);
-        if input.len() % (c * ih * iw) != 0
+        let n = inputs[0].shape().first().copied().unwrap_or(0);
+        let image =
+            |t: &TValue| matches!(*t.shape(), [tn, _, h, w] if tn == n && [h, w] == [ih, iw]);
+        if !inputs[..pieces].iter().all(image)
+            || inputs[..pieces].iter().map(|t| t.shape()[1]).sum::<usize>() != c
             || kernel.len() != self.kernel_channels() * c * kh * kw
             || (bias.len() != m && bias.len() != 1)
         {
             bail!("{}: inputs of unexpected sizes", self.name());
         }
-        let n = input.len() / (c * ih * iw);
+        let pieces = inputs[..pieces].iter().map(slice).collect::<TractResult<TVec<_>>>()?;
+        let input = Input { pieces: &pieces, images: n, plane: ih * iw };
         // SAFETY: f32 has no invalid bit patterns, and `run` writes every element.
         let mut output = unsafe { Tensor::uninitialized::<f32>(&[n, m, oh, ow])? };
         let mut view = output.try_as_plain_ram_mut()?;
@@ -2718,7 +2822,8 @@ mod tests {
             let into_planes = layout.packed || layout.offsets.len() <= K_STEP;
             let chunks = input.chunks_exact(image_in).zip(out.chunks_exact_mut(per_image));
             for ((src, dst), planes) in chunks.zip(direct.chunks_exact_mut(per_image)) {
-                op.pad_image(src, &mut image, &mut Vec::new(), &layout, None).expect("pad");
+                let src: Vec<&[f32]> = src.chunks_exact(case.hw[0] * case.hw[1]).collect();
+                op.pad_image(&src, &mut image, &mut Vec::new(), &layout, None).expect("pad");
                 run(&image, &weights, &layout, &mut Sums::blocks(&layout, 0, &mut blocks));
                 op.unpack(&blocks, &bias, &layout, 0, dst);
                 // The row-by-row copy out (CPUs without AVX-512) writes the same values.
@@ -2738,6 +2843,146 @@ mod tests {
             assert_close(&what, &out, &case.oracle());
             if into_planes {
                 assert_close(&format!("{what}, into the planes"), &direct, &case.oracle());
+            }
+        }
+    }
+
+    /// Every layout reads an image given in pieces (as [`read_concats`] wires them, or
+    /// anything else): the channels cut in two, or in one piece per channel, batches
+    /// included.
+    #[test]
+    fn reads_its_image_in_pieces() {
+        for (i, (case, op)) in cases_with_ops().into_iter().enumerate() {
+            let (input, kernel, bias) = case.data();
+            let [h, w] = case.hw;
+            for cuts in [vec![case.c / 2, case.c - case.c / 2], vec![1; case.c]] {
+                let cuts: Vec<usize> = cuts.into_iter().filter(|&c| c > 0).collect();
+                let mut model = TypedModel::default();
+                let mut wires = tvec!();
+                let mut values = tvec!();
+                let mut first = 0;
+                for (j, &c) in cuts.iter().enumerate() {
+                    let fact = f32::fact([case.n, c, h, w]);
+                    wires.push(model.add_source(format!("x{j}"), fact).expect("source"));
+                    let piece: Vec<f32> = (0..case.n)
+                        .flat_map(|n| {
+                            let at = (n * case.c + first) * h * w;
+                            input[at..at + c * h * w].iter().copied()
+                        })
+                        .collect();
+                    let piece = tensor1(&piece).into_shape(&[case.n, c, h, w]).expect("piece");
+                    values.push(piece.into_tvalue());
+                    first += c;
+                }
+                wires.push(model.add_const("k", op.pack(&kernel)).expect("kernel"));
+                wires.push(model.add_const("b", tensor1(&bias)).expect("bias"));
+                let y = model.wire_node("conv", op.clone(), &wires).expect("conv");
+                model.select_output_outlets(&y).expect("outputs");
+                let plan = model.into_optimized().and_then(|m| m.into_runnable()).expect("plan");
+                let out = plan.run(values).expect("run");
+                let got = out[0].try_as_plain_ram().and_then(|v| v.as_slice::<f32>()).expect("f32");
+                let what = format!("case {i}, pieces of {cuts:?}");
+                assert_close(&what, got, &case.oracle());
+            }
+        }
+    }
+
+    /// A dense block as DenseNet-121's (each layer's batch normalisation, ReLU and 1×1
+    /// convolution on the concatenation of all before it) and a transition after it, on
+    /// planes of 81 positions (packed) and 49 (small planes where AVX-512 runs them), two
+    /// images: after [`read_concats`], the 1×1 convolutions read the pieces, the one
+    /// concatenation left is the block's last (an output of the graph), and the outputs are
+    /// tract's.
+    #[test]
+    fn dense_blocks_read_the_pieces() {
+        use tract_onnx::tract_core::ops::math;
+        for hw in [9, 7] {
+            let build = || -> TractResult<TypedModel> {
+                let mut m = TypedModel::default();
+                let mut f = m.add_source("x", f32::fact([2, 8, hw, hw]))?;
+                let zero = m.add_const("zero", tensor0(0f32).broadcast_into_rank(4)?)?;
+                let mut salt = 20;
+                let mut konst = |m: &mut TypedModel, name: &str, shape: &[usize]| {
+                    salt += 1;
+                    let n = shape.iter().product();
+                    let v: Vec<f32> = (0..n).map(|i| value(i, salt)).collect();
+                    m.add_const(name, tensor1(&v).into_shape(shape)?)
+                };
+                let mut c = 8;
+                let mut layer =
+                    |m: &mut TypedModel, f: OutletId, c: usize, o: usize, name: &str| {
+                        let sc = konst(m, &format!("{name}.scale"), &[1, c, 1, 1])?;
+                        let sh = konst(m, &format!("{name}.shift"), &[1, c, 1, 1])?;
+                        let y = m.wire_node(format!("{name}.mul"), math::mul(), &[f, sc])?[0];
+                        let y = m.wire_node(format!("{name}.add"), math::add(), &[y, sh])?[0];
+                        let y = m.wire_node(format!("{name}.relu"), math::max(), &[y, zero])?[0];
+                        let k = konst(m, &format!("{name}.w"), &[o, c])?;
+                        let einsum = EinSum::new("NIHW,OI->NOHW".parse()?, f32::datum_type());
+                        let y = m.wire_node(format!("{name}.conv"), einsum, &[y, k])?[0];
+                        let b = konst(m, &format!("{name}.b"), &[1, o, 1, 1])?;
+                        TractResult::Ok(
+                            m.wire_node(format!("{name}.bias"), math::add(), &[y, b])?[0],
+                        )
+                    };
+                for j in 0..4 {
+                    let y = layer(&mut m, f, c, 5, &format!("layer{j}"))?;
+                    f = m.wire_node(
+                        format!("concat{j}"),
+                        tract_onnx::tract_core::ops::array::TypedConcat::new(1),
+                        &[f, y],
+                    )?[0];
+                    c += 5;
+                }
+                let y = layer(&mut m, f, c, 6, "transition")?;
+                let spec = PoolSpec {
+                    data_format: DataFormat::NCHW,
+                    kernel_shape: [2, 2].into_iter().collect(),
+                    padding: PaddingSpec::Valid,
+                    dilations: None,
+                    strides: Some([2, 2].into_iter().collect()),
+                    input_channels: 6,
+                    output_channels: 6,
+                };
+                let y = m.wire_node("pool", SumPool::new(spec, false, true), &[y])?[0];
+                m.select_output_outlets(&[y, f])?;
+                Ok(m)
+            };
+            let x: Vec<f32> = (0..2 * 8 * hw * hw).map(|i| value(i, 19)).collect();
+            let run = |m: TypedModel| -> Vec<Vec<f32>> {
+                let input = tensor1(&x).into_shape(&[2, 8, hw, hw]).expect("input");
+                let plan = m.into_optimized().and_then(|m| m.into_runnable()).expect("plan");
+                let out = plan.run(tvec!(input.into_tvalue())).expect("run");
+                out.iter()
+                    .map(|t| {
+                        t.try_as_plain_ram()
+                            .and_then(|v| v.as_slice::<f32>())
+                            .expect("f32")
+                            .to_vec()
+                    })
+                    .collect()
+            };
+            let want = run(build().expect("graph"));
+            let mut ours = build().expect("graph");
+            assert_eq!(crate::concat::substitute(&mut ours).expect("concat"), 4);
+            assert_eq!(substitute_pointwise(&mut ours, false).expect("substitute"), 5);
+            fuse_clamps(&mut ours).expect("fuse");
+            // Three concatenations flattened, four convolutions rewired (the first layer's
+            // reads the source).
+            assert_eq!(read_concats(&mut ours).expect("read"), 7, "{hw}");
+            let concats = ours.nodes().iter().filter(|n| n.op_is::<Concat>()).collect::<Vec<_>>();
+            assert_eq!(concats.len(), 1, "{hw}: one concatenation left");
+            assert_eq!(concats[0].inputs.len(), 5, "{hw}: the source and four layers");
+            let pieces: Vec<usize> = ours
+                .nodes()
+                .iter()
+                .filter(|n| n.op_is::<DirectConv>())
+                .map(|n| n.inputs.len() - 4)
+                .collect();
+            assert_eq!(pieces, [1, 2, 3, 4, 5], "{hw}: pieces per convolution");
+            let got = run(ours);
+            for (o, (got, want)) in got.iter().zip(&want).enumerate() {
+                let want: Vec<f64> = want.iter().map(|&v| f64::from(v)).collect();
+                assert_close(&format!("{hw}, output {o}"), got, &want);
             }
         }
     }

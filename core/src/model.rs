@@ -181,12 +181,14 @@ impl LoadedModel {
         // more; an average pooling after them moved before) to medinfer's direct convolution
         // (`conv`); in the browser builds (wasm32-unknown-unknown, SIMD) the dense ones above
         // 1×1 and the 1×1 ones with a pooling after them (DenseNet-121's transitions). A
-        // clamp after any of these (ReLU, ReLU6) folds into it. The Spin component (wasip2)
-        // keeps tract's: under Cranelift the direct convolution's wasm block made
-        // DenseNet-121 15 % slower (and the pooled transitions alone gained nothing
-        // measurable), and with our depthwise convolutions MobileNetV2 ran 12 % slower; every
-        // 1×1 on the fused form was slower in the SIMD128 browser build; aarch64 is not
-        // measured.
+        // clamp after any of these (ReLU, ReLU6) folds into it; on x86-64, the 1×1 ones that
+        // copy their image anyway read the pieces of a concatenation before them, so that
+        // DenseNet-121's dense blocks run no concatenation (`read_concats`). The Spin
+        // component (wasip2) keeps tract's: under Cranelift the direct convolution's wasm
+        // block made DenseNet-121 15 % slower (and the pooled transitions alone gained
+        // nothing measurable), and with our depthwise convolutions MobileNetV2 ran 12 %
+        // slower; every 1×1 on the fused form was slower in the SIMD128 browser build;
+        // aarch64 is not measured.
         let rewritten = typed
             .set_symbols(&one)
             .and_then(|mut m| {
@@ -207,6 +209,7 @@ impl LoadedModel {
                 crate::conv::fuse_clamps(&mut m)?;
                 if cfg!(target_arch = "x86_64") {
                     crate::fused::substitute(&mut m)?;
+                    crate::conv::read_concats(&mut m)?;
                 }
                 Ok(m)
             })
