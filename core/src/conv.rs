@@ -39,7 +39,9 @@
 //! wide early layers (their projections 15–25 % faster without it). On planes of fewer than
 //! four blocks of positions (the 7 × 7 layers), a 1×1 convolution with AVX-512 runs with its
 //! output channels in the lanes instead ([`DirectConv::run_small`]): blocks of 32 channels ×
-//! 7 positions, no lane empty on 49 positions.
+//! 7 positions, no lane empty on 49 positions. A 1×1 kernel that copies its image anyway
+//! (through the prologue, or pooled) can take it as the pieces of a concatenation along the
+//! channels, so that the concatenation need not run ([`read_concats`]: DenseNet-121's).
 //!
 //! [`substitute`] and [`substitute_pointwise`] swap the operator into a decluttered graph with
 //! concrete shapes, before tract's codegen; the graph the GPU executor walks keeps tract's
@@ -170,8 +172,8 @@ pub struct DirectConv {
 }
 
 /// An operator's [`Layout`], made once: a layer's offsets are one per step of its sum, and
-/// making them at every run was a tenth of a 7 × 7 3×3 layer's time. No part of the
-/// operator's identity (equal and hashed alike whether made yet or not).
+/// making them at every run, divisions aside, was 8 % of a 7 × 7 3×3 layer's time. No part
+/// of the operator's identity (equal and hashed alike whether made yet or not).
 #[derive(Clone, Default)]
 struct LayoutCell(std::sync::OnceLock<Layout>);
 
@@ -949,8 +951,8 @@ impl DirectConv {
         let (offsets, scratch, tile_stride) = if packed {
             ((0..c).map(|c| c * TILE).collect::<Arc<[usize]>>(), tiles * c * TILE, c * TILE)
         } else {
-            // Step `(c, ky, kx)` in that order (nested loops: divisions by the kernel's size
-            // per step were a fifth of a 7 × 7 layer's run).
+            // Step `(c, ky, kx)` in that order (nested loops: three divisions per step were
+            // 15 % of a 7 × 7 3×3 layer's run).
             let mut offsets = Vec::with_capacity(c * kh * kw);
             for c in 0..c {
                 for ky in 0..kh {
@@ -1089,9 +1091,8 @@ impl DirectConv {
     }
 
     /// Writes one image (its `C` planes of `H × W`, wherever each lies: [`read_concats`]) into
-    /// `scratch` as [`DirectConv::pad_channels`]
-    /// says, channels side by side on tract's executor where it has threads, and zeroes the
-    /// tail past the planes.
+    /// `scratch` as [`DirectConv::pad_channels`] says, channels side by side on tract's
+    /// executor where it has threads, and zeroes the tail past the planes.
     fn pad_image(
         &self,
         image: &[&[f32]],
@@ -1275,15 +1276,15 @@ impl DirectConv {
             // of several passes stay in the buffer: read back from and written to the planes
             // between passes, DenseNet-121's deep 1×1 ones ran 3–5 % slower.
             let direct = layout.offsets.len() <= K_STEP;
-            let blocks =
-                at_least(blocks, if direct { 0 } else { layout.tiles * layout.channels * TILE });
-            let image_out = self.output_channels * oh * ow;
             // A 1×1 with nothing before: the image is read where it lies, nothing packed
             // ([`DirectConv::in_place`]); summed in more than one pass, the partial sums go
             // through the output planes between passes (MobileNetV2's 576-channel
             // projections on 14 × 14: 0.24 → 0.22 ms, against packing and the blocks'
             // buffer).
             let in_place = layout.packed && affine.is_none() && !self.pooled;
+            let sums = layout.tiles * layout.channels * TILE;
+            let blocks = at_least(blocks, if direct || in_place { 0 } else { sums });
+            let image_out = self.output_channels * oh * ow;
             for (n, dst) in output.chunks_exact_mut(image_out).enumerate() {
                 let work = image_out * layout.offsets.len();
                 if in_place {
@@ -1325,8 +1326,8 @@ impl DirectConv {
     }
 
     /// The sums of a packed layout straight into `planes` (a pass's partial sums too, read
-    /// back by the next), reading the image `src` where it lies ([`DirectConv::in_place`]), shared out by blocks or by
-    /// panels as `layout` says.
+    /// back by the next), reading the image `src` where it lies ([`DirectConv::in_place`]),
+    /// shared out by blocks or by panels as `layout` says.
     fn run_in_place(
         &self,
         src: &[f32],
