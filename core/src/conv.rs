@@ -1104,20 +1104,22 @@ impl DirectConv {
         let [ih, iw] = self.input_hw;
         let [sh, sw] = self.strides;
         if layout.packed {
-            let (image, affine): (Vec<&[f32]>, _) = if self.pooled {
+            let pooled_planes: Vec<&[f32]>;
+            let (image, affine) = if self.pooled {
                 let [oh, ow] = self.output_hw;
                 let pooled = at_least(pooled, self.input_channels * oh * ow);
                 share(pooled, oh * ow, image.len() * ih * iw, |first, planes| {
                     let affine = affine.map(|(a, b)| (&a[first..], &b[first..]));
                     self.pool_planes(&image[first..], planes, affine)
                 })?;
-                (pooled.chunks_exact(oh * ow).collect(), None)
+                pooled_planes = pooled.chunks_exact(oh * ow).collect();
+                (&pooled_planes[..], None)
             } else {
-                (image.to_vec(), affine)
+                (image, affine)
             };
             let block = layout.tile_stride;
             return share(&mut scratch[..layout.scratch], block, layout.scratch, |first, chunk| {
-                self.pack_blocks(&image, chunk, layout, first, affine)
+                self.pack_blocks(image, chunk, layout, first, affine)
             });
         }
         let planes = sh * sw * layout.rows * layout.width;
