@@ -6,9 +6,9 @@
 //! columns of B and a broadcast of A every step. Cranelift maps `v128` onto x86's 16 XMM
 //! registers and cannot hold that: it spilled and reloaded a dozen accumulators on every step
 //! of the inner loop (the machine code, read from a running instance), and that kernel was 75 %
-//! of a DenseNet-121 run in the Spin component. This one is a 4×8 tile: 8 accumulators, one
-//! vector of A (its four rows broadcast by shuffles), two of B, and nothing leaves the
-//! registers inside the loop. Measured in the Spin component (BENCHMARKS.md): DenseNet-121's
+//! of a DenseNet-121 run in the Spin component. This one is a 4×8 tile: 8 accumulators, A's
+//! four rows broadcast (by shuffles under Cranelift, by splat loads in V8: `broadcast_rows`),
+//! two vectors of B, and nothing leaves the registers inside the loop. Measured in the Spin component (BENCHMARKS.md): DenseNet-121's
 //! model run 25 % shorter, MobileNetV2's unchanged. In Chromium it also beat tract's kernel,
 //! on both builds and both models (BENCHMARKS.md), fused multiply-add included there.
 //!
@@ -35,7 +35,7 @@ use tract_onnx::prelude::DatumType;
 const MR: usize = 4;
 /// Columns of the tile (B's panel width): two `v128` per row.
 const NR: usize = 8;
-const _: () = assert!(MR == 4, "add_mat_mul broadcasts four rows from one vector");
+const _: () = assert!(MR == 4, "broadcast_rows's wasip2 form reads four rows as one vector");
 
 /// The kernel's name in tract's pool (what its dispatch and debug output show).
 pub const NAME: &str = "medinfer_wasm_f32_4x8";
@@ -57,6 +57,39 @@ pub(crate) fn madd(acc: v128, a: v128, b: v128) -> v128 {
 #[inline(always)]
 pub(crate) fn madd(acc: v128, a: v128, b: v128) -> v128 {
     f32x4_relaxed_madd(a, b, acc)
+}
+
+/// A's four rows for one step (`a`, four f32), each broadcast to a vector. Under Cranelift
+/// (wasip2) one load and four shuffles: with `v128.load32_splat`s instead, the loop took 9.0–9.5
+/// cycles a step against 5.9–6.1 (a step of a 4 × 8 tile, 256–1024 steps from L1, measured on
+/// Zen 4 under wasmtime 44). V8 (the browser builds) gives each shuffle a vector port that its
+/// multiplications and additions also need, and loads a splat on a load port instead: 5.2
+/// against 5.9 cycles a step there, measured the same way in Chromium.
+///
+/// # Safety
+/// `a` points to four readable f32.
+#[cfg(target_os = "wasi")]
+#[inline(always)]
+unsafe fn broadcast_rows(a: *const f32) -> [v128; MR] {
+    // SAFETY: the caller's contract; wasm loads need no alignment.
+    let a = unsafe { v128_load(a.cast()) };
+    [
+        i32x4_shuffle::<0, 0, 0, 0>(a, a),
+        i32x4_shuffle::<1, 1, 1, 1>(a, a),
+        i32x4_shuffle::<2, 2, 2, 2>(a, a),
+        i32x4_shuffle::<3, 3, 3, 3>(a, a),
+    ]
+}
+
+/// See the wasip2 form above.
+///
+/// # Safety
+/// `a` points to four readable f32.
+#[cfg(not(target_os = "wasi"))]
+#[inline(always)]
+unsafe fn broadcast_rows(a: *const f32) -> [v128; MR] {
+    // SAFETY: the caller's contract.
+    std::array::from_fn(|r| unsafe { v128_load32_splat(a.add(r).cast()) })
 }
 
 /// The tile: row `r` is `lo[r]` (columns 0–3) and `hi[r]` (columns 4–7).
@@ -170,17 +203,9 @@ impl Tile {
         for i in 0..k {
             // SAFETY: the caller's contract; wasm loads need no alignment.
             unsafe {
-                // A's four rows for this step are one vector; each row is broadcast from it
-                // with a shuffle (one instruction), not loaded again.
-                let a = v128_load(a.add(i * MR).cast());
+                let rows = broadcast_rows(a.add(i * MR));
                 let b = b.add(i * NR);
                 let (b_lo, b_hi) = (v128_load(b.cast()), v128_load(b.add(4).cast()));
-                let rows = [
-                    i32x4_shuffle::<0, 0, 0, 0>(a, a),
-                    i32x4_shuffle::<1, 1, 1, 1>(a, a),
-                    i32x4_shuffle::<2, 2, 2, 2>(a, a),
-                    i32x4_shuffle::<3, 3, 3, 3>(a, a),
-                ];
                 for r in 0..MR {
                     lo[r] = madd(lo[r], rows[r], b_lo);
                     hi[r] = madd(hi[r], rows[r], b_hi);
