@@ -101,13 +101,13 @@ fn direct_convolutions() {
     }
 }
 
-/// The plan names its matrix kernels: tract's own natively, medinfer's 4×8 one on wasm32
+/// The plan names its matrix kernels: tract's own natively, medinfer's 16×8 one on wasm32
 /// (`core/src/wasm_mmm.rs`, preferred for every product with more than one column).
 #[test]
 fn matmul_kernels_are_reported() {
     let kernels = common::load_model("densenet121-chexnet").matmul_kernels();
     assert!(!kernels.is_empty());
-    let ours = kernels.iter().any(|k| k == "medinfer_wasm_f32_4x8");
+    let ours = kernels.iter().any(|k| k == "medinfer_wasm_f32_16x8");
     assert_eq!(ours, cfg!(target_arch = "wasm32"), "{kernels:?}");
 }
 

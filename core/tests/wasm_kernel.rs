@@ -1,9 +1,10 @@
 //! Matrix products through tract's optimised plans, against a plain f64 product: the wasip2
 //! build runs them on medinfer's own kernel (`src/wasm_mmm.rs`), which this test also checks
 //! tract picked; native builds run tract's kernels on the same cases, so the oracle itself is
-//! checked on every target. Shapes are not multiples of the 4×8 tile, so border tiles (loaded
-//! and stored through tract's scratch) are covered, and the bias and ReLU tract fuses into the
-//! kernel run on both sides of the product (per row and per column).
+//! checked on every target. Shapes are whole 16×8 tiles and not multiples of them, so border
+//! tiles (loaded and stored through tract's scratch) and every one of the four 4×8 register
+//! tiles a tile runs as are covered, and the bias, the residual addition and the ReLU tract
+//! fuses into the kernel run on both sides of the product (per row and per column).
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::math;
@@ -28,21 +29,24 @@ enum Input {
     Right,
 }
 
-/// `relu(A·B + bias)` for A `m×k`, B `k×n`, the bias per row (`m`) or per column (`n`).
+/// `relu(A·B + bias [+ R])` for A `m×k`, B `k×n`, the bias per row (`m`) or per column (`n`),
+/// R an `m×n` tensor (the model's second input) when `residual`.
 struct Case {
     m: usize,
     k: usize,
     n: usize,
     input: Input,
     bias_per_row: bool,
+    residual: bool,
 }
 
 impl Case {
     fn run(&self) -> TractResult<()> {
-        let Case { m, k, n, input, bias_per_row } = *self;
+        let Case { m, k, n, input, bias_per_row, residual } = *self;
         let a = values(1 + (m * 31 + k) as u64, m * k);
         let b = values(2 + (k * 17 + n) as u64, k * n);
         let bias = values(3 + (m + n) as u64, if bias_per_row { m } else { n });
+        let r = values(4 + (m * 7 + n) as u64, m * n);
 
         let mut model = TypedModel::default();
         let (a_wire, b_wire, fed) = match input {
@@ -64,7 +68,13 @@ impl Case {
         )?[0];
         let bias_shape: &[usize] = if bias_per_row { &[m, 1] } else { &[1, n] };
         let bias_wire = model.add_const("bias", tensor1(&bias).into_shape(bias_shape)?)?;
-        let biased = model.wire_node("bias_add", math::add(), &[product, bias_wire])?[0];
+        let mut biased = model.wire_node("bias_add", math::add(), &[product, bias_wire])?[0];
+        let mut inputs = tvec!(fed.into_tvalue());
+        if residual {
+            let r_wire = model.add_source("r", f32::fact([m, n]))?;
+            biased = model.wire_node("residual", math::add(), &[biased, r_wire])?[0];
+            inputs.push(tensor1(&r).into_shape(&[m, n])?.into_tvalue());
+        }
         let zero = model.add_const("zero", tensor0(0f32).broadcast_into_rank(2)?)?;
         let relu = model.wire_node("relu", math::max(), &[biased, zero])?;
         model.select_output_outlets(&relu)?;
@@ -80,35 +90,50 @@ impl Case {
                 "{m}×{k}×{n}: tract did not pick medinfer's kernel: {plan}"
             );
         }
-        let got = optimised.into_runnable()?.run(tvec!(fed.into_tvalue()))?.remove(0);
+        let got = optimised.into_runnable()?.run(inputs)?.remove(0);
         let got = got.to_plain_array_view::<f32>()?;
 
         let mut worst = 0f64;
         for i in 0..m {
             for j in 0..n {
                 let dot: f64 = (0..k).map(|l| a[i * k + l] as f64 * b[l * n + j] as f64).sum();
-                let want = (dot + bias[if bias_per_row { i } else { j }] as f64).max(0.0);
+                let residual = if residual { r[i * n + j] as f64 } else { 0.0 };
+                let want =
+                    (dot + bias[if bias_per_row { i } else { j }] as f64 + residual).max(0.0);
                 let diff = (got[[i, j]] as f64 - want).abs();
                 worst = worst.max(diff);
                 assert!(
                     diff <= 1e-4 * (1.0 + want.abs()),
-                    "{m}×{k}×{n} ({input:?} fed, bias per {}): [{i},{j}] = {} want {want}",
+                    "{m}×{k}×{n} ({input:?} fed, bias per {}, residual {residual}): [{i},{j}] = {} \
+                     want {want}",
                     if bias_per_row { "row" } else { "column" },
                     got[[i, j]]
                 );
             }
         }
-        eprintln!("{m}×{k}×{n} {input:?}: max |Δ| {worst:.2e}");
+        eprintln!("{m}×{k}×{n} {input:?} residual {residual}: max |Δ| {worst:.2e}");
         Ok(())
     }
 }
 
 #[test]
 fn products_match_a_plain_product_on_tile_and_border_shapes() -> TractResult<()> {
-    for (m, k, n) in [(4, 8, 8), (13, 37, 29), (64, 147, 33), (5, 1, 9), (3, 300, 2), (8, 64, 1)] {
+    let shapes = [
+        (4, 8, 8),
+        (16, 8, 16),
+        (13, 37, 29),
+        (64, 147, 33),
+        (37, 20, 45),
+        (5, 1, 9),
+        (3, 300, 2),
+        (8, 64, 1),
+    ];
+    for (m, k, n) in shapes {
         for input in [Input::Left, Input::Right] {
             for bias_per_row in [true, false] {
-                Case { m, k, n, input, bias_per_row }.run()?;
+                for residual in [false, true] {
+                    Case { m, k, n, input, bias_per_row, residual }.run()?;
+                }
             }
         }
     }

@@ -77,7 +77,7 @@ export interface ModelInfo {
   sha256: string;
   default: boolean;
   load_ms: number;
-  /** The matrix-product kernels the CPU plan runs (e.g. "medinfer_wasm_f32_4x8"). */
+  /** The matrix-product kernels the CPU plan runs (e.g. "medinfer_wasm_f32_16x8"). */
   matmul_kernels: string[];
   /** How many of each operator the CPU plan runs, by name (e.g. "medinfer.Conv": 58). */
   operators: Record<string, number>;

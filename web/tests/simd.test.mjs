@@ -64,8 +64,8 @@ test('Chromium runs the relaxed-SIMD build on a page that is not isolated; both 
     assert.equal(picked.info.simd, 'relaxed-simd');
     assert.equal(picked.info.threads, 1);
     assert.equal(picked.backend.simd, 'relaxed-simd');
-    // Both builds run medinfer's 4×8 matrix kernel (core/src/wasm_mmm.rs), not tract's 8×8,
-    assert.ok(picked.kernels.includes('medinfer_wasm_f32_4x8'), picked.kernels.join());
+    // Both builds run medinfer's 16×8 matrix kernel (core/src/wasm_mmm.rs), not tract's 8×8,
+    assert.ok(picked.kernels.includes('medinfer_wasm_f32_16x8'), picked.kernels.join());
     // and medinfer's direct convolution (core/src/conv.rs) for MobileNetV2's one dense 3×3
     // convolution, its stem, in place of tract's padding and lazy im2col.
     assert.equal(picked.operators['medinfer.Conv'], 1, JSON.stringify(picked.operators));
@@ -73,7 +73,7 @@ test('Chromium runs the relaxed-SIMD build on a page that is not isolated; both 
     const forced = await runFiles(page, 'simd128');
     assert.equal(forced.info.simd, 'simd128');
     assert.equal(forced.backend.simd, 'simd128');
-    assert.ok(forced.kernels.includes('medinfer_wasm_f32_4x8'), forced.kernels.join());
+    assert.ok(forced.kernels.includes('medinfer_wasm_f32_16x8'), forced.kernels.join());
     assert.equal(forced.operators['medinfer.Conv'], 1, JSON.stringify(forced.operators));
     const simd128 = assertParity(forced.items, want, 'simd128');
     // DenseNet-121: its 58 3×3 convolutions, its stem and the 1×1 convolutions of its three
