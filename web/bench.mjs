@@ -121,14 +121,20 @@ try {
       const data = new Float32Array(3 * 224 * 224).map((_, i) => Math.sin(i) * 0.5);
       const feeds = { [session.inputNames[0]]: new ort.Tensor('float32', data, [1, 3, 224, 224]) };
       await warm(() => session.run(feeds));
-      const times = [];
-      for (let i = 0; i < n; i++) {
-        const t = performance.now();
-        await session.run(feeds);
-        times.push(performance.now() - t);
+      // Two series of n runs, as ours has one per file: the better series' p50 (and its p90).
+      const series = [];
+      for (let s = 0; s < 2; s++) {
+        const times = [];
+        for (let i = 0; i < n; i++) {
+          const t = performance.now();
+          await session.run(feeds);
+          times.push(performance.now() - t);
+        }
+        times.sort((a, b) => a - b);
+        series.push({ p50: times[Math.floor(n / 2)], p90: times[Math.min(n - 1, Math.floor(n * 0.9))] });
       }
-      times.sort((a, b) => a - b);
-      out.push({ model, threads, load, p50: times[Math.floor(n / 2)], p90: times[Math.min(n - 1, Math.floor(n * 0.9))] });
+      series.sort((a, b) => a.p50 - b.p50);
+      out.push({ model, threads, load, ...series[0] });
       await session.release();
     }
     return out;
@@ -142,10 +148,16 @@ try {
     ortRows.push(...await p.evaluate(ortRun, { n, threads, warmMs: WARM_MS }));
     await p.close();
   }
-  console.log(`\nmodel run alone vs onnxruntime-web ${ORT_VERSION} (wasm backend, SIMD) at the same thread count, same browser, ${n} runs:`);
+  // This VM has slow phases of about half a second, everything in them a third to a half
+  // slower, which can take in a whole series of 20 runs: each engine's model run is the
+  // better p50 of two series (ours: the two files' series above; the model run does not
+  // depend on the file), the same rule for both.
+  console.log(`\nmodel run alone vs onnxruntime-web ${ORT_VERSION} (wasm backend, SIMD) at the same thread count, same browser; each side's better p50 of two series of ${n} runs:`);
   console.log('| build | threads | model | medinfer infer p50 ms | onnxruntime-web p50 ms | p90 | ratio (medinfer / ort) | ort session create ms | medinfer load ms |');
   console.log('|---|---|---|---|---|---|---|---|---|');
-  for (const ours of out.filter((o) => o.file === 'CT_small.dcm')) {
+  for (const first of out.filter((o) => o.file === 'CT_small.dcm')) {
+    const both = out.filter((o) => o.build === first.build && o.model === first.model);
+    const ours = both.reduce((a, b) => (b.infer_p50 < a.infer_p50 ? b : a));
     const r = ortRows.find((x) => x.model === ours.model && x.threads === ours.threads);
     console.log(`| ${ours.build} | ${ours.threads} | ${r.model} | ${ours.infer_p50.toFixed(1)} | ${r.p50.toFixed(1)} | ${r.p90.toFixed(1)} | ${(ours.infer_p50 / r.p50).toFixed(2)}× | ${r.load.toFixed(0)} | ${ours.load_ms.toFixed(0)} |`);
   }
