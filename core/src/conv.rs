@@ -37,9 +37,10 @@
 //! image where it lies, step `c` of a block from plane `c`
 //! ([`DirectConv::in_place`]): the packing was a copy of the whole input, through L3 for the
 //! wide early layers (their projections 15–25 % faster without it). On planes of fewer than
-//! four blocks of positions (the 7 × 7 layers), a 1×1 convolution with AVX-512 runs with its
+//! four blocks of positions (the 7 × 7 layers), and narrowing ones on planes under
+//! [`SMALL_NARROWING`] positions (14 × 14), a 1×1 convolution with AVX-512 runs with its
 //! output channels in the lanes instead ([`DirectConv::run_small`]): blocks of 32 channels ×
-//! 7 positions, no lane empty on 49 positions. A 1×1 kernel that copies its image anyway
+//! 7 positions, no lane empty on 49 or 196 positions. A 1×1 kernel that copies its image anyway
 //! (through the prologue, or pooled) can take it as the pieces of a concatenation along the
 //! channels, so that the concatenation need not run ([`read_concats`]: DenseNet-121's).
 //!
