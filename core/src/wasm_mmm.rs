@@ -16,9 +16,9 @@
 //! tract sees a 16×8 tile, which the kernel runs as four 4×8 register tiles one after the
 //! other (each over the whole sum, the B panel read from L1 again). tract's work per tile —
 //! the fused operations' pointers set up, a call through its kernel table — cost about 100
-//! cycles in V8, a fifth of a 4×8 tile's time on a sum of 16 steps (MobileNetV2's widest
-//! expansion), and 3.5 of the 27 ms of MobileNetV2's run in Chromium; a quarter as many tiles
-//! pay it a quarter as often. MobileNetV2's 19 shapes of 1×1 product, through tract's plan in
+//! cycles in V8, a third of the time of a 4×8 tile summing 16 steps (MobileNetV2's widest
+//! expansion, profiled), and 3.6 of the 27 ms of MobileNetV2's run in Chromium; a quarter as
+//! many tiles pay it a quarter as often. MobileNetV2's 19 shapes of 1×1 product, through tract's plan in
 //! Chromium (best of 7): 24.5 → 22.3 ms channels-first, 22.4 → 19.3 ms channels-last; in the
 //! Spin component the model run 31.6–32.5 → 28.2 ms (best of 30). 8 rows gained less, 24 and
 //! 32 no more (BENCHMARKS.md).
