@@ -253,7 +253,7 @@ impl LoadedModel {
     }
 
     /// The matrix-product kernels tract's CPU plan picked (e.g. "fma_mmm_f32_16x6",
-    /// "medinfer_wasm_f32_4x8"), each once, sorted: which code runs the model's products on
+    /// "medinfer_wasm_f32_16x8"), each once, sorted: which code runs the model's products on
     /// this machine, for reports and tests.
     pub fn matmul_kernels(&self) -> Vec<String> {
         let mut names: Vec<String> = self
