@@ -97,9 +97,8 @@ impl Case {
         for i in 0..m {
             for j in 0..n {
                 let dot: f64 = (0..k).map(|l| a[i * k + l] as f64 * b[l * n + j] as f64).sum();
-                let residual = if residual { r[i * n + j] as f64 } else { 0.0 };
-                let want =
-                    (dot + bias[if bias_per_row { i } else { j }] as f64 + residual).max(0.0);
+                let added = if residual { r[i * n + j] as f64 } else { 0.0 };
+                let want = (dot + bias[if bias_per_row { i } else { j }] as f64 + added).max(0.0);
                 let diff = (got[[i, j]] as f64 - want).abs();
                 worst = worst.max(diff);
                 assert!(
