@@ -2070,15 +2070,18 @@ impl Finish {
     }
 }
 
-/// Where a block's complete sums go ([`Finish::Out`]): output channel `r` of the panel at
-/// the block's positions is `at[b] + r · plane` for block `b` of a pair, its lanes `masks[b]`
-/// (the block's positions inside the plane); `rows` of the panel's channels are the output's
-/// (the rest, past `M`, are dropped), each gaining its `bias` and then the clamp.
+/// Where a block's complete sums go ([`Finish::Out`]): for block `b` of a pair, the output
+/// rows its lanes fall in (two at most: rows of [`TILE`] positions or more), output channel
+/// `r` of the panel at `at[b][i] + r · plane` for row `i`, its lanes `masks[b][i]` (the
+/// vector's start lies `lane` values before the row's first column: outside the plane for
+/// masked lanes only; no lanes where there is no second row); `rows` of the panel's channels
+/// are the output's (the rest, past `M`, are dropped), each gaining its `bias` and then the
+/// clamp.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
 struct Epilogue {
-    at: [*mut f32; 2],
-    masks: [u16; 2],
+    at: [[*mut f32; 2]; 2],
+    masks: [[u16; 2]; 2],
     plane: usize,
     rows: usize,
     bias: [f32; MAX_NR],
@@ -2251,7 +2254,8 @@ impl<'a> Sums<'a> {
                 let (a, b) = temp.split_at_mut(MAX_NR * TILE);
                 let (a, b) = (&mut a[..n], &mut b[..n]);
                 #[cfg(target_arch = "x86_64")]
-                if out && steps.first && steps.last && planes.width == planes.ow {
+                let rows = planes.width == planes.ow || planes.width >= TILE;
+                if out && steps.first && steps.last && rows {
                     let epilogue = planes.epilogue(t, panel, *nr, pair);
                     return f(a, pair.then_some(&mut *b), Finish::Out(epilogue));
                 }
@@ -2281,27 +2285,39 @@ impl Planes<'_> {
     }
 
     /// Where block `t`'s sums for `panel` (and block `t + 1`'s, where `pair`) go in the
-    /// planes, for a block to write them itself ([`Finish::Out`]). The planes' rows must be
-    /// the layout's (`width == OW`).
+    /// planes, for a block to write them itself ([`Finish::Out`]). The layout's rows must be
+    /// the output's (`width == OW`) or at least [`TILE`] positions long.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     fn epilogue(&self, t: usize, panel: usize, nr: usize, pair: bool) -> Epilogue {
-        debug_assert!(self.width == self.ow && nr <= MAX_NR);
+        debug_assert!((self.width == self.ow || self.width >= TILE) && nr <= MAX_NR);
+        let planes = self.out.wrapping_add((panel * nr - self.first) * self.plane);
         let block = |t: usize| {
             let (p, lanes, _) = self.span(t, panel, nr);
-            (self.out.wrapping_add((panel * nr - self.first) * self.plane + p), lanes)
+            let mut runs = ([planes; 2], [0u16; 2]);
+            if self.width == self.ow {
+                runs.0[0] = planes.wrapping_add(p);
+                runs.1[0] = ((1u32 << lanes) - 1) as u16;
+                return runs;
+            }
+            let oh = self.plane / self.ow;
+            for (i, (lane, valid, at)) in
+                row_runs(p, lanes, self.width, [oh, self.ow]).take(2).enumerate()
+            {
+                runs.0[i] = planes.wrapping_add(at).wrapping_sub(lane);
+                runs.1[i] = (((1u32 << valid) - 1) << lane) as u16;
+            }
+            runs
         };
-        let (a, lanes_a) = block(t);
-        let (b, lanes_b) = if pair { block(t + 1) } else { (a, 0) };
+        let (a, b) = (block(t), if pair { block(t + 1) } else { ([planes; 2], [0; 2]) });
         let rows = self.m.min(panel * nr + nr) - panel * nr;
         let mut bias = [0.0; MAX_NR];
         for (r, b) in bias.iter_mut().enumerate().take(rows) {
             *b = if self.bias.len() == 1 { self.bias[0] } else { self.bias[panel * nr + r] };
         }
-        let mask = |lanes: usize| ((1u32 << lanes) - 1) as u16;
         Epilogue {
-            at: [a, b],
-            masks: [mask(lanes_a), mask(lanes_b)],
+            at: [a.0, b.0],
+            masks: [a.1, b.1],
             plane: self.plane,
             rows,
             bias,
@@ -2674,7 +2690,10 @@ impl TypedOp for DirectConv {
 /// `accs`, a load back and a call: MobileNetV2's 16 → 96 expansion on 112 × 112 into the
 /// fused operator's panels went from 0.71 to 0.49–0.52 ms on one thread (54 → 74–79
 /// GFLOP/s); in the model, three alternating runs, its first fused block went from
-/// 0.91–1.02 to 0.76–0.82 ms and MobileNetV2 from 8.14–8.55 to 7.78–8.05 ms.
+/// 0.91–1.02 to 0.76–0.82 ms and MobileNetV2 from 8.14–8.55 to 7.78–8.05 ms. The stems'
+/// blocks, whose rows are wider than the output's, write theirs as two masked stores per
+/// row: standalone, MobileNetV2's 3×3 0.34–0.36 → 0.28 ms, DenseNet-121's 7×7 2.71 → 2.37
+/// ms (in the models, no change measured above the noise).
 ///
 /// # Safety
 /// As [`block`] for every position, and the CPU has AVX-512F; where `finish` is
@@ -2730,11 +2749,13 @@ unsafe fn block_avx512<const B: usize>(
             let bias = _mm512_set1_ps(out.bias[r]);
             for (b, &s) in s.iter().enumerate() {
                 let v = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(s, bias)));
-                let at = out.at[b].wrapping_add(r * out.plane);
-                if out.masks[b] == u16::MAX {
-                    _mm512_storeu_ps(at, v);
-                } else {
-                    _mm512_mask_storeu_ps(at, out.masks[b], v);
+                for (&at, &mask) in out.at[b].iter().zip(&out.masks[b]) {
+                    let at = at.wrapping_add(r * out.plane);
+                    if mask == u16::MAX {
+                        _mm512_storeu_ps(at, v);
+                    } else if mask != 0 {
+                        _mm512_mask_storeu_ps(at, mask, v);
+                    }
                 }
             }
         }
