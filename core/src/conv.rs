@@ -119,6 +119,14 @@ const SMALL_P: usize = 7;
 /// 0.130, 0.283 → 0.257, 0.423 → 0.370, 0.631 → 0.517. Widening ones (96 → 576, 64 → 384) were
 /// 4 % slower, and at 28 × 28 and 56 × 56 it gained nothing.
 const SMALL_NARROWING: usize = 256;
+/// Planes of at most this many positions run their stride-1 convolutions with larger
+/// kernels (DenseNet-121's 3×3 ones) as [`DirectConv::run_small`], from the padded image: no
+/// lanes computed for the padding columns (the positions-in-lanes blocks cover rows of
+/// `OW + 1`: 14 blocks for 13 on 14 × 14), no partial sums between passes. DenseNet-121's
+/// 128 → 32, one thread, standalone: 7 × 7 0.050 → 0.042 ms, 14 × 14 0.163 → 0.145, 28 × 28
+/// 0.56 → 0.56; in the model on two threads, 12 layers of 28 × 28 4.33–4.50 → 3.91–3.93 ms
+/// and 24 of 14 × 14 3.0–3.2 → 2.44–2.51 ms. 56 × 56 is left to the blocks.
+const SMALL_KXK: usize = 784;
 
 /// Whether 1×1 convolutions on small planes run as [`DirectConv::run_small`] on this CPU
 /// (AVX-512, where the panel width says so too: a plan form keyed by it packs for it).
@@ -128,6 +136,66 @@ fn small_planes() -> bool {
         return true;
     }
     false
+}
+
+/// What a block of [`DirectConv::run_small`] reads: the image; its steps, each where it
+/// reads relative to a position's first value there, and the positions in a row of it (an
+/// output position `(y, x)`'s first value is at `y · width + x`); the block's kernel `w`
+/// (`[step][SMALL_M]`) and the operator's bias.
+#[derive(Clone, Copy)]
+struct Small<'a> {
+    image: &'a [f32],
+    steps: &'a [usize],
+    width: usize,
+    w: &'a [f32],
+    bias: &'a [f32],
+}
+
+/// The image values [`Small`]'s steps reach, for `OH × OW` positions: the farthest step from
+/// the last position's first value, and one.
+fn small_reach(steps: &[usize], width: usize, [oh, ow]: [usize; 2]) -> usize {
+    let last = (oh.max(1) - 1) * width + ow.max(1) - 1;
+    steps.iter().max().map_or(0, |s| s + last + 1)
+}
+
+/// The sums of [`DirectConv::small_block_avx512`]'s group of positions (each one's first
+/// image value at `x[j]`) over `steps`, the kernel `w` (`[step][SMALL_M]`) two vectors a
+/// step: seven broadcast image values, fourteen multiply-adds. Where `PREFETCH`, the next
+/// block's weights (`taps` × [`SMALL_M`] values on) on their way into L2 meanwhile: a loop
+/// of its own, so that the other keeps its registers for the sums' pointers.
+///
+/// # Safety
+/// The CPU has AVX-512F; `w` holds `steps.len()` steps (twice as many where `PREFETCH`),
+/// and `x[j] + step` is inside the image for every `j` and step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+unsafe fn small_sums<const PREFETCH: bool>(
+    x: &[*const f32; SMALL_P],
+    steps: &[usize],
+    w: &[f32],
+    acc: &mut [[std::arch::x86_64::__m512; 2]; SMALL_P],
+) {
+    use std::arch::x86_64::*;
+    let next = steps.len() * SMALL_M;
+    for (&step, wk) in steps.iter().zip(w.chunks_exact(SMALL_M)) {
+        // SAFETY: `wk` holds SMALL_M values, the next block's lie `next` on (where
+        // `PREFETCH`), and the reads are the caller's contract.
+        unsafe {
+            let wk = wk.as_ptr();
+            if PREFETCH {
+                let n = wk.add(next).cast::<i8>();
+                _mm_prefetch::<_MM_HINT_T1>(n);
+                _mm_prefetch::<_MM_HINT_T1>(n.add(64));
+            }
+            let (w0, w1) = (_mm512_loadu_ps(wk), _mm512_loadu_ps(wk.add(16)));
+            for (x, acc) in x.iter().zip(acc.iter_mut()) {
+                let v = _mm512_set1_ps(*x.add(step));
+                acc[0] = _mm512_fmadd_ps(w0, v, acc[0]);
+                acc[1] = _mm512_fmadd_ps(w1, v, acc[1]);
+            }
+        }
+    }
 }
 
 /// A pointer that blocks running side by side write disjoint parts through.
@@ -1429,18 +1497,35 @@ impl DirectConv {
             && (self.prologue || self.pooled)
     }
 
-    /// Whether it runs as [`DirectConv::run_small`]: a 1×1 convolution (no pooling after) on
-    /// planes of fewer positions than four blocks, or on planes under [`SMALL_NARROWING`]
-    /// positions when it has fewer output channels than input ones, where [`small_planes`].
+    /// Whether it runs as [`DirectConv::run_small`], where [`small_planes`]: a 1×1
+    /// convolution (no pooling after) on planes of fewer positions than four blocks, or on
+    /// planes under [`SMALL_NARROWING`] positions when it has fewer output channels than
+    /// input ones; a larger kernel at stride 1 on planes of [`SMALL_KXK`] positions at most.
     fn small(&self) -> bool {
         let [oh, ow] = self.output_hw;
-        small_planes()
-            && self.kernel_hw == [1, 1]
-            && self.strides == [1, 1]
-            && self.pad_before == [0, 0]
-            && !self.pooled
-            && (oh * ow < 4 * TILE
-                || (oh * ow < SMALL_NARROWING && self.input_channels > self.output_channels))
+        let positions = oh * ow;
+        let fits = if self.kernel_hw == [1, 1] {
+            self.pad_before == [0, 0]
+                && (positions < 4 * TILE
+                    || (positions < SMALL_NARROWING && self.input_channels > self.output_channels))
+        } else {
+            positions <= SMALL_KXK
+        };
+        small_planes() && self.strides == [1, 1] && !self.pooled && fits
+    }
+
+    /// The steps of a [`DirectConv::run_small`] sum (all of the kernel's taps), each where it
+    /// reads relative to a position's first value in the image it reads, and the positions in
+    /// a row of that image: the plain image's planes for a 1×1 kernel, else the layout's
+    /// padded planes.
+    fn small_steps(&self) -> (Arc<[usize]>, usize) {
+        let [oh, ow] = self.output_hw;
+        if self.kernel_hw == [1, 1] {
+            ((0..self.input_channels).map(|k| k * oh * ow).collect(), ow)
+        } else {
+            let layout = self.layout();
+            (layout.offsets, layout.width)
+        }
     }
 
     /// Output channels the packed kernel holds (the last panel or block filled with zeros).
@@ -1449,10 +1534,11 @@ impl DirectConv {
         if self.small() { m.next_multiple_of(SMALL_M) } else { m.next_multiple_of(panel_width()) }
     }
 
-    /// The kernel of a [`DirectConv::small`] convolution (`[M][C]`), as blocks of
-    /// [`SMALL_M`] output channels, `[block][c][SMALL_M]`, zero past `M`.
+    /// The kernel of a [`DirectConv::small`] convolution (`[M][C · KH · KW]`), as blocks of
+    /// [`SMALL_M`] output channels, `[block][step][SMALL_M]`, zero past `M`.
     fn pack_small(&self, kernel: &[f32]) -> Vec<f32> {
-        let (c, m) = (self.input_channels, self.output_channels);
+        let [kh, kw] = self.kernel_hw;
+        let (c, m) = (self.input_channels * kh * kw, self.output_channels);
         let mut packed = vec![0f32; m.next_multiple_of(SMALL_M) * c];
         for (block, dst) in packed.chunks_exact_mut(c * SMALL_M).enumerate() {
             for (step, lanes) in dst.chunks_exact_mut(SMALL_M).enumerate() {
@@ -1467,13 +1553,15 @@ impl DirectConv {
         packed
     }
 
-    /// A 1×1 convolution on small planes (MobileNetV2's and DenseNet-121's 7 × 7), output
-    /// channels in the lanes: blocks of [`SMALL_M`] channels × [`SMALL_P`] positions, each
-    /// step two weight vectors and seven broadcast image values, fourteen multiply-adds. The
-    /// positions-in-lanes blocks left a quarter of their lanes empty on 49 positions, and
-    /// tract's 32 × 5 kernel (which ran the layers without a prologue) packs the image first.
-    /// The image goes through the prologue into a scratch first where there is one. Blocks
-    /// of channels side by side on tract's executor where it has threads.
+    /// A convolution on small planes (MobileNetV2's and DenseNet-121's 7 × 7 1×1 ones, and
+    /// [`DirectConv::small`]'s others), output channels in the lanes: blocks of [`SMALL_M`]
+    /// channels × [`SMALL_P`] positions, each step (a tap of the kernel) two weight vectors
+    /// and seven broadcast image values, fourteen multiply-adds. The positions-in-lanes blocks
+    /// left a quarter of their lanes empty on 49 positions, and tract's 32 × 5 kernel (which
+    /// ran the layers without a prologue) packs the image first. A 1×1 convolution reads its
+    /// planes where they lie, or through the prologue into a scratch where there is one; a
+    /// larger kernel reads the layout's padded planes ([`DirectConv::pad_image`]). Blocks of
+    /// channels side by side on tract's executor where it has threads.
     fn run_small(
         &self,
         input: Input,
@@ -1482,20 +1570,28 @@ impl DirectConv {
         affine: Option<(&[f32], &[f32])>,
         output: &mut [f32],
     ) -> TractResult<()> {
-        let (c, m) = (self.input_channels, self.output_channels);
+        let [kh, kw] = self.kernel_hw;
+        let (m, taps) = (self.output_channels, self.input_channels * kh * kw);
         let [oh, ow] = self.output_hw;
         let positions = oh * ow;
-        if weights.len() != m.next_multiple_of(SMALL_M) * c {
+        if weights.len() != m.next_multiple_of(SMALL_M) * taps {
             bail!("{}: a kernel of unexpected size", self.name());
         }
-        for (n, dst) in output.chunks_exact_mut(m * positions).enumerate() {
-            // The image (through the prologue, its planes joined) with a block's reach of
-            // slack after it: the last group of positions reads `SMALL_P` values from its
-            // first, past the end where fewer are left.
-            let image =
-                if affine.is_some() || !positions.is_multiple_of(SMALL_P) || input.pieces.len() > 1
-                {
-                    let mut copy = Vec::with_capacity(c * positions + SMALL_P);
+        let (steps, width) = self.small_steps();
+        // Taken out of the thread's slot for the call, as in `run`.
+        let mut buffers = BUFFERS.take();
+        let result = (|| -> TractResult<()> {
+            for (n, dst) in output.chunks_exact_mut(m * positions).enumerate() {
+                // The image its steps read: a larger kernel's padded planes (through the
+                // prologue); a 1×1 one's planes, joined, through the prologue.
+                let image = if self.kernel_hw != [1, 1] {
+                    let layout = self.layout();
+                    let Buffers { image, pooled, .. } = &mut buffers;
+                    let scratch = at_least(image, layout.scratch);
+                    self.pad_image(&input.planes(n), scratch, pooled, &layout, affine)?;
+                    Cow::Borrowed(&scratch[..layout.scratch])
+                } else if affine.is_some() || input.pieces.len() > 1 {
+                    let mut copy = Vec::with_capacity(taps * positions);
                     for (plane, channel) in input.planes(n).into_iter().zip(0..) {
                         match affine {
                             Some((scale, shift)) => {
@@ -1505,63 +1601,55 @@ impl DirectConv {
                             None => copy.extend_from_slice(plane),
                         }
                     }
-                    copy.resize(c * positions + SMALL_P, 0.0);
                     Cow::Owned(copy)
                 } else {
                     input.joined(n)
                 };
-            // What the blocks read (`small_block_avx512` checks it again, and writes
-            // nothing where it is short: checked here, so that it never is).
-            if image.len() < c * positions + (SMALL_P - positions % SMALL_P) % SMALL_P {
-                bail!("{}: an image shorter than its blocks' reach", self.name());
-            }
-            let out = SendPtr(dst.as_mut_ptr());
-            let blocks = m.div_ceil(SMALL_M);
-            // Each block's positions in as many parts as it takes for every thread to get
-            // as much work (MobileNetV2's 96 channels are 3 blocks, for 2 threads).
-            let groups = positions.div_ceil(SMALL_P);
-            let parts = threads().div_ceil(blocks).max(if blocks % 2 == 1 { 2 } else { 1 });
-            let parts = parts.min(groups);
-            share(&mut vec![(); blocks * parts], 1, m * positions * c, |first, chunk| {
-                for unit in first..first + chunk.len() {
-                    let (block, part) = (unit / parts, unit % parts);
-                    let channels = block * SMALL_M..((block + 1) * SMALL_M).min(m);
-                    let w = &weights[block * c * SMALL_M..];
-                    let part = groups * part / parts..groups * (part + 1) / parts;
-                    // SAFETY: `dst` holds the block's channels' planes, and each unit writes
-                    // its own positions of its own block's planes.
-                    unsafe {
-                        let planes = out.get().add(channels.start * positions);
-                        self.small_block(
-                            &image,
-                            w,
-                            bias,
-                            channels.start,
-                            planes,
-                            channels.len(),
-                            part,
-                        );
-                    }
+                // What the blocks read (`small_block_avx512` checks it again, and writes
+                // nothing where it is short: checked here, so that it never is).
+                if image.len() < small_reach(&steps, width, self.output_hw) {
+                    bail!("{}: an image shorter than its blocks' reach", self.name());
                 }
-            })?;
-        }
-        Ok(())
+                let out = SendPtr(dst.as_mut_ptr());
+                let blocks = m.div_ceil(SMALL_M);
+                // Each block's positions in as many parts as it takes for every thread to get
+                // as much work (MobileNetV2's 96 channels are 3 blocks, for 2 threads).
+                let groups = positions.div_ceil(SMALL_P);
+                let parts = threads().div_ceil(blocks).max(if blocks % 2 == 1 { 2 } else { 1 });
+                let parts = parts.min(groups);
+                let work = m * positions * taps;
+                share(&mut vec![(); blocks * parts], 1, work, |first, chunk| {
+                    for unit in first..first + chunk.len() {
+                        let (block, part) = (unit / parts, unit % parts);
+                        let channels = block * SMALL_M..((block + 1) * SMALL_M).min(m);
+                        let w = &weights[block * taps * SMALL_M..];
+                        let part = groups * part / parts..groups * (part + 1) / parts;
+                        let small = Small { image: &image, steps: &steps, width, w, bias };
+                        // SAFETY: `dst` holds the block's channels' planes, and each unit
+                        // writes its own positions of its own block's planes.
+                        unsafe {
+                            let planes = out.get().add(channels.start * positions);
+                            self.small_block(small, channels.start, planes, channels.len(), part);
+                        }
+                    }
+                })?;
+            }
+            Ok(())
+        })();
+        BUFFERS.set(buffers);
+        result
     }
 
     /// One block of [`DirectConv::run_small`]: the positions of `groups` (groups of
     /// [`SMALL_P`]) in `planes` planes of output channels `first..` ([`SMALL_M`] at most, at
-    /// `out`) from `image` (`C` planes, with slack after) and the block's kernel `w`
-    /// (`[c][SMALL_M]`).
+    /// `out`), as `small` says.
     ///
     /// # Safety
     /// `out` points to `planes` planes of `OH × OW` f32, the positions of `groups` in them
     /// written by nothing else meanwhile.
-    #[allow(clippy::too_many_arguments)]
     unsafe fn small_block(
         &self,
-        image: &[f32],
-        w: &[f32],
-        bias: &[f32],
+        small: Small,
         first: usize,
         out: *mut f32,
         planes: usize,
@@ -1570,10 +1658,10 @@ impl DirectConv {
         #[cfg(target_arch = "x86_64")]
         if avx512() {
             // SAFETY: the CPU has AVX-512F, and the caller's contract.
-            return unsafe { self.small_block_avx512(image, w, bias, first, out, planes, groups) };
+            return unsafe { self.small_block_avx512(small, first, out, planes, groups) };
         }
         // SAFETY: the caller's contract.
-        unsafe { self.small_block_portable(image, w, bias, first, out, planes, groups) }
+        unsafe { self.small_block_portable(small, first, out, planes, groups) }
     }
 
     /// [`DirectConv::small_block`] in plain arithmetic: what the tests hold the AVX-512 one
@@ -1581,18 +1669,16 @@ impl DirectConv {
     ///
     /// # Safety
     /// As [`DirectConv::small_block`].
-    #[allow(clippy::too_many_arguments)]
     unsafe fn small_block_portable(
         &self,
-        image: &[f32],
-        w: &[f32],
-        bias: &[f32],
+        small: Small,
         first: usize,
         out: *mut f32,
         planes: usize,
         groups: Range<usize>,
     ) {
-        let (c, [oh, ow]) = (self.input_channels, self.output_hw);
+        let Small { image, steps, width, w, bias } = small;
+        let [oh, ow] = self.output_hw;
         let positions = oh * ow;
         let [lo, hi] = self.clamp.bounds();
         let span = groups.start * SMALL_P..(groups.end * SMALL_P).min(positions);
@@ -1600,22 +1686,22 @@ impl DirectConv {
             let o = first + r;
             let b = if bias.len() == 1 { bias[0] } else { bias[o] };
             for p in span.clone() {
-                let sum: f32 = (0..c).map(|k| w[k * SMALL_M + r] * image[k * positions + p]).sum();
+                let at = p / ow * width + p % ow;
+                let taps = steps.iter().enumerate();
+                let sum: f32 = taps.map(|(k, &s)| w[k * SMALL_M + r] * image[s + at]).sum();
                 // SAFETY: plane `r`'s position `p`, the caller's to write.
                 unsafe { *out.add(r * positions + p) = Clamp::apply(lo, hi, sum + b) };
             }
         }
     }
 
-    /// [`DirectConv::small_block`] with AVX-512.
+    /// [`DirectConv::small_block`] with AVX-512 ([`small_sums`]), writing nothing where
+    /// `small`'s kernel or image is short of what its steps reach.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
-    #[allow(clippy::too_many_arguments)]
     unsafe fn small_block_avx512(
         &self,
-        image: &[f32],
-        w: &[f32],
-        bias: &[f32],
+        small: Small,
         first: usize,
         out: *mut f32,
         planes: usize,
@@ -1623,11 +1709,14 @@ impl DirectConv {
     ) {
         use std::arch::x86_64::*;
         const P: usize = SMALL_P;
-        let (c, [oh, ow]) = (self.input_channels, self.output_hw);
+        let Small { image, steps, width, w, bias } = small;
+        let [oh, ow] = self.output_hw;
         let positions = oh * ow;
-        // The last group of positions reads P values from its first.
-        let reach = c * positions + (P - positions % P) % P;
-        if w.len() < c * SMALL_M || image.len() < reach || planes > SMALL_M {
+        let taps = steps.len();
+        if w.len() < taps * SMALL_M
+            || image.len() < small_reach(steps, width, self.output_hw)
+            || planes > SMALL_M
+        {
             return;
         }
         let [lo, hi] = self.clamp.bounds();
@@ -1643,27 +1732,25 @@ impl DirectConv {
         // time from memory (MobileNetV2's 7 × 7 1×1 layers stream 6.3 MB of them a run). Not
         // on larger planes: their weights are read for more groups, and a 1024-channel image
         // of 14 × 14 (800 KB) needs L2 itself.
-        let next = positions < 4 * TILE && w.len() >= 2 * c * SMALL_M;
+        let next = positions < 4 * TILE && w.len() >= 2 * taps * SMALL_M;
         for p0 in (groups.start * P..(groups.end * P).min(positions)).step_by(P) {
             let mut acc = [[_mm512_setzero_ps(); 2]; P];
             let prefetch = next && p0 == groups.start * P;
-            for k in 0..c {
-                // SAFETY: `w` holds `c` steps of SMALL_M values; P values from `p0` of plane
-                // `k` are inside `image` (`reach`).
-                unsafe {
-                    let wk = w.as_ptr().add(k * SMALL_M);
-                    if prefetch {
-                        let n = wk.add(c * SMALL_M).cast::<i8>();
-                        _mm_prefetch::<_MM_HINT_T1>(n);
-                        _mm_prefetch::<_MM_HINT_T1>(n.add(64));
-                    }
-                    let (w0, w1) = (_mm512_loadu_ps(wk), _mm512_loadu_ps(wk.add(16)));
-                    let x = image.as_ptr().add(k * positions + p0);
-                    for (j, acc) in acc.iter_mut().enumerate() {
-                        let v = _mm512_set1_ps(*x.add(j));
-                        acc[0] = _mm512_fmadd_ps(w0, v, acc[0]);
-                        acc[1] = _mm512_fmadd_ps(w1, v, acc[1]);
-                    }
+            // Where each position's values start in the image (a last group's missing
+            // positions read the first one's: computed, never stored).
+            let n = (positions - p0).min(P);
+            let x: [*const f32; P] = std::array::from_fn(|j| {
+                let p = p0 + if j < n { j } else { 0 };
+                image.as_ptr().wrapping_add(p / ow * width + p % ow)
+            });
+            // SAFETY: `w` holds `taps` steps of SMALL_M values (and the next block's as many,
+            // where `next`); each position's value of each step is inside `image`
+            // (`small_reach`).
+            unsafe {
+                if prefetch {
+                    small_sums::<true>(&x, steps, w, &mut acc);
+                } else {
+                    small_sums::<false>(&x, steps, w, &mut acc);
                 }
             }
             // Channels are the lanes: through a scratch, transposed into the planes.
@@ -1676,7 +1763,6 @@ impl DirectConv {
                     unsafe { _mm512_storeu_ps(row.as_mut_ptr().add(16 * h), v) };
                 }
             }
-            let n = (positions - p0).min(P);
             for r in 0..planes {
                 for (j, row) in t.iter().enumerate().take(n) {
                     // SAFETY: plane `r`'s position `p0 + j`, the caller's to write.
@@ -2253,9 +2339,13 @@ impl<'a> Sums<'a> {
                 let n = *nr * TILE;
                 let (a, b) = temp.split_at_mut(MAX_NR * TILE);
                 let (a, b) = (&mut a[..n], &mut b[..n]);
+                // Two output rows at most per block (`Epilogue`).
                 #[cfg(target_arch = "x86_64")]
-                let rows = planes.width == planes.ow || planes.width >= TILE;
-                if out && steps.first && steps.last && rows {
+                if out
+                    && steps.first
+                    && steps.last
+                    && (planes.width == planes.ow || planes.width >= TILE)
+                {
                     let epilogue = planes.epilogue(t, panel, *nr, pair);
                     return f(a, pair.then_some(&mut *b), Finish::Out(epilogue));
                 }
@@ -3602,42 +3692,55 @@ mod tests {
     }
 
     /// `run_small`'s AVX-512 block against the portable one, on every group of positions
-    /// and a partial block of channels.
+    /// and a partial block of channels: a 1×1 kernel reading its planes, and a 3×3 one
+    /// reading padded rows (`OW + 1` positions each).
     #[test]
     fn small_blocks_agree() {
         let (c, m, hw) = (37, 20, [5, 6]);
-        let op = plain_1x1(c, m, hw, Clamp::new(-0.5, 0.5));
-        let positions = hw[0] * hw[1];
-        let kernel: Vec<f32> = (0..m * c).map(|i| value(i, 21) - 0.5).collect();
-        let bias: Vec<f32> = (0..m).map(|i| value(i, 22) - 0.5).collect();
-        let mut image: Vec<f32> = (0..c * positions).map(|i| value(i, 23) - 0.5).collect();
-        image.resize(c * positions + SMALL_P, 0.0);
-        let w = &op.pack_small(&kernel)[..c * SMALL_M];
-        let mut want = vec![f32::NAN; m * positions];
-        for (o, plane) in want.chunks_exact_mut(positions).enumerate() {
-            for (p, d) in plane.iter_mut().enumerate() {
-                let sum: f64 = (0..c)
-                    .map(|k| f64::from(kernel[o * c + k]) * f64::from(image[k * positions + p]))
-                    .sum();
-                *d = Clamp::apply(-0.5, 0.5, (sum + f64::from(bias[o])) as f32);
-            }
-        }
-        let want: Vec<f64> = want.into_iter().map(f64::from).collect();
-        let groups = positions.div_ceil(SMALL_P);
-        // Whole, and in two parts of positions (a partial group last).
-        for cuts in [vec![0, groups], vec![0, 2, groups]] {
-            let mut got = vec![f32::NAN; m * positions];
-            let mut portable = vec![f32::NAN; m * positions];
-            for cut in cuts.windows(2) {
-                let part = cut[0]..cut[1];
-                // SAFETY: `got` and `portable` hold `m` planes.
-                unsafe {
-                    op.small_block(&image, w, &bias, 0, got.as_mut_ptr(), m, part.clone());
-                    op.small_block_portable(&image, w, &bias, 0, portable.as_mut_ptr(), m, part);
+        let three = DirectConv {
+            kernel_hw: [3, 3],
+            pad_before: [1, 1],
+            ..plain_1x1(c, m, hw, Clamp::NONE)
+        };
+        for op in [plain_1x1(c, m, hw, Clamp::new(-0.5, 0.5)), three] {
+            let positions = hw[0] * hw[1];
+            let (steps, width) = op.small_steps();
+            let taps = steps.len();
+            let kernel: Vec<f32> = (0..m * taps).map(|i| value(i, 21) - 0.5).collect();
+            let bias: Vec<f32> = (0..m).map(|i| value(i, 22) - 0.5).collect();
+            let reach = small_reach(&steps, width, hw);
+            let image: Vec<f32> = (0..reach).map(|i| value(i, 23) - 0.5).collect();
+            let w = &op.pack_small(&kernel)[..taps * SMALL_M];
+            let [lo, hi] = op.clamp.bounds();
+            let mut want = vec![f32::NAN; m * positions];
+            for (o, plane) in want.chunks_exact_mut(positions).enumerate() {
+                for (p, d) in plane.iter_mut().enumerate() {
+                    let at = p / hw[1] * width + p % hw[1];
+                    let sum: f64 = (0..taps)
+                        .map(|k| f64::from(kernel[o * taps + k]) * f64::from(image[steps[k] + at]))
+                        .sum();
+                    *d = Clamp::apply(lo, hi, (sum + f64::from(bias[o])) as f32);
                 }
             }
-            assert_close("small block", &got, &want);
-            assert_close("small block, portable", &portable, &want);
+            let want: Vec<f64> = want.into_iter().map(f64::from).collect();
+            let small = Small { image: &image, steps: &steps, width, w, bias: &bias };
+            let groups = positions.div_ceil(SMALL_P);
+            // Whole, and in two parts of positions (a partial group last).
+            for cuts in [vec![0, groups], vec![0, 2, groups]] {
+                let mut got = vec![f32::NAN; m * positions];
+                let mut portable = vec![f32::NAN; m * positions];
+                for cut in cuts.windows(2) {
+                    let part = cut[0]..cut[1];
+                    // SAFETY: `got` and `portable` hold `m` planes.
+                    unsafe {
+                        op.small_block(small, 0, got.as_mut_ptr(), m, part.clone());
+                        op.small_block_portable(small, 0, portable.as_mut_ptr(), m, part);
+                    }
+                }
+                let what = format!("small block, {:?}", op.kernel_hw);
+                assert_close(&what, &got, &want);
+                assert_close(&format!("{what}, portable"), &portable, &want);
+            }
         }
     }
 
