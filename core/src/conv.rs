@@ -124,9 +124,10 @@ const SMALL_NARROWING: usize = 256;
 /// lanes computed for the padding columns (the positions-in-lanes blocks cover rows of
 /// `OW + 1`: 14 blocks for 13 on 14 × 14), no partial sums between passes. DenseNet-121's
 /// 128 → 32, one thread, standalone: 7 × 7 0.050 → 0.042 ms, 14 × 14 0.163 → 0.145, 28 × 28
-/// 0.56 → 0.56; in the model on two threads, 12 layers of 28 × 28 4.33–4.50 → 3.91–3.93 ms
-/// and 24 of 14 × 14 3.0–3.2 → 2.44–2.51 ms. 56 × 56 is left to the blocks.
-const SMALL_KXK: usize = 784;
+/// 0.56 → 0.56, 56 × 56 2.19–2.27 → 2.14–2.16; in the model on two threads, 12 layers of
+/// 28 × 28 4.33–4.50 → 3.91–3.93 ms, 24 of 14 × 14 3.0–3.2 → 2.44–2.51 ms, and 6 of 56 × 56
+/// 7.36–8.01 → 7.10–7.17 ms (12.98–13.32 → 12.79–13.09 on one thread).
+const SMALL_KXK: usize = 56 * 56;
 
 /// Whether 1×1 convolutions on small planes run as [`DirectConv::run_small`] on this CPU
 /// (AVX-512, where the panel width says so too: a plan form keyed by it packs for it).
