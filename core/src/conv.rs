@@ -1612,25 +1612,33 @@ impl DirectConv {
                     bail!("{}: an image shorter than its blocks' reach", self.name());
                 }
                 let out = SendPtr(dst.as_mut_ptr());
-                let blocks = m.div_ceil(SMALL_M);
-                // Each block's positions in as many parts as it takes for every thread to get
-                // as much work (MobileNetV2's 96 channels are 3 blocks, for 2 threads).
-                let groups = positions.div_ceil(SMALL_P);
-                let parts = threads().div_ceil(blocks).max(if blocks % 2 == 1 { 2 } else { 1 });
-                let parts = parts.min(groups);
+                // The blocks' groups of positions, block by block, in one run of equal
+                // length per thread: shared as whole blocks (or halves of them), ten blocks
+                // went 6 : 4 to two threads through the executor's chunks (MobileNetV2's
+                // 960 → 320 on 7 × 7), five 3 : 2.
+                let (blocks, groups) = (m.div_ceil(SMALL_M), positions.div_ceil(SMALL_P));
+                let items = blocks * groups;
+                let units = threads().clamp(1, items.max(1));
                 let work = m * positions * taps;
-                share(&mut vec![(); blocks * parts], 1, work, |first, chunk| {
+                share(&mut vec![(); units], 1, work, |first, chunk| {
                     for unit in first..first + chunk.len() {
-                        let (block, part) = (unit / parts, unit % parts);
-                        let channels = block * SMALL_M..((block + 1) * SMALL_M).min(m);
-                        let w = &weights[block * taps * SMALL_M..];
-                        let part = groups * part / parts..groups * (part + 1) / parts;
-                        let small = Small { image: &image, steps: &steps, width, w, bias };
-                        // SAFETY: `dst` holds the block's channels' planes, and each unit
-                        // writes its own positions of its own block's planes.
-                        unsafe {
-                            let planes = out.get().add(channels.start * positions);
-                            self.small_block(small, channels.start, planes, channels.len(), part);
+                        let mut item = items * unit / units;
+                        let end = items * (unit + 1) / units;
+                        while item < end {
+                            let block = item / groups;
+                            let upto = end.min((block + 1) * groups);
+                            let part = item - block * groups..upto - block * groups;
+                            let channels = block * SMALL_M..((block + 1) * SMALL_M).min(m);
+                            let w = &weights[block * taps * SMALL_M..];
+                            let small = Small { image: &image, steps: &steps, width, w, bias };
+                            // SAFETY: `dst` holds the block's channels' planes, and each unit
+                            // writes its own positions of its own block's planes.
+                            unsafe {
+                                let planes = out.get().add(channels.start * positions);
+                                let n = channels.len();
+                                self.small_block(small, channels.start, planes, n, part);
+                            }
+                            item = upto;
                         }
                     }
                 })?;
@@ -3448,15 +3456,17 @@ mod tests {
     fn blocks_split_across_threads() {
         use tract_linalg::multithread::{Executor, multithread_tract_scope};
         // 2 images of 32 → 32 (by panels: 6 of them) and 32 → 6 channels (by blocks: one
-        // panel) on 56 × 56: above tract's threshold for sharing.
-        for m in [32, 6] {
-            let case = case(2, 32, m, [56, 56], [3, 3], [1, 1], [1, 1], [1, 1], true);
+        // panel) on 57 × 57 (more positions than `SMALL_KXK`): above tract's threshold for
+        // sharing. Then 32 → 40 on 28 × 28 as `run_small` (where it runs): two blocks of
+        // channels, their groups of positions in one run per thread.
+        for (m, hw) in [(32, 57), (6, 57), (40, 28)] {
+            let case = case(2, 32, m, [hw, hw], [3, 3], [1, 1], [1, 1], [1, 1], true);
             let mut model = case.model();
             substitute(&mut model).expect("substitute");
             let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
             let executor = Executor::MultiThread(std::sync::Arc::new(pool));
             let got = multithread_tract_scope(executor, || case.run(model));
-            assert_close(&format!("two threads, {m} outputs"), &got, &case.oracle());
+            assert_close(&format!("two threads, {m} outputs on {hw}"), &got, &case.oracle());
         }
         // A packed 1×1 with its prologue: the packing shared by blocks, the sums by panels.
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
