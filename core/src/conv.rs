@@ -2427,11 +2427,6 @@ impl Planes<'_> {
     /// The partial sums of block `t`, `panel`, from the planes into `acc` (its rows past `M`
     /// and lanes past the last position left as they are: never stored).
     fn load(&self, t: usize, panel: usize, nr: usize, acc: &mut [f32]) {
-        #[cfg(target_arch = "x86_64")]
-        if avx512() {
-            // SAFETY: the CPU has AVX-512F.
-            return unsafe { self.load_avx512(t, panel, nr, acc) };
-        }
         let (p, lanes, outputs) = self.span(t, panel, nr);
         for (o, row) in outputs.zip(acc.chunks_exact_mut(TILE)) {
             // SAFETY: `first <= o < M` and `p + lanes <= plane`: inside the planes `out`
@@ -2446,11 +2441,6 @@ impl Planes<'_> {
     /// Stores `acc`, block `t`'s sums for `panel`, into the planes: the bias added and the
     /// clamp applied where `last`, as they are otherwise (partial sums, for the next pass).
     fn store(&self, t: usize, panel: usize, nr: usize, acc: &[f32], last: bool) {
-        #[cfg(target_arch = "x86_64")]
-        if avx512() {
-            // SAFETY: the CPU has AVX-512F.
-            return unsafe { self.store_avx512(t, panel, nr, acc, last) };
-        }
         let (p, lanes, outputs) = self.span(t, panel, nr);
         let [lo, hi] = self.clamp;
         if self.width != self.ow {
@@ -2492,74 +2482,6 @@ impl Planes<'_> {
                 }
             } else {
                 dst.copy_from_slice(&row[..lanes]);
-            }
-        }
-    }
-
-    /// [`Planes::load`] with AVX-512: each plane's lanes of the block in one masked load.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn load_avx512(&self, t: usize, panel: usize, nr: usize, acc: &mut [f32]) {
-        use std::arch::x86_64::*;
-        const _: () = assert!(TILE == 16, "the masks are of 16 lanes");
-        let (p, lanes, outputs) = self.span(t, panel, nr);
-        let mask = ((1u32 << lanes) - 1) as u16;
-        for (o, row) in outputs.zip(acc.chunks_exact_mut(TILE)) {
-            // SAFETY: as in `load`: the masked lanes are `p..p + lanes` of a plane this
-            // thread writes; `row` holds TILE values.
-            unsafe {
-                let src = self.out.add((o - self.first) * self.plane + p);
-                _mm512_storeu_ps(row.as_mut_ptr(), _mm512_maskz_loadu_ps(mask, src));
-            }
-        }
-    }
-
-    /// [`Planes::store`] with AVX-512 (in the scalar loops' place, which the baseline target
-    /// compiled to 4-lane SSE: 9 % of a MobileNetV2 run): each plane's 16 sums loaded once,
-    /// biased and clamped where `last`, then written with one masked store per output row
-    /// they land in (the dropped columns masked off), as [`DirectConv::unpack_avx512`].
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f")]
-    unsafe fn store_avx512(&self, t: usize, panel: usize, nr: usize, acc: &[f32], last: bool) {
-        use std::arch::x86_64::*;
-        const _: () = assert!(TILE == 16, "the masks are of 16 lanes");
-        let (p, lanes, outputs) = self.span(t, panel, nr);
-        // Where each run of lanes lands (the vector's start: `lane` values before the run's
-        // first column, outside the plane for masked lanes only) and which lanes it is.
-        let mut runs = [(0, 0u16); TILE];
-        let mut n = 0;
-        if self.width == self.ow {
-            (runs[0], n) = ((p, ((1u32 << lanes) - 1) as u16), 1);
-        } else {
-            debug_assert!(last);
-            let oh = self.plane / self.ow;
-            for (lane, valid, at) in row_runs(p, lanes, self.width, [oh, self.ow]) {
-                runs[n] = (at.wrapping_sub(lane), (((1u32 << valid) - 1) << lane) as u16);
-                n += 1;
-            }
-        }
-        let [lo, hi] = self.clamp;
-        let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-        for (o, row) in outputs.zip(acc.chunks_exact(TILE)) {
-            // SAFETY: `row` holds TILE values.
-            let mut v = unsafe { _mm512_loadu_ps(row.as_ptr()) };
-            if last {
-                let b =
-                    _mm512_set1_ps(if self.bias.len() == 1 { self.bias[0] } else { self.bias[o] });
-                // As `Clamp::apply`: a NaN stays NaN.
-                v = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(v, b)));
-            }
-            let plane = self.out.wrapping_add((o - self.first) * self.plane);
-            for &(to, mask) in &runs[..n] {
-                // SAFETY: the lanes in `mask` land on columns below OW of a row below OH of
-                // a plane this thread writes (as in `store`).
-                unsafe {
-                    if mask == u16::MAX {
-                        _mm512_storeu_ps(plane.wrapping_add(to), v)
-                    } else {
-                        _mm512_mask_storeu_ps(plane.wrapping_add(to), mask, v)
-                    }
-                };
             }
         }
     }
