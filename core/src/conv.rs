@@ -861,6 +861,8 @@ thread_local! {
     static BUFFERS: RefCell<Buffers> = RefCell::default();
     /// [`DirectConv::run_by_panels`]'s planes of one panel, per thread.
     static PANEL: RefCell<Vec<f32>> = RefCell::default();
+    /// [`DirectConv::run_by_bands`]'s image of one band, per thread.
+    static BAND: RefCell<Vec<f32>> = RefCell::default();
 }
 
 /// `v` grown to at least `n` values (new ones zero); what it held is kept.
@@ -1841,6 +1843,88 @@ impl DirectConv {
         }
     }
 
+    /// Whether [`DirectConv::run_by_bands`] runs this convolution: a 1×1 on the packed layout,
+    /// nothing before it, no pooling after, not [`DirectConv::run_small`]'s.
+    pub(crate) fn runs_by_bands(&self) -> bool {
+        self.layout().packed && !self.prologue && !self.pooled && !self.small()
+    }
+
+    /// Convolves images of which `fill` computes a band of rows at a time, each band's sums
+    /// written into `output` (`n × M × OH × OW`) while the band is still in L1 or L2 (the
+    /// fused [`crate::fused::DepthwiseProject`]): `fill(n, rows, image)` writes rows `rows`
+    /// of image `n`'s `C` planes into `image`, `rows.len() · OW` values a plane, read in place
+    /// there as [`DirectConv::in_place`] reads a whole image. Bands of `band` rows (the last
+    /// one the rows left), one run of them for each thread of tract's executor. Only where
+    /// [`DirectConv::runs_by_bands`].
+    pub(crate) fn run_by_bands(
+        &self,
+        weights: &[f32],
+        bias: &[f32],
+        output: &mut [f32],
+        band: usize,
+        fill: impl Fn(usize, Range<usize>, &mut [f32]) -> TractResult<()> + Sync,
+    ) -> TractResult<()> {
+        let [oh, ow] = self.output_hw;
+        let (c, m) = (self.input_channels, self.output_channels);
+        let layout = self.layout();
+        if !self.runs_by_bands()
+            || band == 0
+            || weights.len() != layout.channels * layout.offsets.len()
+            || !output.len().is_multiple_of(m * oh * ow)
+        {
+            bail!("{}: not a convolution to run by bands", self.name());
+        }
+        // A band of `rows` rows as `fill` writes it: step `c` reads plane `c`. The last
+        // block of the band reads up to a block past the last plane's end, the lanes that
+        // are no positions of the band (never stored): the image holds a block more.
+        let for_rows = |rows: usize| {
+            let positions = rows * ow;
+            Layout {
+                offsets: (0..c).map(|k| k * positions).collect(),
+                tile_stride: TILE,
+                scratch: c * positions + TILE,
+                positions,
+                tiles: positions.div_ceil(TILE),
+                by_panel: false,
+                ..layout.clone()
+            }
+        };
+        let bands = oh.div_ceil(band);
+        let (whole, last) = (for_rows(band), for_rows(oh - (bands - 1) * band));
+        let failed = std::sync::Mutex::new(None);
+        let units = threads().clamp(1, bands);
+        for (n, dst) in output.chunks_exact_mut(m * oh * ow).enumerate() {
+            let planes = Planes::new(self, dst, bias);
+            share(&mut vec![(); units], 1, m * oh * ow * c, |first, chunk| {
+                let mut scratch = BAND.take();
+                for unit in first..first + chunk.len() {
+                    for b in bands * unit / units..bands * (unit + 1) / units {
+                        let rows = b * band..((b + 1) * band).min(oh);
+                        let layout = if rows.len() == band { &whole } else { &last };
+                        let image = at_least(&mut scratch, layout.scratch);
+                        if let Err(e) = fill(n, rows.clone(), &mut image[..c * layout.positions]) {
+                            if let Ok(mut slot) = failed.lock() {
+                                slot.get_or_insert(e);
+                            }
+                            continue;
+                        }
+                        // The band's rows of the planes, which only this band writes.
+                        let mut target = planes;
+                        target.out = target.out.wrapping_add(rows.start * ow);
+                        target.rows = rows.len();
+                        let mut sums = Sums::planes(target, layout, 0..layout.tiles);
+                        self.run_tiles(image, weights, layout, &mut sums);
+                    }
+                }
+                BAND.set(scratch);
+            })?;
+        }
+        match failed.into_inner() {
+            Ok(Some(e)) => Err(e),
+            _ => Ok(()),
+        }
+    }
+
     /// Copies the valid positions of the blocks out as `OH × OW` planes, adding the bias, then
     /// clamping: as many planes as `out` holds, the first being output channel `first`.
     fn unpack(&self, blocks: &[f32], bias: &[f32], layout: &Layout, first: usize, out: &mut [f32]) {
@@ -2218,8 +2302,10 @@ struct Planes<'a> {
     out: *mut f32,
     /// The output channel of `out`'s first plane.
     first: usize,
-    /// Values per plane (`OH · OW`) and planes (`M`).
+    /// Values from one plane to the next (`OH · OW`), the rows of each it holds (`OH`; fewer
+    /// for a band of rows, [`DirectConv::run_by_bands`]), and planes (`M`).
     plane: usize,
+    rows: usize,
     m: usize,
     /// The output's columns, and the positions a row of the layout's blocks spans
     /// (`width − OW` computed and dropped; `OW` where the layout is packed).
@@ -2244,6 +2330,7 @@ impl<'a> Planes<'a> {
             out: out.as_mut_ptr(),
             first: 0,
             plane: oh * ow,
+            rows: oh,
             m: op.output_channels,
             ow,
             width: ow,
@@ -2277,9 +2364,7 @@ impl<'a> Sums<'a> {
     /// The output planes' `units`: blocks, or panels where the layout shares by panel.
     fn planes(mut planes: Planes<'a>, layout: &Layout, units: Range<usize>) -> Sums<'a> {
         planes.width = layout.width;
-        debug_assert!(
-            layout.nr <= MAX_NR && layout.positions == planes.plane / planes.ow * layout.width
-        );
+        debug_assert!(layout.nr <= MAX_NR && layout.positions == planes.rows * layout.width);
         let (tiles, panels) = if layout.by_panel {
             (0..layout.tiles, units)
         } else {
@@ -2379,7 +2464,7 @@ impl Planes<'_> {
     /// planes of `panel` (`nr` but past `M`).
     fn span(&self, t: usize, panel: usize, nr: usize) -> (usize, usize, Range<usize>) {
         let p = t * TILE;
-        let lanes = TILE.min(self.plane / self.ow * self.width - p);
+        let lanes = TILE.min(self.rows * self.width - p);
         (p, lanes, panel * nr..(panel * nr + nr).min(self.m))
     }
 
@@ -2399,9 +2484,8 @@ impl Planes<'_> {
                 runs.1[0] = ((1u32 << lanes) - 1) as u16;
                 return runs;
             }
-            let oh = self.plane / self.ow;
             for (i, (lane, valid, at)) in
-                row_runs(p, lanes, self.width, [oh, self.ow]).take(2).enumerate()
+                row_runs(p, lanes, self.width, [self.rows, self.ow]).take(2).enumerate()
             {
                 runs.0[i] = planes.wrapping_add(at).wrapping_sub(lane);
                 runs.1[i] = (((1u32 << valid) - 1) << lane) as u16;
@@ -2429,7 +2513,7 @@ impl Planes<'_> {
     fn load(&self, t: usize, panel: usize, nr: usize, acc: &mut [f32]) {
         let (p, lanes, outputs) = self.span(t, panel, nr);
         for (o, row) in outputs.zip(acc.chunks_exact_mut(TILE)) {
-            // SAFETY: `first <= o < M` and `p + lanes <= plane`: inside the planes `out`
+            // SAFETY: `first <= o < M` and `p + lanes <= rows · OW`: inside the planes `out`
             // holds, in the block and panel only this thread writes.
             let src = unsafe {
                 std::slice::from_raw_parts(self.out.add((o - self.first) * self.plane + p), lanes)
@@ -2447,8 +2531,7 @@ impl Planes<'_> {
             // Rows of `width` positions, the last `width − OW` of each dropped: the block's
             // lanes fall in one row or more (only a last pass stores here: `run`).
             debug_assert!(last);
-            let oh = self.plane / self.ow;
-            for (lane, valid, at) in row_runs(p, lanes, self.width, [oh, self.ow]) {
+            for (lane, valid, at) in row_runs(p, lanes, self.width, [self.rows, self.ow]) {
                 for (o, row) in outputs.clone().zip(acc.chunks_exact(TILE)) {
                     let b = if self.bias.len() == 1 { self.bias[0] } else { self.bias[o] };
                     // SAFETY: `first <= o < M`, and `row_runs` keeps each run inside a row

@@ -34,6 +34,8 @@
 //! EPYC VM, at one and two threads); the wasm builds were slower with it (see there). Its
 //! tests run on every target.
 
+use std::ops::Range;
+
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 use tract_onnx::tract_core::ops::cnn::{Conv, KernelFormat, MaxPool, PoolSpec};
@@ -289,13 +291,56 @@ impl DepthwiseConv {
         }
     }
 
+    /// Whether [`DepthwiseConv::run_rows`] runs a part of the output's rows: a 3×3
+    /// convolution at stride 1 or 2, with AVX-512 ([`DepthwiseConv::masked`]).
+    pub(crate) fn runs_by_rows(&self) -> bool {
+        #[cfg(target_arch = "x86_64")]
+        if self.kernel_hw == [3, 3] && !self.max && crate::conv::avx512() {
+            return matches!(self.strides, [1, 1] | [2, 2]);
+        }
+        false
+    }
+
+    /// [`DepthwiseConv::run`] for output rows `rows` of each plane, a band of
+    /// `rows.len() · OW` values a plane in `output`: any rows where
+    /// [`DepthwiseConv::runs_by_rows`], elsewhere all of them only.
+    pub(crate) fn run_rows(
+        &self,
+        input: &[f32],
+        first: usize,
+        kernel: &[f32],
+        bias: &[f32],
+        output: &mut [f32],
+        rows: Range<usize>,
+    ) -> TractResult<()> {
+        if rows == (0..self.output_hw[0]) {
+            return self.run(input, first, kernel, bias, output);
+        }
+        #[cfg(target_arch = "x86_64")]
+        if self.runs_by_rows() {
+            let (i, o) = (input, output);
+            // SAFETY: the CPU has AVX-512F, the feature `masked` is compiled for.
+            let ran = unsafe {
+                match self.strides {
+                    [1, 1] => self.masked::<3, 1, false>(i, first, kernel, bias, o, rows),
+                    _ => self.masked::<3, 2, false>(i, first, kernel, bias, o, rows),
+                }
+            };
+            if ran {
+                return Ok(());
+            }
+        }
+        bail!("{}: no run of a part of its rows here", self.name())
+    }
+
     /// `K × K` taps at stride `S` (1 or 2) in both directions with AVX-512, reading the
     /// input planes where they are: no padded copy. A block is [`MASKED_ROWS`] output rows ×
     /// 16 columns; each input row it needs is read once per column tap, as a masked load
     /// (the lanes outside the image read as zero, −∞ for a max pooling) that every output
     /// row of the block it reaches adds in. At stride 2 a tap's 16 columns are the even
-    /// lanes of two loads. Returns false, doing nothing, where the buffers' sizes do not
-    /// hold whole planes.
+    /// lanes of two loads. Writes output rows `rows` of each plane (`0..OH`: all of it), a
+    /// band of `rows.len() · OW` values a plane in `output`. Returns false, doing nothing,
+    /// where the buffers' sizes do not hold whole planes and bands, or `rows` passes `OH`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     unsafe fn masked<const K: usize, const S: usize, const MAX: bool>(
@@ -305,6 +350,7 @@ impl DepthwiseConv {
         kernel: &[f32],
         bias: &[f32],
         output: &mut [f32],
+        rows: Range<usize>,
     ) -> bool {
         use std::arch::x86_64::*;
         const R: usize = MASKED_ROWS;
@@ -328,12 +374,16 @@ impl DepthwiseConv {
                 })
             })
             .collect();
-        if !output.len().is_multiple_of(oh * ow) || input.len() < output.len() / (oh * ow) * ih * iw
+        let band = rows.len() * ow;
+        if rows.end > oh
+            || band == 0
+            || !output.len().is_multiple_of(band)
+            || input.len() < output.len() / band * ih * iw
         {
             return false;
         }
         for (plane, (src, dst)) in
-            input.chunks_exact(ih * iw).zip(output.chunks_exact_mut(oh * ow)).enumerate()
+            input.chunks_exact(ih * iw).zip(output.chunks_exact_mut(band)).enumerate()
         {
             let c = (first + plane) % self.channels;
             let (w, b): ([[__m512; K]; K], f32) = if MAX {
@@ -349,7 +399,7 @@ impl DepthwiseConv {
                 )
             };
             let src = src.as_ptr();
-            for y0 in (0..oh).step_by(R) {
+            for y0 in rows.clone().step_by(R) {
                 for (block, taps) in columns.iter().enumerate() {
                     let x0 = block * 16;
                     let mut acc = [_mm512_set1_ps(b); R];
@@ -426,10 +476,10 @@ impl DepthwiseConv {
                     rows!(0 1 2 3 4 5 6 7 8 9 10 11);
                     let lanes = (ow - x0).min(16);
                     let keep = ((1u32 << lanes) - 1) as u16;
-                    for (r, &acc) in acc.iter().enumerate().take(oh - y0) {
+                    for (r, &acc) in acc.iter().enumerate().take(rows.end - y0) {
                         // As `Clamp::apply`: a NaN stays NaN.
                         let v = _mm512_min_ps(hi, _mm512_max_ps(lo, acc));
-                        let out = &mut dst[(y0 + r) * ow + x0..][..lanes];
+                        let out = &mut dst[(y0 - rows.start + r) * ow + x0..][..lanes];
                         // SAFETY: the `lanes` values written are `out`'s.
                         unsafe { _mm512_mask_storeu_ps(out.as_mut_ptr(), keep, v) };
                     }
@@ -546,14 +596,14 @@ impl DepthwiseConv {
         }
         #[cfg(target_arch = "x86_64")]
         if self.kernel_hw == [3, 3] && crate::conv::avx512() {
-            let (i, o) = (input, output);
+            let (i, o, all) = (input, output, 0..self.output_hw[0]);
             // SAFETY: the CPU has AVX-512F, the feature `masked` is compiled for.
             return unsafe {
                 match (self.strides, self.max) {
-                    ([1, 1], false) => self.masked::<3, 1, false>(i, first, kernel, bias, o),
-                    ([2, 2], false) => self.masked::<3, 2, false>(i, first, kernel, bias, o),
-                    ([1, 1], true) => self.masked::<3, 1, true>(i, first, kernel, bias, o),
-                    ([2, 2], true) => self.masked::<3, 2, true>(i, first, kernel, bias, o),
+                    ([1, 1], false) => self.masked::<3, 1, false>(i, first, kernel, bias, o, all),
+                    ([2, 2], false) => self.masked::<3, 2, false>(i, first, kernel, bias, o, all),
+                    ([1, 1], true) => self.masked::<3, 1, true>(i, first, kernel, bias, o, all),
+                    ([2, 2], true) => self.masked::<3, 2, true>(i, first, kernel, bias, o, all),
                     _ => false,
                 }
             };
@@ -970,8 +1020,12 @@ mod tests {
                     // SAFETY: the CPU has AVX-512F.
                     let ran = unsafe {
                         match op.strides {
-                            [1, 1] => op.masked::<3, 1, false>(&input, 0, &kernel, &bias, &mut out),
-                            [2, 2] => op.masked::<3, 2, false>(&input, 0, &kernel, &bias, &mut out),
+                            [1, 1] => {
+                                op.masked::<3, 1, false>(&input, 0, &kernel, &bias, &mut out, 0..oh)
+                            }
+                            [2, 2] => {
+                                op.masked::<3, 2, false>(&input, 0, &kernel, &bias, &mut out, 0..oh)
+                            }
                             _ => false,
                         }
                     };

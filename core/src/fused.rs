@@ -52,22 +52,40 @@ impl ExpandDepthwise {
 }
 
 /// Fuses each medinfer direct convolution that runs by panels into the depthwise convolution
-/// that is its only consumer (run after [`crate::conv::fuse_clamps`], so that each keeps its
-/// clamp). Returns how many.
+/// that is its only consumer ([`ExpandDepthwise`]), then each depthwise convolution left
+/// into the 1×1 projection that is its only consumer where that runs by bands
+/// ([`DepthwiseProject`]). Run after [`crate::conv::fuse_clamps`], so that each keeps its
+/// clamp. Returns how many.
 pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
     let mut fused = 0;
     for id in 0..model.nodes().len() {
         let node = model.node(id);
-        let Some(depthwise) = node.op_as::<DepthwiseConv>() else { continue };
         if node.inputs.len() != 3 {
             continue;
         }
         let producer = model.node(node.inputs[0].node);
-        let Some(expand) = producer.op_as::<DirectConv>() else { continue };
-        let op = ExpandDepthwise { expand: expand.clone(), depthwise: depthwise.clone() };
+        let op: Box<dyn TypedOp> = if let (Some(expand), Some(depthwise)) =
+            (producer.op_as::<DirectConv>(), node.op_as::<DepthwiseConv>())
+        {
+            let op = ExpandDepthwise { expand: expand.clone(), depthwise: depthwise.clone() };
+            if !op.fits() {
+                continue;
+            }
+            Box::new(op)
+        } else if let (Some(depthwise), Some(project)) =
+            (producer.op_as::<DepthwiseConv>(), node.op_as::<DirectConv>())
+        {
+            let op = DepthwiseProject { depthwise: depthwise.clone(), project: project.clone() };
+            if !op.fits() {
+                continue;
+            }
+            Box::new(op)
+        } else {
+            continue;
+        };
         let alone = producer.outputs[0].successors.len() == 1
             && !model.output_outlets()?.contains(&node.inputs[0]);
-        if !alone || producer.inputs.len() != 3 || !op.fits() {
+        if !alone || producer.inputs.len() != 3 {
             continue;
         }
         let mut patch = TypedModelPatch::default();
@@ -155,6 +173,135 @@ impl TypedOp for ExpandDepthwise {
     as_op!();
 }
 
+/// What a band of [`DepthwiseProject`]'s depthwise output may take, all channels: a good
+/// part of L2, beside the image rows it reads.
+const BAND_BYTES: usize = 128 << 10;
+
+/// A depthwise convolution and the 1×1 projection that is its only consumer as one operator
+/// (the x86-64 CPU plan): MobileNetV2's first block convolves 32 channels of 112 × 112
+/// (1.6 MB) 3×3, then projects them to 16. Apart, the projection reads the depthwise output
+/// back from L3 or memory, 32 plane streams at once. Here the depthwise convolution computes a
+/// band of rows of all its channels at a time into a scratch of one thread's
+/// ([`DepthwiseConv::run_rows`]), and the projection sums that band straight into its output
+/// ([`DirectConv::run_by_bands`]) while it is in L2; bands side by side on tract's executor.
+/// Same sums, same order: the output is the two operators', bit for bit.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct DepthwiseProject {
+    depthwise: DepthwiseConv,
+    project: DirectConv,
+}
+
+impl DepthwiseProject {
+    /// The two operators' fields as numbers, for the plan form: the projection's (of a
+    /// fixed count), then the depthwise convolution's.
+    pub(crate) fn to_words(&self) -> Vec<u64> {
+        let mut words = self.project.to_words();
+        words.extend(self.depthwise.to_words());
+        words
+    }
+
+    /// The operator [`DepthwiseProject::to_words`] gave these numbers for.
+    pub(crate) fn from_words(w: &[u64]) -> Option<DepthwiseProject> {
+        let n = DirectConv::WORDS;
+        let op = DepthwiseProject {
+            project: DirectConv::from_words(w.get(..n)?)?,
+            depthwise: DepthwiseConv::from_words(w.get(n..)?)?,
+        };
+        op.fits().then_some(op)
+    }
+
+    /// Whether the projection takes the depthwise convolution's output and runs by bands.
+    fn fits(&self) -> bool {
+        let (channels, [oh, ow], _) = self.depthwise.shape();
+        self.depthwise.convolves()
+            && self.project.runs_by_bands()
+            && self.project.input_len() == channels * oh * ow
+            && self.project.output_plane() == oh * ow
+    }
+
+    /// Output rows per band: as many as [`BAND_BYTES`] holds of the depthwise output, even
+    /// (its blocks are two rows); all of them where it runs whole planes only.
+    fn band(&self) -> usize {
+        let (channels, [oh, ow], _) = self.depthwise.shape();
+        let rows = BAND_BYTES / (channels * ow * size_of::<f32>()).max(1);
+        if !self.depthwise.runs_by_rows() || rows < 2 {
+            return oh.max(1);
+        }
+        (rows & !1).min(oh)
+    }
+}
+
+impl Op for DepthwiseProject {
+    fn name(&self) -> StaticName {
+        "medinfer.DepthwiseProject".into()
+    }
+
+    fn info(&self) -> TractResult<Vec<String>> {
+        let mut info = self.depthwise.info()?;
+        info.extend(self.project.info()?);
+        Ok(info)
+    }
+
+    fn validation(&self) -> Validation {
+        Validation::Rounding
+    }
+
+    op_as_typed_op!();
+}
+
+impl EvalOp for DepthwiseProject {
+    op_out_of_plan!();
+
+    fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
+        fn slice(t: &TValue) -> TractResult<&[f32]> {
+            t.try_as_plain_ram()?.as_slice::<f32>()
+        }
+        let [input, dw_kernel, dw_bias, kernel, bias] = &inputs[..] else {
+            bail!("{}: {} inputs", self.name(), inputs.len());
+        };
+        let (input, dw_kernel, dw_bias) = (slice(input)?, slice(dw_kernel)?, slice(dw_bias)?);
+        let (kernel, bias) = (slice(kernel)?, slice(bias)?);
+        let (channels, [oh, ow], taps) = self.depthwise.shape();
+        let per_image = channels * self.depthwise.plane_sizes().0;
+        let m = self.project.output_channels();
+        if per_image == 0
+            || input.len() % per_image != 0
+            || dw_kernel.len() != channels * taps
+            || (dw_bias.len() != channels && dw_bias.len() != 1)
+            || (bias.len() != m && bias.len() != 1)
+        {
+            bail!("{}: inputs of unexpected sizes", self.name());
+        }
+        let n = input.len() / per_image;
+        // SAFETY: f32 has no invalid bit patterns, and `run_by_bands` writes every row of
+        // every plane of the output.
+        let mut output = unsafe { Tensor::uninitialized::<f32>(&[n, m, oh, ow])? };
+        let mut view = output.try_as_plain_ram_mut()?;
+        let out = view.as_slice_mut::<f32>()?;
+        self.project.run_by_bands(kernel, bias, out, self.band(), |image, rows, planes| {
+            let src = &input[image * per_image..][..per_image];
+            self.depthwise.run_rows(src, 0, dw_kernel, dw_bias, planes, rows)
+        })?;
+        Ok(tvec!(output.into_tvalue()))
+    }
+}
+
+impl TypedOp for DepthwiseProject {
+    fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
+        let convolved = self.depthwise.output_facts(inputs)?;
+        self.project.output_facts(&[&convolved[0]])
+    }
+
+    fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
+        let mut cost = self.depthwise.cost(inputs)?;
+        let convolved = self.depthwise.output_facts(inputs)?;
+        cost.extend(self.project.cost(&[&convolved[0]])?);
+        Ok(cost)
+    }
+
+    as_op!();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,61 +311,92 @@ mod tests {
     use tract_onnx::tract_core::ops::math;
     use tract_onnx::tract_core::ops::nn::DataFormat;
 
-    /// MobileNetV2's block start as tract declutters it: a 1×1 `EinSum` from `c` to `m`
-    /// channels, its bias and ReLU6, a 3×3 depthwise `Conv` at `stride` and its ReLU6; with
-    /// the expansion's output also a model output where `shared`.
-    fn block(
+    /// An inverted residual block of MobileNetV2's as tract declutters it, on `n` images of
+    /// `c` channels, `hw` × `hw`: where `expand`, a 1×1 `EinSum` to `m` channels, its bias
+    /// and ReLU6 (else `m` is `c`); a 3×3 depthwise `Conv` at `stride` and its ReLU6; where
+    /// `project`, a 1×1 `EinSum` to that many channels and its bias. Where `shared`, the
+    /// tensor the fusion would drop (the expansion's, else the depthwise output) is also a
+    /// model output.
+    struct Block {
+        n: usize,
         c: usize,
         m: usize,
         hw: usize,
         stride: usize,
+        expand: bool,
+        project: Option<usize>,
         shared: bool,
-    ) -> TractResult<TypedModel> {
-        let mut g = TypedModel::default();
-        let x = g.add_source("x", f32::fact([1, c, hw, hw]))?;
-        let per = |g: &mut TypedModel, name: &str, salt: usize| {
-            let v: Vec<f32> = (0..m).map(|i| value(i, salt)).collect();
-            g.add_const(name, tensor1(&v).into_shape(&[1, m, 1, 1])?)
-        };
-        let relu6 = |g: &mut TypedModel, name: &str, y: OutletId| -> TractResult<OutletId> {
-            let zero = g.add_const(format!("{name}.0"), tensor0(0f32).broadcast_into_rank(4)?)?;
-            let six = g.add_const(format!("{name}.6"), tensor0(6f32).broadcast_into_rank(4)?)?;
-            let y = g.wire_node(format!("{name}.max"), math::max(), &[y, zero])?[0];
-            Ok(g.wire_node(format!("{name}.min"), math::min(), &[y, six])?[0])
-        };
-        let w: Vec<f32> = (0..m * c).map(|i| value(i, 1) * 2.0).collect();
-        let w = g.add_const("w", tensor1(&w).into_shape(&[m, c])?)?;
-        let einsum = EinSum::new("NIHW,OI->NOHW".parse()?, f32::datum_type());
-        let y = g.wire_node("expand", einsum, &[x, w])?[0];
-        let b = per(&mut g, "expand.bias", 2)?;
-        let y = g.wire_node("expand.add", math::add(), &[y, b])?[0];
-        let expanded = relu6(&mut g, "expand.relu6", y)?;
-        let k: Vec<f32> = (0..m * 9).map(|i| value(i, 3)).collect();
-        let k = g.add_const("dw.k", tensor1(&k).into_shape(&[m, 1, 3, 3])?)?;
-        let b: Vec<f32> = (0..m).map(|i| value(i, 4)).collect();
-        let b = g.add_const("dw.b", tensor1(&b))?;
-        let conv = Conv {
-            pool_spec: PoolSpec {
-                data_format: DataFormat::NCHW,
-                kernel_shape: [3, 3].into_iter().collect(),
-                padding: PaddingSpec::Explicit(
-                    [1, 1].into_iter().collect(),
-                    [1, 1].into_iter().collect(),
-                ),
-                dilations: None,
-                strides: Some([stride, stride].into_iter().collect()),
-                input_channels: m,
-                output_channels: m,
-            },
-            kernel_fmt: KernelFormat::OIHW,
-            group: m,
-            q_params: None,
-        };
-        let y = g.wire_node("dw", conv, &[expanded, k, b])?[0];
-        let y = relu6(&mut g, "dw.relu6", y)?;
-        let outputs = if shared { vec![y, expanded] } else { vec![y] };
-        g.select_output_outlets(&outputs)?;
-        Ok(g)
+    }
+
+    impl Block {
+        fn model(&self) -> TractResult<TypedModel> {
+            let Block { n, c, m, hw, stride, expand, project, shared } = *self;
+            let mut g = TypedModel::default();
+            let x = g.add_source("x", f32::fact([n, c, hw, hw]))?;
+            let per = |g: &mut TypedModel, name: &str, m: usize, salt: usize| {
+                let v: Vec<f32> = (0..m).map(|i| value(i, salt)).collect();
+                g.add_const(name, tensor1(&v).into_shape(&[1, m, 1, 1])?)
+            };
+            let relu6 = |g: &mut TypedModel, name: &str, y: OutletId| -> TractResult<OutletId> {
+                let zero = tensor0(0f32).broadcast_into_rank(4)?;
+                let zero = g.add_const(format!("{name}.0"), zero)?;
+                let six =
+                    g.add_const(format!("{name}.6"), tensor0(6f32).broadcast_into_rank(4)?)?;
+                let y = g.wire_node(format!("{name}.max"), math::max(), &[y, zero])?[0];
+                Ok(g.wire_node(format!("{name}.min"), math::min(), &[y, six])?[0])
+            };
+            let pointwise = |g: &mut TypedModel, name: &str, x, c: usize, m: usize, salt| {
+                let w: Vec<f32> = (0..m * c).map(|i| value(i, salt) * 2.0).collect();
+                let w = g.add_const(format!("{name}.w"), tensor1(&w).into_shape(&[m, c])?)?;
+                let einsum = EinSum::new("NIHW,OI->NOHW".parse()?, f32::datum_type());
+                let y = g.wire_node(name, einsum, &[x, w])?[0];
+                let b = per(g, &format!("{name}.bias"), m, salt + 1)?;
+                Ok::<_, TractError>(g.wire_node(format!("{name}.add"), math::add(), &[y, b])?[0])
+            };
+            let wide = if expand {
+                let y = pointwise(&mut g, "expand", x, c, m, 1)?;
+                relu6(&mut g, "expand.relu6", y)?
+            } else {
+                x
+            };
+            let k: Vec<f32> = (0..m * 9).map(|i| value(i, 3)).collect();
+            let k = g.add_const("dw.k", tensor1(&k).into_shape(&[m, 1, 3, 3])?)?;
+            let b: Vec<f32> = (0..m).map(|i| value(i, 4)).collect();
+            let b = g.add_const("dw.b", tensor1(&b))?;
+            let conv = Conv {
+                pool_spec: PoolSpec {
+                    data_format: DataFormat::NCHW,
+                    kernel_shape: [3, 3].into_iter().collect(),
+                    padding: PaddingSpec::Explicit(
+                        [1, 1].into_iter().collect(),
+                        [1, 1].into_iter().collect(),
+                    ),
+                    dilations: None,
+                    strides: Some([stride, stride].into_iter().collect()),
+                    input_channels: m,
+                    output_channels: m,
+                },
+                kernel_fmt: KernelFormat::OIHW,
+                group: m,
+                q_params: None,
+            };
+            let y = g.wire_node("dw", conv, &[wide, k, b])?[0];
+            let convolved = relu6(&mut g, "dw.relu6", y)?;
+            let out = match project {
+                Some(p) => pointwise(&mut g, "project", convolved, m, p, 6)?,
+                None => convolved,
+            };
+            let dropped = if expand { wide } else { convolved };
+            let outputs = if shared { vec![out, dropped] } else { vec![out] };
+            g.select_output_outlets(&outputs)?;
+            Ok(g)
+        }
+
+        fn input(&self) -> Tensor {
+            let Block { n, c, hw, .. } = *self;
+            let input: Vec<f32> = (0..n * c * hw * hw).map(|i| value(i, 5)).collect();
+            tensor1(&input).into_shape(&[n, c, hw, hw]).expect("input")
+        }
     }
 
     /// medinfer's rewrites, fusing or not; returns the outputs and how many it fused.
@@ -242,15 +420,63 @@ mod tests {
     #[test]
     fn fused_is_the_two_operators() {
         for (c, m, hw, stride) in [(8, 48, 12, 1), (5, 24, 9, 2), (16, 96, 17, 2)] {
-            let input: Vec<f32> = (0..c * hw * hw).map(|i| value(i, 5)).collect();
-            let input = tensor1(&input).into_shape(&[1, c, hw, hw]).expect("input");
-            let graph = block(c, m, hw, stride, false).expect("graph");
-            let (apart, _) = run(graph.clone(), false, &input);
-            let (together, fused) = run(graph, true, &input);
+            let mut block =
+                Block { n: 1, c, m, hw, stride, expand: true, project: None, shared: false };
+            let input = block.input();
+            let (apart, _) = run(block.model().expect("graph"), false, &input);
+            let (together, fused) = run(block.model().expect("graph"), true, &input);
             assert_eq!(fused, 1, "{c} -> {m} on {hw}, stride {stride}");
             assert!(apart == together, "{c} -> {m} on {hw}, stride {stride}: outputs differ");
-            let (_, fused) = run(block(c, m, hw, stride, true).expect("graph"), true, &input);
+            block.shared = true;
+            let (_, fused) = run(block.model().expect("graph"), true, &input);
             assert_eq!(fused, 0, "an expansion used twice is left apart");
         }
+    }
+
+    /// A depthwise convolution and its projection, fused, give the two operators' outputs bit
+    /// for bit: at stride 1 and 2, in bands of rows with a short last band (odd where it
+    /// can be), output channels not a multiple of a panel, two images; nothing is fused where
+    /// the depthwise output is used elsewhere too, and an expansion before the depthwise
+    /// convolution is fused with it first.
+    #[test]
+    fn projected_is_the_two_operators() {
+        for (n, c, p, hw, stride) in
+            [(1, 32, 16, 112, 1), (2, 64, 20, 71, 1), (1, 48, 24, 121, 2), (2, 8, 8, 9, 2)]
+        {
+            let what = format!("{n} × {c} -> {p} on {hw}, stride {stride}");
+            let mut block =
+                Block { n, c, m: c, hw, stride, expand: false, project: Some(p), shared: false };
+            let input = block.input();
+            let (apart, _) = run(block.model().expect("graph"), false, &input);
+            let (together, fused) = run(block.model().expect("graph"), true, &input);
+            // The smallest case's projection may run as `run_small`, which is left apart.
+            if hw >= 16 {
+                assert_eq!(fused, 1, "{what}");
+            }
+            assert!(apart == together, "{what}: outputs differ");
+            block.shared = true;
+            let (_, fused) = run(block.model().expect("graph"), true, &input);
+            assert_eq!(fused, 0, "{what}: a depthwise output used twice is left apart");
+        }
+        let block = Block {
+            n: 1,
+            c: 8,
+            m: 48,
+            hw: 28,
+            stride: 1,
+            expand: true,
+            project: Some(16),
+            shared: false,
+        };
+        let input = block.input();
+        let (apart, _) = run(block.model().expect("graph"), false, &input);
+        let mut g = block.model().expect("graph");
+        crate::conv::substitute_pointwise(&mut g, false).expect("pointwise");
+        crate::depthwise::substitute(&mut g).expect("depthwise");
+        crate::conv::fuse_clamps(&mut g).expect("clamps");
+        assert_eq!(substitute(&mut g).expect("fuse"), 1);
+        assert!(g.nodes().iter().any(|n| n.op_is::<ExpandDepthwise>()));
+        let (together, _) = run(block.model().expect("graph"), true, &input);
+        assert!(apart == together, "expansion, depthwise and projection: outputs differ");
     }
 }
