@@ -62,6 +62,7 @@ use tract_onnx::tract_core::ops::einsum::EinSum;
 use tract_onnx::tract_core::ops::nn::DataFormat;
 
 use crate::concat::Concat;
+use crate::depthwise::Window;
 
 /// Output channels per block (a panel of the packed kernel: weights broadcast from one panel
 /// row each step) for the AVX2 and portable blocks; [`NR_AVX512`] where the AVX-512 block
@@ -880,6 +881,11 @@ impl DirectConv {
     /// Its output channels (`M`).
     pub(crate) fn output_channels(&self) -> usize {
         self.output_channels
+    }
+
+    /// Its output planes' size, `[OH, OW]`.
+    pub(crate) fn output_size(&self) -> [usize; 2] {
+        self.output_hw
     }
 
     /// Values per output plane (`OH · OW`).
@@ -1843,6 +1849,91 @@ impl DirectConv {
         }
     }
 
+    /// Whether [`DirectConv::rows_into`] computes bands of this convolution's rows: a kernel
+    /// above 1×1 or with a stride (the padded layout), summed in one pass, nothing before it,
+    /// no pooling after, not [`DirectConv::run_small`]'s, output rows of [`TILE`] positions
+    /// and more (so that a block's lanes reach a row above the band and one below at most).
+    pub(crate) fn runs_by_rows(&self) -> bool {
+        let layout = self.layout();
+        !layout.packed
+            && layout.offsets.len() <= K_STEP
+            && !self.prologue
+            && !self.pooled
+            && !self.small()
+            && self.output_hw[1] >= TILE
+    }
+
+    /// The padded image [`DirectConv::rows_into`] reads, of `input` (one image: `C` planes of
+    /// `H × W`), into `image`.
+    pub(crate) fn pad_for_rows(&self, input: &[f32], image: &mut Vec<f32>) -> TractResult<()> {
+        let [ih, iw] = self.input_hw;
+        let layout = self.layout();
+        if !self.runs_by_rows() || input.len() != self.input_channels * ih * iw {
+            bail!(
+                "{}: not a convolution to run by rows, or an image of unexpected size",
+                self.name()
+            );
+        }
+        let planes: Vec<&[f32]> = input.chunks_exact(ih * iw).collect();
+        let scratch = at_least(image, layout.scratch);
+        self.pad_image(&planes, scratch, &mut Vec::new(), &layout, None)
+    }
+
+    /// Output rows `rows` of every output channel, on this thread, from `image` as
+    /// [`DirectConv::pad_for_rows`] wrote it, into `out`: `M` planes `at.stride` values apart,
+    /// output row `y` at `(y − at.top) · OW` in each. The blocks that cover the band also
+    /// write into the row above it and the row below it (those rows' values, as the whole
+    /// convolution computes them, or a part of them): the planes hold them. Only where
+    /// [`DirectConv::runs_by_rows`].
+    pub(crate) fn rows_into(
+        &self,
+        image: &[f32],
+        weights: &[f32],
+        bias: &[f32],
+        rows: Range<usize>,
+        out: &mut [f32],
+        at: Window,
+    ) -> TractResult<()> {
+        let [oh, ow] = self.output_hw;
+        let mut layout = self.layout();
+        layout.by_panel = false;
+        let reach =
+            layout.offsets.iter().max().map_or(0, |m| m + (layout.tiles - 1) * layout.tile_stride);
+        let Window { top, stride } = at;
+        // The rows the blocks write, from the row above the band to the row below it.
+        let written = rows.start.saturating_sub(1) as isize..(rows.end + 1).min(oh) as isize;
+        if !self.runs_by_rows()
+            || rows.is_empty()
+            || rows.end > oh
+            || top > written.start
+            || ((written.end - top) as usize) * ow > stride
+            || out.len() < self.output_channels * stride
+            || image.len() < layout.scratch
+            || reach + TILE > layout.scratch
+            || weights.len() != layout.channels * layout.offsets.len()
+        {
+            bail!("{}: rows out of its reach, or buffers of unexpected sizes", self.name());
+        }
+        let width = layout.width;
+        let tiles = rows.start * width / TILE..(rows.end * width).div_ceil(TILE).min(layout.tiles);
+        // Row `y` of the planes at `(y − top) · OW`: the blocks' writes from the row above the
+        // band on land in them, and `row_runs` drops those past the row below it.
+        let planes = Planes {
+            out: out.as_mut_ptr().wrapping_offset(-top * ow as isize),
+            first: 0,
+            plane: stride,
+            rows: written.end as usize,
+            m: self.output_channels,
+            ow,
+            width,
+            bias,
+            clamp: self.clamp.bounds(),
+        };
+        let mut sums = Sums::planes(planes, &layout, tiles);
+        self.run_tiles(&image[..layout.scratch], weights, &layout, &mut sums);
+        Ok(())
+    }
+
     /// Whether [`DirectConv::run_by_bands`] runs this convolution: a 1×1 on the packed layout,
     /// nothing before it, no pooling after, not [`DirectConv::run_small`]'s.
     pub(crate) fn runs_by_bands(&self) -> bool {
@@ -1851,9 +1942,10 @@ impl DirectConv {
 
     /// Convolves images of which `fill` computes a band of rows at a time, each band's sums
     /// written into `output` (`n × M × OH × OW`) while the band is still in L1 or L2 (the
-    /// fused [`crate::fused::DepthwiseProject`]): `fill(n, rows, image)` writes rows `rows`
-    /// of image `n`'s `C` planes into `image`, `rows.len() · OW` values a plane, read in place
-    /// there as [`DirectConv::in_place`] reads a whole image. Bands of `band` rows (the last
+    /// fused [`crate::fused::DepthwiseProject`]): `fill(n, rows, image, next)` writes rows
+    /// `rows` of image `n`'s `C` planes into `image`, `rows.len() · OW` values a plane, read in
+    /// place there as [`DirectConv::in_place`] reads a whole image; `next` where the thread's
+    /// last call, which succeeded, filled the band just above. Bands of `band` rows (the last
     /// one the rows left), one run of them for each thread of tract's executor. Only where
     /// [`DirectConv::runs_by_bands`].
     pub(crate) fn run_by_bands(
@@ -1862,7 +1954,7 @@ impl DirectConv {
         bias: &[f32],
         output: &mut [f32],
         band: usize,
-        fill: impl Fn(usize, Range<usize>, &mut [f32]) -> TractResult<()> + Sync,
+        fill: impl Fn(usize, Range<usize>, &mut [f32], bool) -> TractResult<()> + Sync,
     ) -> TractResult<()> {
         let [oh, ow] = self.output_hw;
         let (c, m) = (self.input_channels, self.output_channels);
@@ -1898,14 +1990,22 @@ impl DirectConv {
             share(&mut vec![(); units], 1, m * oh * ow * c, |first, chunk| {
                 let mut scratch = BAND.take();
                 for unit in first..first + chunk.len() {
+                    let mut next = false;
                     for b in bands * unit / units..bands * (unit + 1) / units {
                         let rows = b * band..((b + 1) * band).min(oh);
                         let layout = if rows.len() == band { &whole } else { &last };
                         let image = at_least(&mut scratch, layout.scratch);
-                        if let Err(e) = fill(n, rows.clone(), &mut image[..c * layout.positions]) {
-                            if let Ok(mut slot) = failed.lock() {
-                                slot.get_or_insert(e);
+                        let filled = &mut image[..c * layout.positions];
+                        next = match fill(n, rows.clone(), filled, next) {
+                            Ok(()) => true,
+                            Err(e) => {
+                                if let Ok(mut slot) = failed.lock() {
+                                    slot.get_or_insert(e);
+                                }
+                                false
                             }
+                        };
+                        if !next {
                             continue;
                         }
                         // The band's rows of the planes, which only this band writes.
@@ -2364,7 +2464,7 @@ impl<'a> Sums<'a> {
     /// The output planes' `units`: blocks, or panels where the layout shares by panel.
     fn planes(mut planes: Planes<'a>, layout: &Layout, units: Range<usize>) -> Sums<'a> {
         planes.width = layout.width;
-        debug_assert!(layout.nr <= MAX_NR && layout.positions == planes.rows * layout.width);
+        debug_assert!(layout.nr <= MAX_NR && planes.rows * layout.width <= layout.positions);
         let (tiles, panels) = if layout.by_panel {
             (0..layout.tiles, units)
         } else {

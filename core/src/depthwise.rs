@@ -49,7 +49,6 @@ const LANES: usize = 8;
 /// for both (3×3 at stride 1: four rows of loads for two output rows). Four rows were no
 /// faster (MobileNetV2's depthwise and fused operators, 3 alternating runs: 4.3–5.7 ms with
 /// two, 4.9–5.4 with four); the blocks along a row overlap their sums anyway.
-#[cfg(target_arch = "x86_64")]
 const MASKED_ROWS: usize = 2;
 /// Vectors of 16 positions per plane, at most, that [`DepthwiseConv::flat`] holds in
 /// registers.
@@ -75,6 +74,14 @@ pub struct DepthwiseConv {
     /// A max pooling instead: each output the maximum of its taps, everything outside the
     /// image −∞; the image its only input.
     max: bool,
+}
+
+/// Where [`DepthwiseConv::run_rows`]'s input planes lie: `stride` values apart, each
+/// holding the image's rows from row `top` on (negative: rows above the image, never read).
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Window {
+    pub(crate) top: isize,
+    pub(crate) stride: usize,
 }
 
 /// Replaces every depthwise `Conv` of `model` that [`DepthwiseConv`] covers (f32, NCHW, OIHW
@@ -113,6 +120,11 @@ impl DepthwiseConv {
     pub(crate) fn plane_sizes(&self) -> (usize, usize) {
         let ([ih, iw], [oh, ow]) = (self.input_hw, self.output_hw);
         (ih * iw, oh * ow)
+    }
+
+    /// Its input planes' size, `[H, W]`.
+    pub(crate) fn input_size(&self) -> [usize; 2] {
+        self.input_hw
     }
 
     /// Its channels, output size and taps per channel.
@@ -301,9 +313,23 @@ impl DepthwiseConv {
         false
     }
 
+    /// The image rows that output rows `rows` read, inside the image: those of
+    /// [`DepthwiseConv::run_rows`]'s blocks of [`MASKED_ROWS`] rows (the band's last block
+    /// may reach a row past it, whose sums are dropped).
+    pub(crate) fn input_rows(&self, rows: Range<usize>) -> Range<usize> {
+        let ([ih, _], [kh, _], [sh, _], [pt, _]) =
+            (self.input_hw, self.kernel_hw, self.strides, self.pad_before);
+        let end = rows.start + rows.len().next_multiple_of(MASKED_ROWS);
+        let from = (rows.start * sh).saturating_sub(pt).min(ih);
+        let to = ((end.max(1) - 1) * sh + kh).saturating_sub(pt).min(ih);
+        from..to.max(from)
+    }
+
     /// [`DepthwiseConv::run`] for output rows `rows` of each plane, a band of
-    /// `rows.len() · OW` values a plane in `output`: any rows where
-    /// [`DepthwiseConv::runs_by_rows`], elsewhere all of them only.
+    /// `rows.len() · OW` values a plane in `output`, from planes that lie as `window` says
+    /// (whole planes: `None`): any rows from any window where
+    /// [`DepthwiseConv::runs_by_rows`], elsewhere all of them from whole planes only.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn run_rows(
         &self,
         input: &[f32],
@@ -312,18 +338,20 @@ impl DepthwiseConv {
         bias: &[f32],
         output: &mut [f32],
         rows: Range<usize>,
+        window: Option<Window>,
     ) -> TractResult<()> {
-        if rows == (0..self.output_hw[0]) {
+        if rows == (0..self.output_hw[0]) && window.is_none() {
             return self.run(input, first, kernel, bias, output);
         }
         #[cfg(target_arch = "x86_64")]
         if self.runs_by_rows() {
-            let (i, o) = (input, output);
+            let [ih, iw] = self.input_hw;
+            let (i, o, w) = (input, output, window.unwrap_or(Window { top: 0, stride: ih * iw }));
             // SAFETY: the CPU has AVX-512F, the feature `masked` is compiled for.
             let ran = unsafe {
                 match self.strides {
-                    [1, 1] => self.masked::<3, 1, false>(i, first, kernel, bias, o, rows),
-                    _ => self.masked::<3, 2, false>(i, first, kernel, bias, o, rows),
+                    [1, 1] => self.masked::<3, 1, false>(i, first, kernel, bias, o, rows, w),
+                    _ => self.masked::<3, 2, false>(i, first, kernel, bias, o, rows, w),
                 }
             };
             if ran {
@@ -339,10 +367,12 @@ impl DepthwiseConv {
     /// (the lanes outside the image read as zero, −∞ for a max pooling) that every output
     /// row of the block it reaches adds in. At stride 2 a tap's 16 columns are the even
     /// lanes of two loads. Writes output rows `rows` of each plane (`0..OH`: all of it), a
-    /// band of `rows.len() · OW` values a plane in `output`. Returns false, doing nothing,
-    /// where the buffers' sizes do not hold whole planes and bands, or `rows` passes `OH`.
+    /// band of `rows.len() · OW` values a plane in `output`, from input planes that lie as
+    /// `window` says. Returns false, doing nothing, where the buffers' sizes do not hold
+    /// whole planes and bands, `rows` passes `OH`, or the window lacks a row the band reads.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
+    #[allow(clippy::too_many_arguments)]
     unsafe fn masked<const K: usize, const S: usize, const MAX: bool>(
         &self,
         input: &[f32],
@@ -351,6 +381,7 @@ impl DepthwiseConv {
         bias: &[f32],
         output: &mut [f32],
         rows: Range<usize>,
+        window: Window,
     ) -> bool {
         use std::arch::x86_64::*;
         const R: usize = MASKED_ROWS;
@@ -375,15 +406,21 @@ impl DepthwiseConv {
             })
             .collect();
         let band = rows.len() * ow;
+        let Window { top, stride } = window;
+        // The window holds every image row the band reads.
+        let reads = self.input_rows(rows.clone());
+        let held = top..top + (stride / iw.max(1)) as isize;
         if rows.end > oh
             || band == 0
             || !output.len().is_multiple_of(band)
-            || input.len() < output.len() / band * ih * iw
+            || input.len() < output.len() / band * stride
+            || (!reads.is_empty()
+                && ((reads.start as isize) < held.start || (reads.end as isize) > held.end))
         {
             return false;
         }
         for (plane, (src, dst)) in
-            input.chunks_exact(ih * iw).zip(output.chunks_exact_mut(band)).enumerate()
+            input.chunks_exact(stride).zip(output.chunks_exact_mut(band)).enumerate()
         {
             let c = (first + plane) % self.channels;
             let (w, b): ([[__m512; K]; K], f32) = if MAX {
@@ -464,7 +501,7 @@ impl DepthwiseConv {
                             if $i < (R - 1) * S + K {
                                 let iy = (y0 * S + $i) as isize - pt as isize;
                                 let inside = iy >= 0 && iy < ih as isize;
-                                let row = src.wrapping_offset(iy * iw as isize);
+                                let row = src.wrapping_offset((iy - top) * iw as isize);
                                 // SAFETY: `feed` reads only lanes inside the image.
                                 unsafe {
                                     feed::<K, S, R, MAX>($i, row, inside, taps, &w, fill, even, &mut acc)
@@ -597,13 +634,19 @@ impl DepthwiseConv {
         #[cfg(target_arch = "x86_64")]
         if self.kernel_hw == [3, 3] && crate::conv::avx512() {
             let (i, o, all) = (input, output, 0..self.output_hw[0]);
+            let [ih, iw] = self.input_hw;
+            let w = Window { top: 0, stride: ih * iw };
             // SAFETY: the CPU has AVX-512F, the feature `masked` is compiled for.
             return unsafe {
                 match (self.strides, self.max) {
-                    ([1, 1], false) => self.masked::<3, 1, false>(i, first, kernel, bias, o, all),
-                    ([2, 2], false) => self.masked::<3, 2, false>(i, first, kernel, bias, o, all),
-                    ([1, 1], true) => self.masked::<3, 1, true>(i, first, kernel, bias, o, all),
-                    ([2, 2], true) => self.masked::<3, 2, true>(i, first, kernel, bias, o, all),
+                    ([1, 1], false) => {
+                        self.masked::<3, 1, false>(i, first, kernel, bias, o, all, w)
+                    }
+                    ([2, 2], false) => {
+                        self.masked::<3, 2, false>(i, first, kernel, bias, o, all, w)
+                    }
+                    ([1, 1], true) => self.masked::<3, 1, true>(i, first, kernel, bias, o, all, w),
+                    ([2, 2], true) => self.masked::<3, 2, true>(i, first, kernel, bias, o, all, w),
                     _ => false,
                 }
             };
@@ -1017,15 +1060,28 @@ mod tests {
                 }
                 if crate::conv::avx512() && op.kernel_hw == [3, 3] {
                     let mut out = fresh();
+                    let whole = Window { top: 0, stride: op.input_hw[0] * op.input_hw[1] };
                     // SAFETY: the CPU has AVX-512F.
                     let ran = unsafe {
                         match op.strides {
-                            [1, 1] => {
-                                op.masked::<3, 1, false>(&input, 0, &kernel, &bias, &mut out, 0..oh)
-                            }
-                            [2, 2] => {
-                                op.masked::<3, 2, false>(&input, 0, &kernel, &bias, &mut out, 0..oh)
-                            }
+                            [1, 1] => op.masked::<3, 1, false>(
+                                &input,
+                                0,
+                                &kernel,
+                                &bias,
+                                &mut out,
+                                0..oh,
+                                whole,
+                            ),
+                            [2, 2] => op.masked::<3, 2, false>(
+                                &input,
+                                0,
+                                &kernel,
+                                &bias,
+                                &mut out,
+                                0..oh,
+                                whole,
+                            ),
                             _ => false,
                         }
                     };

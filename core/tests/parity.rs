@@ -36,7 +36,7 @@ fn mobilenetv2_matches_onnxruntime() {
 /// MobileNetV2's 17 depthwise convolutions run on medinfer's operators on x86-64 and on
 /// tract's elsewhere (`core/src/depthwise.rs`): 13 of them fused with the 1×1 expansion
 /// before them (`core/src/fused.rs`), the one after the stem with the 1×1 projection after it
-/// (same file), the 3 others (after the 7 × 7 expansions, whose projections run as
+/// (same file; with the stem too where the CPU has AVX-512), the 3 others (after the 7 × 7 expansions, whose projections run as
 /// `DirectConv::run_small`) alone. `mobilenetv2_matches_onnxruntime` checks the plan's
 /// numbers either way.
 #[test]
@@ -46,7 +46,7 @@ fn mobilenetv2_depthwise_operator() {
     let count = |name: &str| ops.iter().filter(|op| *op == name).count();
     let ours = (
         count("medinfer.ExpandDepthwise"),
-        count("medinfer.DepthwiseProject"),
+        count("medinfer.DepthwiseProject") + count("medinfer.ConvDepthwiseProject"),
         count("medinfer.DepthwiseConv"),
     );
     if cfg!(target_arch = "x86_64") {
@@ -76,8 +76,8 @@ fn densenet121_max_pool_and_concat_operators() {
 /// (`core/src/conv.rs`): the 3×3 ones and the 7×7 stem, and the 1×1 ones with the batch
 /// normalisation and ReLU before them (and the bias, average pooling and ReLU after) fused
 /// in; of MobileNetV2's, the 3×3 stem and the 26 1×1 ones on images larger than 7 × 7, 13 of
-/// those inside the fused expansion and depthwise operator and one inside the fused
-/// depthwise and projection one, and, where the CPU has AVX-512
+/// those inside the fused expansion and depthwise operator, the first projection inside the
+/// fused depthwise and projection one (the stem too, where the CPU has AVX-512), and, where the CPU has AVX-512
 /// (`DirectConv::run_small`), its eight on 7 × 7 too (elsewhere tract's matrix products).
 /// The Spin component's target (wasip2, where these tests also run) keeps tract's; the browser
 /// builds run the dense ones above 1×1 and DenseNet's three transitions on it
@@ -90,7 +90,8 @@ fn direct_convolutions() {
         let count = |name: &str| ops.iter().filter(|op| *op == name).count();
         let ours = count("medinfer.Conv")
             + count("medinfer.ExpandDepthwise")
-            + count("medinfer.DepthwiseProject");
+            + count("medinfer.DepthwiseProject")
+            + 2 * count("medinfer.ConvDepthwiseProject");
         // Where the CPU has AVX-512: MobileNetV2's eight 1×1 convolutions on 7 × 7 too.
         #[cfg(target_arch = "x86_64")]
         let want = want
