@@ -1849,26 +1849,34 @@ impl DirectConv {
         }
     }
 
-    /// Whether [`DirectConv::rows_into`] computes bands of this convolution's rows: a kernel
-    /// above 1×1 or with a stride (the padded layout), summed in one pass, nothing before it,
-    /// no pooling after, not [`DirectConv::run_small`]'s, output rows of [`TILE`] positions
-    /// and more (so that a block's lanes reach a row above the band and one below at most).
+    /// Whether [`DirectConv::rows_into`] computes bands of this convolution's rows: summed
+    /// in one pass, nothing before it, no pooling after, not [`DirectConv::run_small`]'s,
+    /// output rows of [`TILE`] positions and more (so that a block's lanes reach a row above
+    /// the band and one below at most).
     pub(crate) fn runs_by_rows(&self) -> bool {
-        let layout = self.layout();
-        !layout.packed
-            && layout.offsets.len() <= K_STEP
+        self.layout().offsets.len() <= K_STEP
             && !self.prologue
             && !self.pooled
             && !self.small()
             && self.output_hw[1] >= TILE
     }
 
+    /// Whether [`DirectConv::rows_into`] reads a padded copy of the image
+    /// ([`DirectConv::pad_for_rows`]), rather than the image itself (a 1×1 on the packed
+    /// layout, read in place).
+    pub(crate) fn pads_for_rows(&self) -> bool {
+        !self.layout().packed
+    }
+
     /// The padded image [`DirectConv::rows_into`] reads, of `input` (one image: `C` planes of
-    /// `H × W`), into `image`.
+    /// `H × W`), into `image`. Only where [`DirectConv::pads_for_rows`].
     pub(crate) fn pad_for_rows(&self, input: &[f32], image: &mut Vec<f32>) -> TractResult<()> {
         let [ih, iw] = self.input_hw;
         let layout = self.layout();
-        if !self.runs_by_rows() || input.len() != self.input_channels * ih * iw {
+        if !self.runs_by_rows()
+            || !self.pads_for_rows()
+            || input.len() != self.input_channels * ih * iw
+        {
             bail!(
                 "{}: not a convolution to run by rows, or an image of unexpected size",
                 self.name()
@@ -1880,7 +1888,8 @@ impl DirectConv {
     }
 
     /// Output rows `rows` of every output channel, on this thread, from `image` as
-    /// [`DirectConv::pad_for_rows`] wrote it, into `out`: `M` planes `at.stride` values apart,
+    /// [`DirectConv::pad_for_rows`] wrote it (the image itself where it
+    /// [`DirectConv::pads_for_rows`] not), into `out`: `M` planes `at.stride` values apart,
     /// output row `y` at `(y − at.top) · OW` in each. The blocks that cover the band also
     /// write into the row above it and the row below it (those rows' values, as the whole
     /// convolution computes them, or a part of them): the planes hold them. Only where
@@ -1908,8 +1917,7 @@ impl DirectConv {
             || top > written.start
             || ((written.end - top) as usize) * ow > stride
             || out.len() < self.output_channels * stride
-            || image.len() < layout.scratch
-            || reach + TILE > layout.scratch
+            || (!layout.packed && (image.len() < layout.scratch || reach + TILE > layout.scratch))
             || weights.len() != layout.channels * layout.offsets.len()
         {
             bail!("{}: rows out of its reach, or buffers of unexpected sizes", self.name());
@@ -1929,8 +1937,25 @@ impl DirectConv {
             bias,
             clamp: self.clamp.bounds(),
         };
-        let mut sums = Sums::planes(planes, &layout, tiles);
-        self.run_tiles(&image[..layout.scratch], weights, &layout, &mut sums);
+        if !layout.packed {
+            let mut sums = Sums::planes(planes, &layout, tiles);
+            self.run_tiles(&image[..layout.scratch], weights, &layout, &mut sums);
+            return Ok(());
+        }
+        // The image read in place, its last partial block packed alone.
+        let (flat, last) = self.in_place(&layout, image)?;
+        if let Some(flat) = &flat {
+            let part = tiles.start.min(flat.tiles)..tiles.end.min(flat.tiles);
+            if !part.is_empty() {
+                self.run_tiles(image, weights, flat, &mut Sums::planes(planes, flat, part));
+            }
+        }
+        if let Some((tail, packed)) = &last
+            && tiles.end >= tail.tiles
+        {
+            let mut sums = Sums::planes(planes, tail, tail.tiles - 1..tail.tiles);
+            self.run_tiles(packed, weights, tail, &mut sums);
+        }
         Ok(())
     }
 
@@ -1942,11 +1967,12 @@ impl DirectConv {
 
     /// Convolves images of which `fill` computes a band of rows at a time, each band's sums
     /// written into `output` (`n × M × OH × OW`) while the band is still in L1 or L2 (the
-    /// fused [`crate::fused::DepthwiseProject`]): `fill(n, rows, image, next)` writes rows
+    /// fused [`crate::fused::DepthwiseProject`]): `fill(n, rows, image, above)` writes rows
     /// `rows` of image `n`'s `C` planes into `image`, `rows.len() · OW` values a plane, read in
-    /// place there as [`DirectConv::in_place`] reads a whole image; `next` where the thread's
-    /// last call, which succeeded, filled the band just above. Bands of `band` rows (the last
-    /// one the rows left), one run of them for each thread of tract's executor. Only where
+    /// place there as [`DirectConv::in_place`] reads a whole image; `above`: the rows of the
+    /// band just above, where the thread's last call filled it (and succeeded). Bands of
+    /// `band` rows at most, even, as many as a multiple of the threads of tract's executor
+    /// (the last band the rows left), one run of them for each thread. Only where
     /// [`DirectConv::runs_by_bands`].
     pub(crate) fn run_by_bands(
         &self,
@@ -1954,7 +1980,7 @@ impl DirectConv {
         bias: &[f32],
         output: &mut [f32],
         band: usize,
-        fill: impl Fn(usize, Range<usize>, &mut [f32], bool) -> TractResult<()> + Sync,
+        fill: impl Fn(usize, Range<usize>, &mut [f32], Option<Range<usize>>) -> TractResult<()> + Sync,
     ) -> TractResult<()> {
         let [oh, ow] = self.output_hw;
         let (c, m) = (self.input_channels, self.output_channels);
@@ -1981,33 +2007,34 @@ impl DirectConv {
                 ..layout.clone()
             }
         };
+        // As many bands as a multiple of the threads, so that each thread's run holds as many
+        // rows (MobileNetV2's stem and depthwise convolution: 7 bands of 16 rows went 3 : 4
+        // to two threads; 8 of 14 go 4 : 4).
+        let threads = threads().max(1);
+        let count = oh.div_ceil(band).next_multiple_of(threads);
+        let band = oh.div_ceil(count).next_multiple_of(2).min(band);
         let bands = oh.div_ceil(band);
         let (whole, last) = (for_rows(band), for_rows(oh - (bands - 1) * band));
         let failed = std::sync::Mutex::new(None);
-        let units = threads().clamp(1, bands);
+        let units = threads.clamp(1, bands);
         for (n, dst) in output.chunks_exact_mut(m * oh * ow).enumerate() {
             let planes = Planes::new(self, dst, bias);
             share(&mut vec![(); units], 1, m * oh * ow * c, |first, chunk| {
                 let mut scratch = BAND.take();
                 for unit in first..first + chunk.len() {
-                    let mut next = false;
+                    let mut above = None;
                     for b in bands * unit / units..bands * (unit + 1) / units {
                         let rows = b * band..((b + 1) * band).min(oh);
                         let layout = if rows.len() == band { &whole } else { &last };
                         let image = at_least(&mut scratch, layout.scratch);
                         let filled = &mut image[..c * layout.positions];
-                        next = match fill(n, rows.clone(), filled, next) {
-                            Ok(()) => true,
-                            Err(e) => {
-                                if let Ok(mut slot) = failed.lock() {
-                                    slot.get_or_insert(e);
-                                }
-                                false
+                        if let Err(e) = fill(n, rows.clone(), filled, above.take()) {
+                            if let Ok(mut slot) = failed.lock() {
+                                slot.get_or_insert(e);
                             }
-                        };
-                        if !next {
                             continue;
                         }
+                        above = Some(rows.clone());
                         // The band's rows of the planes, which only this band writes.
                         let mut target = planes;
                         target.out = target.out.wrapping_add(rows.start * ow);

@@ -325,6 +325,13 @@ impl DepthwiseConv {
         from..to.max(from)
     }
 
+    /// The most image rows a band of `rows` output rows reads ([`DepthwiseConv::input_rows`]
+    /// of a band inside the image).
+    pub(crate) fn most_rows_read(&self, rows: usize) -> usize {
+        let ([kh, _], [sh, _]) = (self.kernel_hw, self.strides);
+        (rows.next_multiple_of(MASKED_ROWS).max(1) - 1) * sh + kh
+    }
+
     /// [`DepthwiseConv::run`] for output rows `rows` of each plane, a band of
     /// `rows.len() · OW` values a plane in `output`, from planes that lie as `window` says
     /// (whole planes: `None`): any rows from any window where

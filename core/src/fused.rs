@@ -65,7 +65,20 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
             (producer.op_as::<DirectConv>(), node.op_as::<DepthwiseConv>())
         {
             let op = ExpandDepthwise { expand: expand.clone(), depthwise: depthwise.clone() };
-            op.fits() && fuse_into(model, id, op)?
+            // Where the depthwise convolution's projection and the expansion would join it
+            // band by band, they do that instead (below).
+            let project = match &node.outputs[0].successors[..] {
+                [next] => model.node(next.node).op_as::<DirectConv>(),
+                _ => None,
+            };
+            let chain = project.is_some_and(|project| {
+                let before = Some(expand.clone());
+                let (depthwise, project) = (depthwise.clone(), project.clone());
+                let (channels, [oh, ow], _) = depthwise.shape();
+                channels * oh * ow * size_of::<f32>() > SPILLS
+                    && DepthwiseProject { before, depthwise, project }.fits()
+            });
+            !chain && op.fits() && fuse_into(model, id, op)?
         } else if let (Some(depthwise), Some(project)) =
             (producer.op_as::<DepthwiseConv>(), node.op_as::<DirectConv>())
         {
@@ -192,8 +205,18 @@ impl TypedOp for ExpandDepthwise {
 }
 
 /// What a band of [`DepthwiseProject`]'s may take, all channels: of the depthwise output,
-/// and of the producer's where it has one. A good part of L2, beside the image rows it reads.
-const BAND_BYTES: usize = 256 << 10;
+/// and of the producer's where it has one. Half of Zen 4's L2, beside the image rows it reads.
+/// MobileNetV2's first three blocks, one thread, by bands of at most 256 / 512 / 800 KB:
+/// the stem's 0.67 / 0.67 / 0.69 ms; the 16 → 96 expansion's 1.56 (one band: 2 rows did
+/// not fit) / 0.98 / 0.98 ms; the 24 → 144 one's 0.74 / 0.70 / 0.70 ms.
+const BAND_BYTES: usize = 512 << 10;
+
+/// A depthwise output larger than L2 (Zen 4's 1 MB): an expansion before the depthwise
+/// convolution joins it and the projection band by band ([`DepthwiseProject`]), rather than by
+/// panels ([`ExpandDepthwise`]), only where the depthwise output is larger (MobileNetV2's two
+/// blocks on 56 × 56: 1.06 → 0.98 ms and 0.75 → 0.70 ms, one thread); below, band by band was
+/// slower (its 28 × 28 blocks, 0.42 → 0.44 ms, 0.27 → 0.28 ms).
+const SPILLS: usize = 1 << 20;
 
 thread_local! {
     /// [`DepthwiseProject`]'s producer's rows for one band, per thread.
@@ -350,14 +373,14 @@ impl EvalOp for DepthwiseProject {
         let n = input.len() / per_image;
         // The producer's padded images, each read by every band of it.
         let padded = match produce {
-            Some((before, ..)) => input
+            Some((before, ..)) if before.pads_for_rows() => input
                 .chunks_exact(per_image)
                 .map(|image| {
                     let mut padded = Vec::new();
                     before.pad_for_rows(image, &mut padded).map(|()| padded)
                 })
                 .collect::<TractResult<Vec<_>>>()?,
-            None => vec![],
+            _ => vec![],
         };
         // SAFETY: f32 has no invalid bit patterns, and `run_by_bands` writes every row of
         // every plane of the output.
@@ -367,9 +390,8 @@ impl EvalOp for DepthwiseProject {
         let band = self.band();
         // The producer's rows for one band: the most a band reads, and a row above and below
         // for its blocks to spill into.
-        let most = (0..oh).step_by(band).map(|r| self.depthwise.input_rows(r..oh.min(r + band)));
-        let stride = (most.map(|rows| rows.len()).max().unwrap_or(0) + 2) * iw;
-        self.project.run_by_bands(kernel, bias, out, band, |image, rows, planes, next| {
+        let stride = (self.depthwise.most_rows_read(band) + 2) * iw;
+        self.project.run_by_bands(kernel, bias, out, band, |image, rows, planes, above| {
             let Some((before, p_kernel, p_bias)) = produce else {
                 let src = &input[image * per_image..][..per_image];
                 return self.depthwise.run_rows(src, 0, dw_kernel, dw_bias, planes, rows, None);
@@ -382,8 +404,8 @@ impl EvalOp for DepthwiseProject {
                 // The rows the band above read too, where this thread has just produced them:
                 // moved up, not computed again.
                 let mut from = reads.start;
-                if next && rows.start >= band {
-                    let above = self.depthwise.input_rows(rows.start - band..rows.start);
+                if let Some(above) = above {
+                    let above = self.depthwise.input_rows(above);
                     if above.end > reads.start && above.start <= reads.start {
                         let old = (reads.start + 1 - above.start) * iw;
                         let kept = (above.end - reads.start) * iw;
@@ -394,14 +416,11 @@ impl EvalOp for DepthwiseProject {
                     }
                 }
                 if from < reads.end {
-                    before.rows_into(
-                        &padded[image],
-                        p_kernel,
-                        p_bias,
-                        from..reads.end,
-                        rows_in,
-                        at,
-                    )?;
+                    let src = match padded.get(image) {
+                        Some(padded) => &padded[..],
+                        None => &input[image * per_image..][..per_image],
+                    };
+                    before.rows_into(src, p_kernel, p_bias, from..reads.end, rows_in, at)?;
                 }
                 self.depthwise.run_rows(rows_in, 0, dw_kernel, dw_bias, planes, rows, Some(at))
             })();
@@ -654,12 +673,12 @@ mod tests {
         assert!(apart == together, "expansion, depthwise and projection: outputs differ");
     }
 
-    /// With a stem before (where it computes bands of rows: AVX-512), the three operators
-    /// fused give their outputs bit for bit, on one thread and on two (the rows two bands
-    /// read computed once on a thread's run of bands, again where the runs meet); the stem's
-    /// output read elsewhere too leaves the stem apart.
+    /// With a stem or an expansion before (where it computes bands of rows: AVX-512; an
+    /// expansion only where the depthwise output is larger than [`SPILLS`]), the three
+    /// operators fused give their outputs bit for bit, on one thread and on two (the rows two
+    /// bands read computed once on a thread's run of bands, again where the runs meet).
     #[test]
-    fn a_stem_before_is_fused_too() {
+    fn a_producer_before_is_fused_too() {
         for (n, c, p, hw, stride, threads) in [
             (1, 32, 16, 112, 1, 1),
             (2, 24, 20, 57, 1, 2),
@@ -675,6 +694,31 @@ mod tests {
                 assert_eq!(fused, 2, "{what}");
             }
             let _ = fused;
+        }
+        // MobileNetV2's blocks on 56 × 56 (depthwise outputs of 1.2 and 1.8 MB), the last
+        // image row's block packed alone where 113 × 113 positions end inside one; a
+        // depthwise output under `SPILLS` keeps the expansion by panels.
+        for (c, m, p, hw, stride, threads, spills) in [
+            (16, 96, 24, 112, 2, 1, true),
+            (24, 144, 24, 56, 1, 2, true),
+            (16, 96, 24, 113, 2, 2, true),
+            (24, 144, 32, 28, 1, 1, false),
+        ] {
+            let what = format!("{c} -> {m} -> {p} on {hw}, stride {stride}, {threads} threads");
+            let block = Block { m, expand: true, project: Some(p), ..block(c, hw, stride) };
+            let (apart, together, fused) = block.outputs(threads);
+            assert!(apart == together, "{what}: outputs differ");
+            let mut g = block.model().expect("graph");
+            crate::conv::substitute_pointwise(&mut g, false).expect("pointwise");
+            crate::depthwise::substitute(&mut g).expect("depthwise");
+            crate::conv::fuse_clamps(&mut g).expect("clamps");
+            substitute(&mut g).expect("fuse");
+            let chained = g.nodes().iter().any(|n| n.op_is::<DepthwiseProject>());
+            #[cfg(target_arch = "x86_64")]
+            if crate::conv::avx512() {
+                assert_eq!((chained, fused), (spills, if spills { 2 } else { 1 }), "{what}");
+            }
+            let _ = (chained, fused, spills);
         }
     }
 }
