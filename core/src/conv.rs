@@ -1971,8 +1971,7 @@ impl DirectConv {
     /// `rows` of image `n`'s `C` planes into `image`, `rows.len() · OW` values a plane, read in
     /// place there as [`DirectConv::in_place`] reads a whole image; `above`: the rows of the
     /// band just above, where the thread's last call filled it (and succeeded). Bands of
-    /// `band` rows at most, even, as many as a multiple of the threads of tract's executor
-    /// (the last band the rows left), one run of them for each thread. Only where
+    /// `band` rows at most, shared out by [`share_bands`]. Only where
     /// [`DirectConv::runs_by_bands`].
     pub(crate) fn run_by_bands(
         &self,
@@ -2007,49 +2006,31 @@ impl DirectConv {
                 ..layout.clone()
             }
         };
-        // As many bands as a multiple of the threads, so that each thread's run holds as many
-        // rows (MobileNetV2's stem and depthwise convolution: 7 bands of 16 rows went 3 : 4
-        // to two threads; 8 of 14 go 4 : 4).
-        let threads = threads().max(1);
-        let count = oh.div_ceil(band).next_multiple_of(threads);
-        let band = oh.div_ceil(count).next_multiple_of(2).min(band);
-        let bands = oh.div_ceil(band);
-        let (whole, last) = (for_rows(band), for_rows(oh - (bands - 1) * band));
-        let failed = std::sync::Mutex::new(None);
-        let units = threads.clamp(1, bands);
-        for (n, dst) in output.chunks_exact_mut(m * oh * ow).enumerate() {
-            let planes = Planes::new(self, dst, bias);
-            share(&mut vec![(); units], 1, m * oh * ow * c, |first, chunk| {
-                let mut scratch = BAND.take();
-                for unit in first..first + chunk.len() {
-                    let mut above = None;
-                    for b in bands * unit / units..bands * (unit + 1) / units {
-                        let rows = b * band..((b + 1) * band).min(oh);
-                        let layout = if rows.len() == band { &whole } else { &last };
-                        let image = at_least(&mut scratch, layout.scratch);
-                        let filled = &mut image[..c * layout.positions];
-                        if let Err(e) = fill(n, rows.clone(), filled, above.take()) {
-                            if let Ok(mut slot) = failed.lock() {
-                                slot.get_or_insert(e);
-                            }
-                            continue;
-                        }
-                        above = Some(rows.clone());
-                        // The band's rows of the planes, which only this band writes.
-                        let mut target = planes;
-                        target.out = target.out.wrapping_add(rows.start * ow);
-                        target.rows = rows.len();
-                        let mut sums = Sums::planes(target, layout, 0..layout.tiles);
-                        self.run_tiles(image, weights, layout, &mut sums);
-                    }
-                }
-                BAND.set(scratch);
-            })?;
-        }
-        match failed.into_inner() {
-            Ok(Some(e)) => Err(e),
-            _ => Ok(()),
-        }
+        let whole = for_rows(band);
+        let n = output.len() / (m * oh * ow);
+        let planes = Planes::new(self, output, bias);
+        share_bands(n, oh, band, m * oh * ow * c, |n, rows, above| {
+            let short;
+            let layout = if rows.len() == band {
+                &whole
+            } else {
+                short = for_rows(rows.len());
+                &short
+            };
+            let mut scratch = BAND.take();
+            let image = at_least(&mut scratch, layout.scratch);
+            let result = fill(n, rows.clone(), &mut image[..c * layout.positions], above);
+            if result.is_ok() {
+                // The band's rows of image `n`'s planes, which only this band writes.
+                let mut target = planes;
+                target.out = target.out.wrapping_add(n * m * oh * ow + rows.start * ow);
+                target.rows = rows.len();
+                let mut sums = Sums::planes(target, layout, 0..layout.tiles);
+                self.run_tiles(image, weights, layout, &mut sums);
+            }
+            BAND.set(scratch);
+            result
+        })
     }
 
     /// Copies the valid positions of the blocks out as `OH × OW` planes, adding the bias, then
@@ -2221,6 +2202,47 @@ fn share<T: Send>(
         let _ = (row, work);
         f(0, out);
         Ok(())
+    }
+}
+
+/// Runs `f(n, rows, above)` for bands of at most `band` rows of each of `images` images of
+/// `rows` rows: the rows shared out between the threads of tract's executor in equal runs
+/// (where `work`, in values touched, is worth sharing; cut at even rows), each run cut into
+/// bands from its top (the last one the rows left). `above`: the rows of the band just above,
+/// where the thread's last call ran it and succeeded. The first error, once all have run.
+/// Cut into bands first, MobileNetV2's stem and depthwise convolution's 7 bands of 16 rows
+/// went 3 : 4 to two threads, DenseNet-121's stem and pooling's 10 of 6 rows 30 : 26.
+pub(crate) fn share_bands(
+    images: usize,
+    rows: usize,
+    band: usize,
+    work: usize,
+    f: impl Fn(usize, Range<usize>, Option<Range<usize>>) -> TractResult<()> + Sync,
+) -> TractResult<()> {
+    let band = band.max(1);
+    let units = threads().clamp(1, rows.div_ceil(band).max(1));
+    let failed = std::sync::Mutex::new(None);
+    for n in 0..images {
+        share(&mut vec![(); units], 1, work, |first, chunk| {
+            for unit in first..first + chunk.len() {
+                let cut = |u: usize| if u == units { rows } else { (rows * u / units) & !1 };
+                let mut above = None;
+                for start in (cut(unit)..cut(unit + 1)).step_by(band) {
+                    let part = start..(start + band).min(cut(unit + 1));
+                    if let Err(e) = f(n, part.clone(), above.take()) {
+                        if let Ok(mut slot) = failed.lock() {
+                            slot.get_or_insert(e);
+                        }
+                        continue;
+                    }
+                    above = Some(part);
+                }
+            }
+        })?;
+    }
+    match failed.into_inner() {
+        Ok(Some(e)) => Err(e),
+        _ => Ok(()),
     }
 }
 

@@ -304,10 +304,10 @@ impl DepthwiseConv {
     }
 
     /// Whether [`DepthwiseConv::run_rows`] runs a part of the output's rows: a 3×3
-    /// convolution at stride 1 or 2, with AVX-512 ([`DepthwiseConv::masked`]).
+    /// convolution or max pooling at stride 1 or 2, with AVX-512 ([`DepthwiseConv::masked`]).
     pub(crate) fn runs_by_rows(&self) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if self.kernel_hw == [3, 3] && !self.max && crate::conv::avx512() {
+        if self.kernel_hw == [3, 3] && crate::conv::avx512() {
             return matches!(self.strides, [1, 1] | [2, 2]);
         }
         false
@@ -356,9 +356,13 @@ impl DepthwiseConv {
             let (i, o, w) = (input, output, window.unwrap_or(Window { top: 0, stride: ih * iw }));
             // SAFETY: the CPU has AVX-512F, the feature `masked` is compiled for.
             let ran = unsafe {
-                match self.strides {
-                    [1, 1] => self.masked::<3, 1, false>(i, first, kernel, bias, o, rows, w),
-                    _ => self.masked::<3, 2, false>(i, first, kernel, bias, o, rows, w),
+                match (self.strides, self.max) {
+                    ([1, 1], false) => {
+                        self.masked::<3, 1, false>(i, first, kernel, bias, o, rows, w)
+                    }
+                    (_, false) => self.masked::<3, 2, false>(i, first, kernel, bias, o, rows, w),
+                    ([1, 1], true) => self.masked::<3, 1, true>(i, first, kernel, bias, o, rows, w),
+                    (_, true) => self.masked::<3, 2, true>(i, first, kernel, bias, o, rows, w),
                 }
             };
             if ran {
@@ -1009,6 +1013,10 @@ mod tests {
             case(1, 2, [17, 16], [3, 3], [2, 2], [0, 0], [1, 1], true),
             case(1, 2, [16, 17], [3, 3], [1, 1], [1, 1], [1, 1], true),
             case(1, 2, [6, 33], [3, 3], [2, 2], [1, 1], [0, 0], false),
+            // Rows of one masked block at stride 1 (the last block's second row past the
+            // plane, dropped).
+            case(1, 3, [14, 14], [3, 3], [1, 1], [1, 1], [1, 1], true),
+            case(1, 2, [19, 16], [3, 3], [1, 1], [1, 1], [1, 1], false),
             // Stride 2 with an even left padding, an odd width, and the last row unused.
             case(1, 3, [16, 21], [5, 5], [2, 2], [2, 2], [1, 2], true),
             // Small planes in flat vectors (AVX-512): 5×5 on 99 positions, two images with

@@ -7,6 +7,8 @@
 //! reads them from there at once; the wide tensor never exists. Same sums, same order: the
 //! output is the two operators', bit for bit.
 
+use std::ops::Range;
+
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
@@ -53,15 +55,27 @@ impl ExpandDepthwise {
 
 /// Fuses each medinfer direct convolution that runs by panels into the depthwise convolution
 /// that is its only consumer ([`ExpandDepthwise`]), then each depthwise convolution left
-/// into the 1×1 projection that is its only consumer where that runs by bands
-/// ([`DepthwiseProject`]). Run after [`crate::conv::fuse_clamps`], so that each keeps its
+/// into the 1×1 projection that is its only consumer where that runs by bands, and each
+/// convolution with an output larger than [`SPILLS`] into the max pooling that is its only
+/// consumer ([`Banded`]; the producer of such a depthwise convolution joins it too, where it
+/// computes bands of rows). Run after [`crate::conv::fuse_clamps`], so that each keeps its
 /// clamp. Returns how many.
 pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
     let mut fused = 0;
     for id in 0..model.nodes().len() {
         let node = model.node(id);
         let Some(producer) = node.inputs.first().map(|i| model.node(i.node)) else { continue };
-        let done = if let (Some(expand), Some(depthwise)) =
+        let done = if let (Some(before), Some(pool)) =
+            (producer.op_as::<DirectConv>(), node.op_as::<DepthwiseConv>())
+            && !pool.convolves()
+        {
+            let [oh, ow] = before.output_size();
+            let op =
+                Banded { before: Some(before.clone()), depthwise: pool.clone(), project: None };
+            before.output_channels() * oh * ow * size_of::<f32>() > SPILLS
+                && op.fits()
+                && fuse_into(model, id, op)?
+        } else if let (Some(expand), Some(depthwise)) =
             (producer.op_as::<DirectConv>(), node.op_as::<DepthwiseConv>())
         {
             let op = ExpandDepthwise { expand: expand.clone(), depthwise: depthwise.clone() };
@@ -73,19 +87,19 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
             };
             let chain = project.is_some_and(|project| {
                 let before = Some(expand.clone());
-                let (depthwise, project) = (depthwise.clone(), project.clone());
+                let (depthwise, project) = (depthwise.clone(), Some(project.clone()));
                 let (channels, [oh, ow], _) = depthwise.shape();
                 channels * oh * ow * size_of::<f32>() > SPILLS
-                    && DepthwiseProject { before, depthwise, project }.fits()
+                    && Banded { before, depthwise, project }.fits()
             });
             !chain && op.fits() && fuse_into(model, id, op)?
         } else if let (Some(depthwise), Some(project)) =
             (producer.op_as::<DepthwiseConv>(), node.op_as::<DirectConv>())
         {
-            let op = DepthwiseProject {
+            let op = Banded {
                 before: None,
                 depthwise: depthwise.clone(),
-                project: project.clone(),
+                project: Some(project.clone()),
             };
             op.fits() && fuse_into(model, id, op)?
         } else {
@@ -97,11 +111,11 @@ pub fn substitute(model: &mut TypedModel) -> TractResult<usize> {
     // compute bands of rows: nodes the loop above added.
     for id in 0..model.nodes().len() {
         let node = model.node(id);
-        let Some(op) = node.op_as::<DepthwiseProject>() else { continue };
+        let Some(op) = node.op_as::<Banded>().filter(|op| op.before.is_none()) else { continue };
         let Some(before) = model.node(node.inputs[0].node).op_as::<DirectConv>() else {
             continue;
         };
-        let op = DepthwiseProject { before: Some(before.clone()), ..op.clone() };
+        let op = Banded { before: Some(before.clone()), ..op.clone() };
         if op.fits() && fuse_into(model, id, op)? {
             fused += 1;
         }
@@ -204,76 +218,86 @@ impl TypedOp for ExpandDepthwise {
     as_op!();
 }
 
-/// What a band of [`DepthwiseProject`]'s may take, all channels: of the depthwise output,
-/// and of the producer's where it has one. Half of Zen 4's L2, beside the image rows it reads.
+/// What a band of [`Banded`]'s may take, all channels: of the depthwise output, and of the
+/// producer's where it has one. Half of Zen 4's L2, beside the image rows it reads.
 /// MobileNetV2's first three blocks, one thread, by bands of at most 256 / 512 / 800 KB:
 /// the stem's 0.67 / 0.67 / 0.69 ms; the 16 → 96 expansion's 1.56 (one band: 2 rows did
 /// not fit) / 0.98 / 0.98 ms; the 24 → 144 one's 0.74 / 0.70 / 0.70 ms.
 const BAND_BYTES: usize = 512 << 10;
 
-/// A depthwise output larger than L2 (Zen 4's 1 MB): an expansion before the depthwise
-/// convolution joins it and the projection band by band ([`DepthwiseProject`]), rather than by
-/// panels ([`ExpandDepthwise`]), only where the depthwise output is larger (MobileNetV2's two
-/// blocks on 56 × 56: 1.06 → 0.98 ms and 0.75 → 0.70 ms, one thread); below, band by band was
-/// slower (its 28 × 28 blocks, 0.42 → 0.44 ms, 0.27 → 0.28 ms).
+/// An output larger than L2 (Zen 4's 1 MB). An expansion before a depthwise convolution joins
+/// it and the projection band by band ([`Banded`]), rather than by panels
+/// ([`ExpandDepthwise`]), only where the depthwise output is larger (MobileNetV2's two blocks
+/// on 56 × 56: 1.06 → 0.98 ms and 0.75 → 0.70 ms, one thread); below, band by band was slower
+/// (its 28 × 28 blocks, 0.42 → 0.44 ms, 0.27 → 0.28 ms). A convolution joins the max pooling
+/// after it only where its own output is larger.
 const SPILLS: usize = 1 << 20;
 
 thread_local! {
-    /// [`DepthwiseProject`]'s producer's rows for one band, per thread.
+    /// [`Banded`]'s producer's rows for one band, per thread.
     static PRODUCED: std::cell::RefCell<Vec<f32>> = std::cell::RefCell::default();
+    /// [`Banded`]'s depthwise output for one band, where no projection takes it, per thread.
+    static POOLED: std::cell::RefCell<Vec<f32>> = std::cell::RefCell::default();
 }
 
-/// A depthwise convolution and the 1×1 projection that is its only consumer as one operator,
-/// with the convolution before the depthwise one too where that computes bands of rows (the
-/// x86-64 CPU plan): MobileNetV2's stem convolves the image into 32 channels of 112 × 112
-/// (1.6 MB), the depthwise convolution convolves those 3×3, and the projection takes them to
-/// 16. Apart, each of the three writes its output to L3 or memory and the next reads it back
-/// (the projection 32 plane streams at once). Here each band of rows goes through all three
+/// A chain of operators run as one band of rows at a time (the x86-64 CPU plan): a
+/// depthwise convolution or max pooling, with the convolution before it where that computes
+/// bands of rows, and with the 1×1 projection after it where that runs by bands; two of the
+/// three at least. MobileNetV2's stem convolves the image into 32 channels of 112 × 112 (1.6
+/// MB), the depthwise convolution convolves those 3×3, and the projection takes them to 16;
+/// DenseNet-121's stem convolves it into 64 channels of 112 × 112 (3.2 MB), then pools them.
+/// Apart, each operator writes its output to L3 or memory and the next reads it back (a
+/// projection 32 plane streams at once). Here each band of rows goes through all of them
 /// while it is in L2: the producer computes the rows the band's depthwise convolution reads
-/// ([`DirectConv::rows_into`]; the rows between two bands computed for both), the depthwise
-/// convolution the band's rows of all its channels ([`DepthwiseConv::run_rows`]), and the
-/// projection sums them straight into its output ([`DirectConv::run_by_bands`]); bands side
-/// by side on tract's executor. Same sums, same order: the output is the operators', bit for
-/// bit.
+/// ([`DirectConv::rows_into`]; the rows two bands share computed once on a thread's run of
+/// bands), the depthwise convolution the band's rows of all its channels
+/// ([`DepthwiseConv::run_rows`]), and the projection sums them straight into its output
+/// ([`DirectConv::run_by_bands`]), or the band is copied into the output; bands side by side
+/// on tract's executor. Same sums, same order: the output is the operators', bit for bit.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct DepthwiseProject {
+pub struct Banded {
     before: Option<DirectConv>,
     depthwise: DepthwiseConv,
-    project: DirectConv,
+    project: Option<DirectConv>,
 }
 
-impl DepthwiseProject {
-    /// The operators' fields as numbers, for the plan form: whether there is a producer, its
-    /// fields where there is, the projection's (these two of a fixed count), then the
-    /// depthwise convolution's.
+impl Banded {
+    /// The operators' fields as numbers, for the plan form: which of the producer (1) and the
+    /// projection (2) there are, their fields (of a fixed count each), then the depthwise
+    /// convolution's.
     pub(crate) fn to_words(&self) -> Vec<u64> {
-        let mut words = vec![u64::from(self.before.is_some())];
-        if let Some(before) = &self.before {
-            words.extend(before.to_words());
+        let has = u64::from(self.before.is_some()) | u64::from(self.project.is_some()) << 1;
+        let mut words = vec![has];
+        for op in self.before.iter().chain(&self.project) {
+            words.extend(op.to_words());
         }
-        words.extend(self.project.to_words());
         words.extend(self.depthwise.to_words());
         words
     }
 
-    /// The operator [`DepthwiseProject::to_words`] gave these numbers for.
-    pub(crate) fn from_words(w: &[u64]) -> Option<DepthwiseProject> {
+    /// The operator [`Banded::to_words`] gave these numbers for.
+    pub(crate) fn from_words(w: &[u64]) -> Option<Banded> {
         let n = DirectConv::WORDS;
-        let (before, w) = match w.first()? {
-            0 => (None, &w[1..]),
-            1 => (Some(DirectConv::from_words(w.get(1..1 + n)?)?), w.get(1 + n..)?),
-            _ => return None,
+        let (&has, mut w) = w.split_first()?;
+        let mut conv = |present: bool| -> Option<Option<DirectConv>> {
+            if !present {
+                return Some(None);
+            }
+            let op = DirectConv::from_words(w.get(..n)?)?;
+            w = w.get(n..)?;
+            Some(Some(op))
         };
-        let op = DepthwiseProject {
-            before,
-            project: DirectConv::from_words(w.get(..n)?)?,
-            depthwise: DepthwiseConv::from_words(w.get(n..)?)?,
-        };
+        if has > 3 {
+            return None;
+        }
+        let (before, project) = (conv(has & 1 != 0)?, conv(has & 2 != 0)?);
+        let op = Banded { before, project, depthwise: DepthwiseConv::from_words(w)? };
         op.fits().then_some(op)
     }
 
-    /// Whether the projection takes the depthwise convolution's output and runs by bands,
-    /// and the producer, where there is one, gives the depthwise convolution's input by rows.
+    /// Whether the chain holds two operators or more, the producer, where there is one, gives
+    /// the depthwise convolution's input by rows, and the projection, where there is one,
+    /// takes its output and runs by bands.
     fn fits(&self) -> bool {
         let (channels, [oh, ow], _) = self.depthwise.shape();
         let fed = self.before.as_ref().is_none_or(|before| {
@@ -282,10 +306,12 @@ impl DepthwiseProject {
                 && before.output_channels() == channels
                 && before.output_size() == self.depthwise.input_size()
         });
-        fed && self.depthwise.convolves()
-            && self.project.runs_by_bands()
-            && self.project.input_len() == channels * oh * ow
-            && self.project.output_plane() == oh * ow
+        let projected = self.project.as_ref().is_none_or(|project| {
+            project.runs_by_bands()
+                && project.input_len() == channels * oh * ow
+                && project.output_plane() == oh * ow
+        });
+        fed && projected && (self.before.is_some() || self.project.is_some())
     }
 
     /// Output rows per band: as many as [`BAND_BYTES`] holds of the depthwise output and the
@@ -312,11 +338,14 @@ impl DepthwiseProject {
     }
 }
 
-impl Op for DepthwiseProject {
+impl Op for Banded {
     fn name(&self) -> StaticName {
-        match self.before {
-            Some(_) => "medinfer.ConvDepthwiseProject".into(),
-            None => "medinfer.DepthwiseProject".into(),
+        match (&self.before, self.depthwise.convolves(), &self.project) {
+            (Some(_), true, Some(_)) => "medinfer.ConvDepthwiseProject".into(),
+            (None, true, _) => "medinfer.DepthwiseProject".into(),
+            (Some(_), true, None) => "medinfer.ConvDepthwise".into(),
+            (Some(_), false, None) => "medinfer.ConvMaxPool".into(),
+            (_, false, _) => "medinfer.MaxPoolProject".into(),
         }
     }
 
@@ -326,7 +355,9 @@ impl Op for DepthwiseProject {
             None => vec![],
         };
         info.extend(self.depthwise.info()?);
-        info.extend(self.project.info()?);
+        if let Some(project) = &self.project {
+            info.extend(project.info()?);
+        }
         Ok(info)
     }
 
@@ -337,7 +368,26 @@ impl Op for DepthwiseProject {
     op_as_typed_op!();
 }
 
-impl EvalOp for DepthwiseProject {
+/// The output planes of [`Banded`] without a projection, shared by the threads that copy
+/// their bands into them.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+
+// SAFETY: the threads that share an `Out` write disjoint rows of it (`share_bands` hands each
+// band to one thread), and nothing reads it until they are all done.
+unsafe impl Send for Out {}
+// SAFETY: as above.
+unsafe impl Sync for Out {}
+
+impl Out {
+    /// Where value `i` of the planes lies (a method, so that closures capture the `Out`, not
+    /// its pointer).
+    fn at(self, i: usize) -> *mut f32 {
+        self.0.wrapping_add(i)
+    }
+}
+
+impl EvalOp for Banded {
     op_out_of_plan!();
 
     fn eval(&self, _ctx: &EvalContext, inputs: TVec<TValue>) -> TractResult<TVec<TValue>> {
@@ -345,28 +395,38 @@ impl EvalOp for DepthwiseProject {
             .iter()
             .map(|t| t.try_as_plain_ram()?.as_slice::<f32>())
             .collect::<TractResult<Vec<&[f32]>>>()?;
-        let (input, produce, rest) = match (&self.before, &slices[..]) {
-            (None, [input, rest @ ..]) => (*input, None, rest),
+        let wrong = || format_err!("{}: {} inputs", self.name(), inputs.len());
+        let (input, produce, mut rest) = match (&self.before, &slices[..]) {
+            (None, [input, rest @ ..]) => (*input, None, rest.iter().copied()),
             (Some(before), [input, kernel, bias, rest @ ..]) => {
-                (*input, Some((before, *kernel, *bias)), rest)
+                (*input, Some((before, *kernel, *bias)), rest.iter().copied())
             }
-            _ => bail!("{}: {} inputs", self.name(), inputs.len()),
+            _ => return Err(wrong()),
         };
-        let &[dw_kernel, dw_bias, kernel, bias] = rest else {
-            bail!("{}: {} inputs", self.name(), inputs.len());
+        let (dw_kernel, dw_bias) = match self.depthwise.convolves() {
+            true => (rest.next().ok_or_else(wrong)?, rest.next().ok_or_else(wrong)?),
+            false => (&[][..], &[][..]),
         };
+        let project = match &self.project {
+            Some(p) => Some((p, rest.next().ok_or_else(wrong)?, rest.next().ok_or_else(wrong)?)),
+            None => None,
+        };
+        if rest.next().is_some() {
+            return Err(wrong());
+        }
         let (channels, [oh, ow], taps) = self.depthwise.shape();
         let [ih, iw] = self.depthwise.input_size();
         let per_image = match produce {
             Some((before, ..)) => before.input_len(),
             None => channels * ih * iw,
         };
-        let m = self.project.output_channels();
+        let m = project.map_or(channels, |(p, ..)| p.output_channels());
         if per_image == 0
             || input.len() % per_image != 0
-            || dw_kernel.len() != channels * taps
-            || (dw_bias.len() != channels && dw_bias.len() != 1)
-            || (bias.len() != m && bias.len() != 1)
+            || (self.depthwise.convolves()
+                && (dw_kernel.len() != channels * taps
+                    || (dw_bias.len() != channels && dw_bias.len() != 1)))
+            || project.is_some_and(|(_, _, bias)| bias.len() != m && bias.len() != 1)
         {
             bail!("{}: inputs of unexpected sizes", self.name());
         }
@@ -382,8 +442,8 @@ impl EvalOp for DepthwiseProject {
                 .collect::<TractResult<Vec<_>>>()?,
             _ => vec![],
         };
-        // SAFETY: f32 has no invalid bit patterns, and `run_by_bands` writes every row of
-        // every plane of the output.
+        // SAFETY: f32 has no invalid bit patterns, and every band of every image is written
+        // (by `run_by_bands`, or copied below).
         let mut output = unsafe { Tensor::uninitialized::<f32>(&[n, m, oh, ow])? };
         let mut view = output.try_as_plain_ram_mut()?;
         let out = view.as_slice_mut::<f32>()?;
@@ -391,7 +451,8 @@ impl EvalOp for DepthwiseProject {
         // The producer's rows for one band: the most a band reads, and a row above and below
         // for its blocks to spill into.
         let stride = (self.depthwise.most_rows_read(band) + 2) * iw;
-        self.project.run_by_bands(kernel, bias, out, band, |image, rows, planes, above| {
+        // The depthwise output's rows `rows` of image `image` into `planes`.
+        let fill = |image: usize, rows: Range<usize>, planes: &mut [f32], above| {
             let Some((before, p_kernel, p_bias)) = produce else {
                 let src = &input[image * per_image..][..per_image];
                 return self.depthwise.run_rows(src, 0, dw_kernel, dw_bias, planes, rows, None);
@@ -426,19 +487,44 @@ impl EvalOp for DepthwiseProject {
             })();
             PRODUCED.set(produced);
             result
+        };
+        if let Some((project, kernel, bias)) = project {
+            project.run_by_bands(kernel, bias, out, band, fill)?;
+            return Ok(tvec!(output.into_tvalue()));
+        }
+        let planes = Out(out.as_mut_ptr());
+        let work = n * channels * oh * ow * taps;
+        crate::conv::share_bands(n, oh, band, work, |image, rows, above| {
+            let mut pooled = POOLED.take();
+            let len = rows.len() * ow;
+            let band = at_least(&mut pooled, channels * len);
+            let result = fill(image, rows.clone(), band, above);
+            if result.is_ok() {
+                for (c, src) in band.chunks_exact(len).enumerate() {
+                    let at = ((image * channels + c) * oh + rows.start) * ow;
+                    // SAFETY: rows `rows` of plane `c` of image `image` lie inside the output,
+                    // and only this band writes them.
+                    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), planes.at(at), len) };
+                }
+            }
+            POOLED.set(pooled);
+            result
         })?;
         Ok(tvec!(output.into_tvalue()))
     }
 }
 
-impl TypedOp for DepthwiseProject {
+impl TypedOp for Banded {
     fn output_facts(&self, inputs: &[&TypedFact]) -> TractResult<TVec<TypedFact>> {
         let produced = match &self.before {
             Some(before) => before.output_facts(inputs)?,
             None => tvec!(inputs.first().map(|f| (*f).clone()).context("no input")?),
         };
         let convolved = self.depthwise.output_facts(&[&produced[0]])?;
-        self.project.output_facts(&[&convolved[0]])
+        match &self.project {
+            Some(project) => project.output_facts(&[&convolved[0]]),
+            None => Ok(convolved),
+        }
     }
 
     fn cost(&self, inputs: &[&TypedFact]) -> TractResult<TVec<(Cost, TDim)>> {
@@ -447,8 +533,10 @@ impl TypedOp for DepthwiseProject {
             None => (tvec!(), tvec!(inputs.first().map(|f| (*f).clone()).context("no input")?)),
         };
         cost.extend(self.depthwise.cost(&[&produced[0]])?);
-        let convolved = self.depthwise.output_facts(&[&produced[0]])?;
-        cost.extend(self.project.cost(&[&convolved[0]])?);
+        if let Some(project) = &self.project {
+            let convolved = self.depthwise.output_facts(&[&produced[0]])?;
+            cost.extend(project.cost(&[&convolved[0]])?);
+        }
         Ok(cost)
     }
 
@@ -713,12 +801,62 @@ mod tests {
             crate::depthwise::substitute(&mut g).expect("depthwise");
             crate::conv::fuse_clamps(&mut g).expect("clamps");
             substitute(&mut g).expect("fuse");
-            let chained = g.nodes().iter().any(|n| n.op_is::<DepthwiseProject>());
+            let chained = g.nodes().iter().any(|n| n.op_is::<Banded>());
             #[cfg(target_arch = "x86_64")]
             if crate::conv::avx512() {
                 assert_eq!((chained, fused), (spills, if spills { 2 } else { 1 }), "{what}");
             }
             let _ = (chained, fused, spills);
+        }
+    }
+
+    /// DenseNet-121's stem and max pooling, scaled down: a 3×3 convolution at stride 2 into
+    /// `c` channels (an output larger than [`SPILLS`]), its ReLU, then a 3×3 max pooling at
+    /// stride 2, fused band by band where the CPU has AVX-512, give the two operators' outputs
+    /// bit for bit: odd pooled rows, two images, two threads.
+    #[test]
+    fn a_max_pooling_joins_the_convolution_before() {
+        use tract_onnx::tract_core::ops::cnn::MaxPool;
+        for (n, c, hw, threads) in [(1, 32, 194, 1), (2, 40, 182, 2), (1, 48, 166, 2)] {
+            let what = format!("{n} × 3 -> {c} on {hw}, {threads} threads");
+            let mut g = TypedModel::default();
+            let x = g.add_source("x", f32::fact([n, 3, hw, hw])).expect("source");
+            let w: Vec<f32> = (0..c * 27).map(|i| value(i, 7)).collect();
+            let w = tensor1(&w).into_shape(&[c, 3, 3, 3]).expect("w");
+            let w = g.add_const("stem.w", w).expect("w");
+            let b: Vec<f32> = (0..c).map(|i| value(i, 8)).collect();
+            let b = g.add_const("stem.b", tensor1(&b)).expect("b");
+            let y = g.wire_node("stem", conv3x3(3, c, 1, 2), &[x, w, b]).expect("stem")[0];
+            let y = relu6(&mut g, "stem.relu6", y).expect("relu");
+            let pool_spec =
+                PoolSpec { input_channels: c, output_channels: c, ..conv3x3(c, c, 1, 2).pool_spec };
+            let pool = MaxPool { pool_spec, with_index_outputs: None };
+            let y = g.wire_node("pool", pool, &[y]).expect("pool")[0];
+            g.select_output_outlets(&[y]).expect("outputs");
+            let input: Vec<f32> = (0..n * 3 * hw * hw).map(|i| value(i, 5)).collect();
+            let input = tensor1(&input).into_shape(&[n, 3, hw, hw]).expect("input");
+            let dense = |mut g: TypedModel| {
+                crate::conv::substitute(&mut g).expect("dense");
+                crate::depthwise::substitute_max_pools(&mut g).expect("pools");
+                crate::conv::fuse_clamps(&mut g).expect("clamps");
+                g
+            };
+            let (apart, _) = run(dense(g.clone()), false, &input);
+            #[cfg(feature = "threads")]
+            let (together, fused) = {
+                use tract_linalg::multithread::{Executor, multithread_tract_scope};
+                let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build();
+                let executor = Executor::MultiThread(Arc::new(pool.expect("pool")));
+                multithread_tract_scope(executor, || run(dense(g.clone()), true, &input))
+            };
+            #[cfg(not(feature = "threads"))]
+            let (together, fused) = run(dense(g.clone()), true, &input);
+            assert!(apart == together, "{what}: outputs differ");
+            #[cfg(target_arch = "x86_64")]
+            if crate::conv::avx512() {
+                assert_eq!(fused, 1, "{what}");
+            }
+            let _ = (fused, threads);
         }
     }
 }

@@ -40,7 +40,7 @@ use tract_onnx::tract_core::ops::source::TypedSource;
 use crate::concat::Concat;
 use crate::conv::DirectConv;
 use crate::depthwise::DepthwiseConv;
-use crate::fused::{DepthwiseProject, ExpandDepthwise};
+use crate::fused::{Banded, ExpandDepthwise};
 
 const MAGIC: &[u8; 8] = b"MEDIPLAN";
 /// Bumped when the layout changes (the source hash catches the rest).
@@ -69,7 +69,7 @@ mod tag {
     pub const DEPTHWISE: u8 = 9;
     pub const CONCAT: u8 = 10;
     pub const EXPAND_DEPTHWISE: u8 = 11;
-    pub const DEPTHWISE_PROJECT: u8 = 12;
+    pub const BANDED: u8 = 12;
 }
 
 /// tract's binary operators the form names, as their `name()` says.
@@ -170,8 +170,8 @@ fn write_op(p: &mut Vec<u8>, node: &TypedNode) -> TractResult<bool> {
     } else if let Some(op) = node.op_as::<ExpandDepthwise>() {
         p.push(tag::EXPAND_DEPTHWISE);
         put_words(p, &op.to_words());
-    } else if let Some(op) = node.op_as::<DepthwiseProject>() {
-        p.push(tag::DEPTHWISE_PROJECT);
+    } else if let Some(op) = node.op_as::<Banded>() {
+        p.push(tag::BANDED);
         put_words(p, &op.to_words());
     } else if let Some(op) = node.op_as::<TypedSource>() {
         let Some(shape) = op.fact.shape.as_concrete() else { return Ok(false) };
@@ -340,9 +340,7 @@ fn read_op(tag: u8, r: &mut Reader) -> TractResult<Box<dyn TypedOp>> {
         tag::EXPAND_DEPTHWISE => {
             Box::new(ExpandDepthwise::from_words(&r.words()?).ok_or_else(bad)?)
         }
-        tag::DEPTHWISE_PROJECT => {
-            Box::new(DepthwiseProject::from_words(&r.words()?).ok_or_else(bad)?)
-        }
+        tag::BANDED => Box::new(Banded::from_words(&r.words()?).ok_or_else(bad)?),
         tag::BINARY => Box::new(binary(std::str::from_utf8(r.bytes()?)?).ok_or_else(bad)?),
         tag::ELEMENT_WISE => {
             Box::new(element_wise(std::str::from_utf8(r.bytes()?)?).ok_or_else(bad)?)

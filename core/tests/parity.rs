@@ -59,7 +59,8 @@ fn mobilenetv2_depthwise_operator() {
 }
 
 /// DenseNet-121's one max pooling (3×3, stride 2, after the stem) runs on medinfer's operator
-/// on x86-64 (`depthwise`), tract's elsewhere. Of its 58 concatenations, x86-64 runs one:
+/// on x86-64 (`depthwise`; with the stem, band by band, where the CPU has AVX-512:
+/// `fused`'s `ConvMaxPool`), tract's elsewhere. Of its 58 concatenations, x86-64 runs one:
 /// the 1×1 convolutions read the pieces of the others (`conv::read_concats`), and the last
 /// block's final one (read by tract's batch normalisation) runs on medinfer's operator
 /// (`concat`); elsewhere tract runs all 58. `densenet121_matches_onnxruntime` checks the
@@ -68,7 +69,8 @@ fn mobilenetv2_depthwise_operator() {
 fn densenet121_max_pool_and_concat_operators() {
     let ops = common::load_model("densenet121-chexnet").plan_operators();
     let count = |name: &str| ops.iter().filter(|op| *op == name).count();
-    let ours = (count("medinfer.MaxPool"), count("medinfer.Concat"));
+    let ours =
+        (count("medinfer.MaxPool") + count("medinfer.ConvMaxPool"), count("medinfer.Concat"));
     let tracts = (count("OptMaxPool"), count("Concat"));
     let want = if cfg!(target_arch = "x86_64") { [(1, 1), (0, 0)] } else { [(0, 0), (1, 58)] };
     assert_eq!([ours, tracts], want, "{ops:?}");
@@ -79,7 +81,8 @@ fn densenet121_max_pool_and_concat_operators() {
 /// normalisation and ReLU before them (and the bias, average pooling and ReLU after) fused
 /// in; of MobileNetV2's, the 3×3 stem and the 26 1×1 ones on images larger than 7 × 7, some
 /// of them inside the fused operators (`core/src/fused.rs`: two each in
-/// `ConvDepthwiseProject`, one in the others), and, where the CPU has AVX-512
+/// `ConvDepthwiseProject`, one in the others; DenseNet-121's stem in `ConvMaxPool`), and,
+/// where the CPU has AVX-512
 /// (`DirectConv::run_small`), its eight on 7 × 7 too (elsewhere tract's matrix products).
 /// The Spin component's target (wasip2, where these tests also run) keeps tract's; the browser
 /// builds run the dense ones above 1×1 and DenseNet's three transitions on it
@@ -93,7 +96,8 @@ fn direct_convolutions() {
         let ours = count("medinfer.Conv")
             + count("medinfer.ExpandDepthwise")
             + count("medinfer.DepthwiseProject")
-            + 2 * count("medinfer.ConvDepthwiseProject");
+            + 2 * count("medinfer.ConvDepthwiseProject")
+            + count("medinfer.ConvMaxPool");
         // Where the CPU has AVX-512: MobileNetV2's eight 1×1 convolutions on 7 × 7 too.
         #[cfg(target_arch = "x86_64")]
         let want = want
