@@ -351,21 +351,10 @@ impl DepthwiseConv {
             return self.run(input, first, kernel, bias, output);
         }
         #[cfg(target_arch = "x86_64")]
-        if self.runs_by_rows() {
+        {
             let [ih, iw] = self.input_hw;
-            let (i, o, w) = (input, output, window.unwrap_or(Window { top: 0, stride: ih * iw }));
-            // SAFETY: the CPU has AVX-512F, the feature `masked` is compiled for.
-            let ran = unsafe {
-                match (self.strides, self.max) {
-                    ([1, 1], false) => {
-                        self.masked::<3, 1, false>(i, first, kernel, bias, o, rows, w)
-                    }
-                    (_, false) => self.masked::<3, 2, false>(i, first, kernel, bias, o, rows, w),
-                    ([1, 1], true) => self.masked::<3, 1, true>(i, first, kernel, bias, o, rows, w),
-                    (_, true) => self.masked::<3, 2, true>(i, first, kernel, bias, o, rows, w),
-                }
-            };
-            if ran {
+            let w = window.unwrap_or(Window { top: 0, stride: ih * iw });
+            if self.masked_rows(input, first, kernel, bias, output, rows, w) {
                 return Ok(());
             }
         }
@@ -643,26 +632,43 @@ impl DepthwiseConv {
             return true;
         }
         #[cfg(target_arch = "x86_64")]
-        if self.kernel_hw == [3, 3] && crate::conv::avx512() {
-            let (i, o, all) = (input, output, 0..self.output_hw[0]);
+        if self.runs_by_rows() {
             let [ih, iw] = self.input_hw;
-            let w = Window { top: 0, stride: ih * iw };
-            // SAFETY: the CPU has AVX-512F, the feature `masked` is compiled for.
-            return unsafe {
-                match (self.strides, self.max) {
-                    ([1, 1], false) => {
-                        self.masked::<3, 1, false>(i, first, kernel, bias, o, all, w)
-                    }
-                    ([2, 2], false) => {
-                        self.masked::<3, 2, false>(i, first, kernel, bias, o, all, w)
-                    }
-                    ([1, 1], true) => self.masked::<3, 1, true>(i, first, kernel, bias, o, all, w),
-                    ([2, 2], true) => self.masked::<3, 2, true>(i, first, kernel, bias, o, all, w),
-                    _ => false,
-                }
-            };
+            let whole = Window { top: 0, stride: ih * iw };
+            let all = 0..self.output_hw[0];
+            return self.masked_rows(input, first, kernel, bias, output, all, whole);
         }
         false
+    }
+
+    /// [`DepthwiseConv::masked`] for this operator's stride, convolution or pooling; false,
+    /// nothing written, where it does not cover it ([`DepthwiseConv::runs_by_rows`]) or the
+    /// buffers.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    fn masked_rows(
+        &self,
+        input: &[f32],
+        first: usize,
+        kernel: &[f32],
+        bias: &[f32],
+        output: &mut [f32],
+        rows: Range<usize>,
+        w: Window,
+    ) -> bool {
+        if !self.runs_by_rows() {
+            return false;
+        }
+        let (i, o) = (input, output);
+        // SAFETY: the CPU has AVX-512F (`runs_by_rows`), the feature `masked` is compiled for.
+        unsafe {
+            match (self.strides, self.max) {
+                ([1, 1], false) => self.masked::<3, 1, false>(i, first, kernel, bias, o, rows, w),
+                (_, false) => self.masked::<3, 2, false>(i, first, kernel, bias, o, rows, w),
+                ([1, 1], true) => self.masked::<3, 1, true>(i, first, kernel, bias, o, rows, w),
+                (_, true) => self.masked::<3, 2, true>(i, first, kernel, bias, o, rows, w),
+            }
+        }
     }
 
     /// [`DepthwiseConv::planes`] compiled for AVX2 with fused multiply-add: blocks of 8 rows
@@ -1076,30 +1082,11 @@ mod tests {
                 if crate::conv::avx512() && op.kernel_hw == [3, 3] {
                     let mut out = fresh();
                     let whole = Window { top: 0, stride: op.input_hw[0] * op.input_hw[1] };
-                    // SAFETY: the CPU has AVX-512F.
-                    let ran = unsafe {
-                        match op.strides {
-                            [1, 1] => op.masked::<3, 1, false>(
-                                &input,
-                                0,
-                                &kernel,
-                                &bias,
-                                &mut out,
-                                0..oh,
-                                whole,
-                            ),
-                            [2, 2] => op.masked::<3, 2, false>(
-                                &input,
-                                0,
-                                &kernel,
-                                &bias,
-                                &mut out,
-                                0..oh,
-                                whole,
-                            ),
-                            _ => false,
-                        }
-                    };
+                    // The masked blocks, through a window of whole planes.
+                    let ran = op.runs_by_rows()
+                        && op
+                            .run_rows(&input, 0, &kernel, &bias, &mut out, 0..oh, Some(whole))
+                            .is_ok();
                     if ran {
                         assert_close(&format!("case {i}, AVX-512"), &out, &case.oracle());
                     }

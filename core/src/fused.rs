@@ -727,28 +727,42 @@ mod tests {
     }
 
     /// A depthwise convolution and its projection, fused, give the two operators' outputs bit
-    /// for bit: at stride 1 and 2, in bands of rows with a short last band (odd where it
-    /// can be), output channels not a multiple of a panel, two images, two threads; nothing
-    /// is fused where the depthwise output is used elsewhere too, and an expansion before the
-    /// depthwise convolution is fused with it first.
+    /// for bit, and with a stem before them (where it computes bands of rows: AVX-512) the
+    /// three operators': at stride 1 and 2, in bands of rows with a short last band (odd where
+    /// it can be), output channels not a multiple of a panel, two images, two threads (the
+    /// stem rows two bands read computed once on a thread's run of bands, again where the
+    /// runs meet); nothing is fused where the depthwise output is used elsewhere too, and an
+    /// expansion before the depthwise convolution is fused with it first.
     #[test]
     fn projected_is_the_two_operators() {
-        for (n, c, p, hw, stride, threads) in [
-            (1, 32, 16, 112, 1, 1),
-            (2, 64, 20, 71, 1, 2),
-            (1, 48, 24, 121, 2, 1),
-            (2, 8, 8, 9, 2, 1),
-        ] {
-            let what = format!("{n} × {c} -> {p} on {hw}, stride {stride}, {threads} threads");
-            let block = Block { n, project: Some(p), ..block(c, hw, stride) };
-            let (apart, together, fused) = block.outputs(threads);
-            // The smallest case's projection may run as `run_small`, which is left apart.
-            if hw >= 16 {
-                assert_eq!(fused, 1, "{what}");
+        #[cfg(target_arch = "x86_64")]
+        let avx512 = crate::conv::avx512();
+        #[cfg(not(target_arch = "x86_64"))]
+        let avx512 = false;
+        for stem in [None, Some(3)] {
+            for (n, c, p, hw, stride, threads) in [
+                (1, 32, 16, 112, 1, 1),
+                (1, 32, 16, 112, 1, 2),
+                (2, 64, 20, 71, 1, 2),
+                (2, 24, 20, 57, 1, 2),
+                (1, 48, 24, 121, 2, 1),
+                (2, 8, 8, 9, 2, 1),
+            ] {
+                let what =
+                    format!("{stem:?}, {n} × {c} -> {p} on {hw}, stride {stride}, {threads}");
+                let block = Block { n, stem, project: Some(p), ..block(c, hw, stride) };
+                let (apart, together, fused) = block.outputs(threads);
+                assert!(apart == together, "{what}: outputs differ");
+                // The smallest case's projection may run as `run_small`, which is left apart.
+                if hw >= 16 {
+                    let want = if stem.is_some() && avx512 { 2 } else { 1 };
+                    assert_eq!(fused, want, "{what}");
+                }
+                if stem.is_none() {
+                    let (_, _, fused) = Block { shared: true, ..block }.outputs(1);
+                    assert_eq!(fused, 0, "{what}: a depthwise output used twice is left apart");
+                }
             }
-            assert!(apart == together, "{what}: outputs differ");
-            let (_, _, fused) = Block { shared: true, ..block }.outputs(1);
-            assert_eq!(fused, 0, "{what}: a depthwise output used twice is left apart");
         }
         let block = Block { m: 48, expand: true, project: Some(16), ..block(8, 28, 1) };
         let mut g = block.model().expect("graph");
@@ -761,28 +775,11 @@ mod tests {
         assert!(apart == together, "expansion, depthwise and projection: outputs differ");
     }
 
-    /// With a stem or an expansion before (where it computes bands of rows: AVX-512; an
-    /// expansion only where the depthwise output is larger than [`SPILLS`]), the three
-    /// operators fused give their outputs bit for bit, on one thread and on two (the rows two
-    /// bands read computed once on a thread's run of bands, again where the runs meet).
+    /// With an expansion before, where the depthwise output is larger than [`SPILLS`] (and
+    /// the CPU has AVX-512), the three operators fused band by band give their outputs bit
+    /// for bit, on one thread and on two.
     #[test]
-    fn a_producer_before_is_fused_too() {
-        for (n, c, p, hw, stride, threads) in [
-            (1, 32, 16, 112, 1, 1),
-            (2, 24, 20, 57, 1, 2),
-            (1, 48, 24, 121, 2, 1),
-            (1, 32, 16, 112, 1, 2),
-        ] {
-            let what = format!("{n} × {c} -> {p} on {hw}, stride {stride}, {threads} threads");
-            let block = Block { n, stem: Some(3), project: Some(p), ..block(c, hw, stride) };
-            let (apart, together, fused) = block.outputs(threads);
-            assert!(apart == together, "{what}: outputs differ");
-            #[cfg(target_arch = "x86_64")]
-            if crate::conv::avx512() {
-                assert_eq!(fused, 2, "{what}");
-            }
-            let _ = fused;
-        }
+    fn an_expansion_joins_where_the_depthwise_output_spills() {
         // MobileNetV2's blocks on 56 × 56 (depthwise outputs of 1.2 and 1.8 MB), the last
         // image row's block packed alone where 113 × 113 positions end inside one; a
         // depthwise output under `SPILLS` keeps the expansion by panels.
