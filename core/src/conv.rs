@@ -1967,7 +1967,7 @@ impl DirectConv {
 
     /// Convolves images of which `fill` computes a band of rows at a time, each band's sums
     /// written into `output` (`n × M × OH × OW`) while the band is still in L1 or L2 (the
-    /// fused [`crate::fused::DepthwiseProject`]): `fill(n, rows, image, above)` writes rows
+    /// fused [`crate::fused::Banded`]): `fill(n, rows, image, above)` writes rows
     /// `rows` of image `n`'s `C` planes into `image`, `rows.len() · OW` values a plane, read in
     /// place there as [`DirectConv::in_place`] reads a whole image; `above`: the rows of the
     /// band just above, where the thread's last call filled it (and succeeded). Bands of
