@@ -6,6 +6,11 @@
 //! of one thread's (8 planes of 112 × 112: 400 KB, in L2), and the depthwise convolution
 //! reads them from there at once; the wide tensor never exists. Same sums, same order: the
 //! output is the two operators', bit for bit.
+//!
+//! And chains run a band of rows at a time ([`Banded`]): a depthwise convolution or max
+//! pooling with the convolution before it and/or the 1×1 projection after it, each band
+//! through all of them while it is in L2 — MobileNetV2's stem, first depthwise convolution
+//! and projection, its two 56 × 56 blocks whole, DenseNet-121's stem and max pooling.
 
 use std::ops::Range;
 
