@@ -202,7 +202,7 @@ unsafe fn small_sums<const PREFETCH: bool>(
 
 /// A pointer that blocks running side by side write disjoint parts through.
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+pub(crate) struct SendPtr(pub(crate) *mut f32);
 // SAFETY: the blocks that share it write disjoint ranges, and nothing reads them until all
 // are done.
 unsafe impl Send for SendPtr {}
@@ -210,7 +210,7 @@ unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 impl SendPtr {
     /// The pointer (a method, so that closures capture the whole `Sync` wrapper).
-    fn get(self) -> *mut f32 {
+    pub(crate) fn get(self) -> *mut f32 {
         self.0
     }
 }
@@ -867,7 +867,7 @@ thread_local! {
 }
 
 /// `v` grown to at least `n` values (new ones zero); what it held is kept.
-fn at_least(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
+pub(crate) fn at_least(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
     if v.len() < n {
         v.resize(n, 0.0);
     }

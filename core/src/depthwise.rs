@@ -351,10 +351,22 @@ impl DepthwiseConv {
             return self.run(input, first, kernel, bias, output);
         }
         #[cfg(target_arch = "x86_64")]
-        {
+        if self.runs_by_rows() {
             let [ih, iw] = self.input_hw;
-            let w = window.unwrap_or(Window { top: 0, stride: ih * iw });
-            if self.masked_rows(input, first, kernel, bias, output, rows, w) {
+            let (i, o, w) = (input, output, window.unwrap_or(Window { top: 0, stride: ih * iw }));
+            // SAFETY: the CPU has AVX-512F (`runs_by_rows`), the feature `masked` is compiled
+            // for.
+            let ran = unsafe {
+                match (self.strides, self.max) {
+                    ([1, 1], false) => {
+                        self.masked::<3, 1, false>(i, first, kernel, bias, o, rows, w)
+                    }
+                    (_, false) => self.masked::<3, 2, false>(i, first, kernel, bias, o, rows, w),
+                    ([1, 1], true) => self.masked::<3, 1, true>(i, first, kernel, bias, o, rows, w),
+                    (_, true) => self.masked::<3, 2, true>(i, first, kernel, bias, o, rows, w),
+                }
+            };
+            if ran {
                 return Ok(());
             }
         }
@@ -631,44 +643,16 @@ impl DepthwiseConv {
         {
             return true;
         }
+        // The masked blocks through a window of whole planes (`run_rows` runs no whole run
+        // through it).
         #[cfg(target_arch = "x86_64")]
         if self.runs_by_rows() {
             let [ih, iw] = self.input_hw;
-            let whole = Window { top: 0, stride: ih * iw };
+            let whole = Some(Window { top: 0, stride: ih * iw });
             let all = 0..self.output_hw[0];
-            return self.masked_rows(input, first, kernel, bias, output, all, whole);
+            return self.run_rows(input, first, kernel, bias, output, all, whole).is_ok();
         }
         false
-    }
-
-    /// [`DepthwiseConv::masked`] for this operator's stride, convolution or pooling; false,
-    /// nothing written, where it does not cover it ([`DepthwiseConv::runs_by_rows`]) or the
-    /// buffers.
-    #[cfg(target_arch = "x86_64")]
-    #[allow(clippy::too_many_arguments)]
-    fn masked_rows(
-        &self,
-        input: &[f32],
-        first: usize,
-        kernel: &[f32],
-        bias: &[f32],
-        output: &mut [f32],
-        rows: Range<usize>,
-        w: Window,
-    ) -> bool {
-        if !self.runs_by_rows() {
-            return false;
-        }
-        let (i, o) = (input, output);
-        // SAFETY: the CPU has AVX-512F (`runs_by_rows`), the feature `masked` is compiled for.
-        unsafe {
-            match (self.strides, self.max) {
-                ([1, 1], false) => self.masked::<3, 1, false>(i, first, kernel, bias, o, rows, w),
-                (_, false) => self.masked::<3, 2, false>(i, first, kernel, bias, o, rows, w),
-                ([1, 1], true) => self.masked::<3, 1, true>(i, first, kernel, bias, o, rows, w),
-                (_, true) => self.masked::<3, 2, true>(i, first, kernel, bias, o, rows, w),
-            }
-        }
     }
 
     /// [`DepthwiseConv::planes`] compiled for AVX2 with fused multiply-add: blocks of 8 rows

@@ -17,7 +17,7 @@ use std::ops::Range;
 use tract_onnx::prelude::*;
 use tract_onnx::tract_core::internal::*;
 
-use crate::conv::DirectConv;
+use crate::conv::{DirectConv, SendPtr, at_least};
 use crate::depthwise::{DepthwiseConv, Window};
 
 /// The expansion then the depthwise convolution. Inputs: the image, the expansion's packed
@@ -373,25 +373,6 @@ impl Op for Banded {
     op_as_typed_op!();
 }
 
-/// The output planes of [`Banded`] without a projection, shared by the threads that copy
-/// their bands into them.
-#[derive(Clone, Copy)]
-struct Out(*mut f32);
-
-// SAFETY: the threads that share an `Out` write disjoint rows of it (`share_bands` hands each
-// band to one thread), and nothing reads it until they are all done.
-unsafe impl Send for Out {}
-// SAFETY: as above.
-unsafe impl Sync for Out {}
-
-impl Out {
-    /// Where value `i` of the planes lies (a method, so that closures capture the `Out`, not
-    /// its pointer).
-    fn at(self, i: usize) -> *mut f32 {
-        self.0.wrapping_add(i)
-    }
-}
-
 impl EvalOp for Banded {
     op_out_of_plan!();
 
@@ -497,7 +478,8 @@ impl EvalOp for Banded {
             project.run_by_bands(kernel, bias, out, band, fill)?;
             return Ok(tvec!(output.into_tvalue()));
         }
-        let planes = Out(out.as_mut_ptr());
+        // The threads write disjoint rows of it: `share_bands` hands each band to one.
+        let planes = SendPtr(out.as_mut_ptr());
         let work = n * channels * oh * ow * taps;
         crate::conv::share_bands(n, oh, band, work, |image, rows, above| {
             let mut pooled = POOLED.take();
@@ -509,7 +491,9 @@ impl EvalOp for Banded {
                     let at = ((image * channels + c) * oh + rows.start) * ow;
                     // SAFETY: rows `rows` of plane `c` of image `image` lie inside the output,
                     // and only this band writes them.
-                    unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), planes.at(at), len) };
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(src.as_ptr(), planes.get().add(at), len)
+                    };
                 }
             }
             POOLED.set(pooled);
@@ -546,14 +530,6 @@ impl TypedOp for Banded {
     }
 
     as_op!();
-}
-
-/// `v` grown to at least `n` values (new ones zero); what it held is kept.
-fn at_least(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
-    if v.len() < n {
-        v.resize(n, 0.0);
-    }
-    &mut v[..n]
 }
 
 #[cfg(test)]
