@@ -849,10 +849,9 @@ impl Layout {
     }
 }
 
-/// A thread's reusable buffers: the padded image and the blocks.
+/// A thread's reusable buffers: the blocks and the pooled image.
 #[derive(Default)]
 struct Buffers {
-    image: Vec<f32>,
     blocks: Vec<f32>,
     /// The pooled image, where the operator is `pooled`.
     pooled: Vec<f32>,
@@ -864,6 +863,20 @@ thread_local! {
     static PANEL: RefCell<Vec<f32>> = RefCell::default();
     /// [`DirectConv::run_by_bands`]'s image of one band, per thread.
     static BAND: RefCell<Vec<f32>> = RefCell::default();
+    /// The padded or packed image, per thread: the calling thread's where every unit reads
+    /// all of it, else each unit's own rows or blocks ([`DirectConv::run_by_rows`]). One
+    /// scratch for both: a second one, for the units, slowed DenseNet-121's 1×1 convolutions
+    /// on two threads (those on 28 × 28: 4.8 → 5.4 ms a run).
+    static IMAGE: RefCell<Vec<f32>> = RefCell::default();
+}
+
+/// Under test, fills a unit's scratch with NaN before the unit pads or packs its part of it:
+/// a value its blocks read but nothing wrote turns an output NaN, whichever thread ran which
+/// unit before. Elsewhere nothing.
+fn poison(scratch: &mut [f32]) {
+    if cfg!(test) {
+        scratch.fill(f32::NAN);
+    }
 }
 
 /// `v` grown to at least `n` values (new ones zero); what it held is kept.
@@ -1072,30 +1085,34 @@ impl DirectConv {
     /// `sh × sw` phase planes of `rows × width` each: padded row `r`, column `j` of a channel
     /// lands in phase `(r % sh, j % sw)` at `[r / sh][j / sw]`; everything outside the image
     /// is zero. As many channels as `scratch` holds phase planes for.
-    /// `affine`: the prologue's scale and shift for these channels (then ReLU), if any.
+    /// `affine`: the prologue's scale and shift for these channels (then ReLU), if any. Only
+    /// the phase planes' `rows` are written (those past the planes' are none).
     fn pad_channels(
         &self,
         image: &[&[f32]],
         scratch: &mut [f32],
         layout: &Layout,
         affine: Option<(&[f32], &[f32])>,
+        wanted: Range<usize>,
     ) {
         let [ih, iw] = self.input_hw;
         let [pt, pl] = self.pad_before;
         let [sh, sw] = self.strides;
         let (rows, width) = (layout.rows, layout.width);
+        let wanted = wanted.start.min(rows)..wanted.end.min(rows);
         for (c, (channel, planes)) in
             image.iter().zip(scratch.chunks_exact_mut(sh * sw * rows * width)).enumerate()
         {
             let (a, b) = affine.map_or((1.0, 0.0), |(scale, shift)| (scale[c], shift[c]));
             let f = |x: f32| if affine.is_some() { (x * a + b).max(0.0) } else { x };
             if sw == 2 {
-                self.pad_pairs(channel, planes, layout, f);
+                self.pad_pairs(channel, planes, layout, wanted.clone(), f);
                 continue;
             }
             for (phase, plane) in planes.chunks_exact_mut(rows * width).enumerate() {
                 let (py, px) = (phase / sw, phase % sw);
-                for (qy, row) in plane.chunks_exact_mut(width).enumerate() {
+                let plane = &mut plane[wanted.start * width..wanted.end * width];
+                for (qy, row) in (wanted.start..).zip(plane.chunks_exact_mut(width)) {
                     let iy = (qy * sh + py).checked_sub(pt).filter(|&iy| iy < ih);
                     let Some(iy) = iy else {
                         row.fill(0.0);
@@ -1135,6 +1152,7 @@ impl DirectConv {
         channel: &[f32],
         planes: &mut [f32],
         layout: &Layout,
+        wanted: Range<usize>,
         f: impl Fn(f32) -> f32,
     ) {
         let [ih, iw] = self.input_hw;
@@ -1152,8 +1170,12 @@ impl DirectConv {
             let (first, second) = phases.split_at_mut(rows * width);
             let (even_plane, odd_plane) =
                 if pl % 2 == 0 { (first, second) } else { (second, first) };
+            let (even_plane, odd_plane) = (
+                &mut even_plane[wanted.start * width..wanted.end * width],
+                &mut odd_plane[wanted.start * width..wanted.end * width],
+            );
             let rows = even_plane.chunks_exact_mut(width).zip(odd_plane.chunks_exact_mut(width));
-            for (qy, (even, odd)) in rows.enumerate() {
+            for (qy, (even, odd)) in (wanted.start..).zip(rows) {
                 even.fill(0.0);
                 odd.fill(0.0);
                 let Some(iy) = (qy * sh + py).checked_sub(pt).filter(|&iy| iy < ih) else {
@@ -1212,10 +1234,37 @@ impl DirectConv {
         let (used, tail) = scratch.split_at_mut(self.input_channels * planes);
         share(used, planes, used.len(), |first, chunk| {
             let affine = affine.map(|(a, b)| (&a[first..], &b[first..]));
-            self.pad_channels(&image[first..], chunk, layout, affine)
+            self.pad_channels(&image[first..], chunk, layout, affine, 0..layout.rows)
         })?;
         tail.fill(0.0);
         Ok(())
+    }
+
+    /// Writes into `scratch` what the output rows `rows` read of the padded planes
+    /// ([`DirectConv::pad_channels`]), the rest of it left as it was: the phase planes' rows
+    /// their taps reach and the row after, since rows share their padding columns (a last
+    /// column's taps run on into the next row's left padding). Past the planes' last row,
+    /// that is the next channel's first row, and past the last channel the scratch's tail.
+    fn pad_rows(
+        &self,
+        image: &[&[f32]],
+        scratch: &mut [f32],
+        layout: &Layout,
+        affine: Option<(&[f32], &[f32])>,
+        rows: Range<usize>,
+    ) {
+        let [sh, sw] = self.strides;
+        let after = rows.end + (self.kernel_hw[0] - 1) / sh;
+        let wanted = rows.start..(after + 1).min(layout.rows);
+        self.pad_channels(image, scratch, layout, affine, wanted);
+        if after >= layout.rows {
+            if rows.start > 0 {
+                self.pad_channels(image, scratch, layout, affine, 0..1);
+            }
+            let planes = self.input_channels * sh * sw * layout.rows * layout.width;
+            let tail = planes.min(scratch.len());
+            scratch[tail..].fill(0.0);
+        }
     }
 
     /// Writes the `OH × OW` planes of `out` (the first being channel 0 of `image`, `H × W`
@@ -1338,10 +1387,13 @@ impl DirectConv {
         let mut layout = self.layout();
         // What one thread reads, in values: by panels, the whole image and its share of the
         // weights; by blocks, its share of the image and all the weights once per group of
-        // blocks it runs.
+        // blocks it runs. A packed 1×1 with a prologue always by blocks, each thread packing
+        // its own ([`DirectConv::run_by_rows`]): by panels, half of what each thread read was
+        // packed by the other (DenseNet-121's on 28 × 28 on two threads: 4.8 → 4.4 ms a run).
         let (threads, all) = (threads(), weights.len());
         let groups = layout.tiles.div_ceil(threads * GROUP);
         layout.by_panel = threads > 1
+            && !(layout.packed && !self.pooled && affine.is_some())
             && layout.channels / layout.nr >= threads
             && layout.scratch + all / threads < layout.scratch / threads + all * groups;
         // Every read of every block stays inside the scratch: `tiles` reads unchecked.
@@ -1354,9 +1406,18 @@ impl DirectConv {
         // convolution started on this thread while this one runs would find it empty, not
         // borrowed.
         let mut buffers = BUFFERS.take();
+        // A 1×1 with nothing before: the image is read where it lies, nothing packed
+        // ([`DirectConv::in_place`]); summed in more than one pass, the partial sums go
+        // through the output planes between passes (MobileNetV2's 576-channel projections on
+        // 14 × 14: 0.24 → 0.22 ms, against packing and the blocks' buffer).
+        let in_place = layout.packed && affine.is_none() && !self.pooled;
+        // Each unit pads or packs its own part ([`DirectConv::run_by_rows`]), or the calling
+        // thread the whole image.
+        let by_rows = !in_place && !layout.by_panel && !self.pooled;
+        let mut image = if in_place || by_rows { Vec::new() } else { IMAGE.take() };
         let result = (|| -> TractResult<()> {
-            let Buffers { image, blocks, pooled } = &mut buffers;
-            let image = at_least(image, layout.scratch);
+            let Buffers { blocks, pooled } = &mut buffers;
+            let image = at_least(&mut image, if in_place || by_rows { 0 } else { layout.scratch });
             // Sums of one pass go straight into the output planes (no blocks' buffer, no copy
             // out): 4–40 % off the packed layout's convolutions (MobileNetV2's expansions
             // most, their 4.8 MB outputs no longer written twice), 10–20 % off the stems
@@ -1364,12 +1425,6 @@ impl DirectConv {
             // of several passes stay in the buffer: read back from and written to the planes
             // between passes, DenseNet-121's deep 1×1 ones ran 3–5 % slower.
             let direct = layout.offsets.len() <= K_STEP;
-            // A 1×1 with nothing before: the image is read where it lies, nothing packed
-            // ([`DirectConv::in_place`]); summed in more than one pass, the partial sums go
-            // through the output planes between passes (MobileNetV2's 576-channel
-            // projections on 14 × 14: 0.24 → 0.22 ms, against packing and the blocks'
-            // buffer).
-            let in_place = layout.packed && affine.is_none() && !self.pooled;
             let sums = layout.tiles * layout.channels * TILE;
             let blocks = at_least(blocks, if direct || in_place { 0 } else { sums });
             let image_out = self.output_channels * oh * ow;
@@ -1378,6 +1433,24 @@ impl DirectConv {
                 if in_place {
                     let planes = Planes::new(self, dst, bias);
                     self.run_in_place(&input.joined(n), weights, &layout, planes, work)?;
+                    continue;
+                }
+                if by_rows {
+                    self.run_by_rows(
+                        &input.planes(n),
+                        weights,
+                        &layout,
+                        affine,
+                        blocks,
+                        dst,
+                        bias,
+                    )?;
+                    if !direct {
+                        let (blocks, layout) = (&*blocks, &layout);
+                        share(dst, oh * ow, image_out, |first, planes| {
+                            self.unpack(blocks, bias, layout, first, planes)
+                        })?;
+                    }
                     continue;
                 }
                 self.pad_image(&input.planes(n), image, pooled, &layout, affine)?;
@@ -1410,7 +1483,84 @@ impl DirectConv {
             Ok(())
         })();
         BUFFERS.set(buffers);
+        if !in_place && !by_rows {
+            IMAGE.set(image);
+        }
         result
+    }
+
+    /// [`DirectConv::run`] on a padded layout shared by blocks: each thread pads the rows its
+    /// run of blocks reads into a scratch of its own ([`DirectConv::pad_rows`]) and sums them
+    /// into the output planes, or into its blocks of the buffer `blocks` where the sum takes
+    /// more than one pass. Padded by channels on all threads first, each thread's blocks read
+    /// half of their image from the other one's cache: DenseNet-121's 3×3 convolutions
+    /// (128 → 32) on 28 × 28 took 0.30 ms on two threads against 0.53 on one.
+    #[allow(clippy::too_many_arguments)]
+    fn run_by_rows(
+        &self,
+        image: &[&[f32]],
+        weights: &[f32],
+        layout: &Layout,
+        affine: Option<(&[f32], &[f32])>,
+        blocks: &mut [f32],
+        dst: &mut [f32],
+        bias: &[f32],
+    ) -> TractResult<()> {
+        let [oh, ow] = self.output_hw;
+        let direct = layout.offsets.len() <= K_STEP;
+        let row = layout.channels * TILE;
+        if !direct && blocks.len() < layout.tiles * row {
+            bail!("{}: a blocks' buffer too small", self.name());
+        }
+        let units = threads().clamp(1, layout.tiles.max(1));
+        let cut = |u: usize| layout.tiles * u / units;
+        // Each unit's blocks of the buffer (none where the sums go straight into the planes).
+        let mut parts: Vec<&mut [f32]> = Vec::with_capacity(units);
+        let mut rest = if direct { &mut [][..] } else { &mut blocks[..layout.tiles * row] };
+        for u in 0..units {
+            let at = if direct { 0 } else { (cut(u + 1) - cut(u)) * row };
+            let (part, tail) = std::mem::take(&mut rest).split_at_mut(at);
+            parts.push(part);
+            rest = tail;
+        }
+        let planes = Planes::new(self, dst, bias);
+        let work = self.output_channels * oh * ow * layout.offsets.len();
+        share(&mut parts, 1, work, |first, chunk| {
+            for (unit, part) in (first..).zip(chunk.iter_mut()) {
+                let tiles = cut(unit)..cut(unit + 1);
+                if tiles.is_empty() {
+                    continue;
+                }
+                let mut scratch = IMAGE.take();
+                let padded = at_least(&mut scratch, layout.scratch);
+                poison(padded);
+                if layout.packed {
+                    let stride = layout.tile_stride;
+                    let own = &mut padded[tiles.start * stride..tiles.end * stride];
+                    self.pack_blocks(image, own, layout, tiles.start, affine);
+                } else {
+                    // The output rows its blocks' positions fall in (a last block's positions
+                    // past the rows are computed from whatever the scratch holds, and
+                    // dropped).
+                    let width = layout.width;
+                    let last = (tiles.end * TILE - 1) / width + 1;
+                    self.pad_rows(
+                        image,
+                        padded,
+                        layout,
+                        affine,
+                        tiles.start * TILE / width..last.min(oh),
+                    );
+                }
+                let mut sums = if direct {
+                    Sums::planes(planes, layout, tiles)
+                } else {
+                    Sums::blocks(layout, tiles.start, part)
+                };
+                self.run_tiles(padded, weights, layout, &mut sums);
+                IMAGE.set(scratch);
+            }
+        })
     }
 
     /// The sums of a packed layout straight into `planes` (a pass's partial sums too, read
@@ -1587,74 +1737,97 @@ impl DirectConv {
             bail!("{}: a kernel of unexpected size", self.name());
         }
         let (steps, width) = self.small_steps();
-        // Taken out of the thread's slot for the call, as in `run`.
-        let mut buffers = BUFFERS.take();
-        let result = (|| -> TractResult<()> {
-            for (n, dst) in output.chunks_exact_mut(m * positions).enumerate() {
-                // The image its steps read: a larger kernel's padded planes (through the
-                // prologue); a 1×1 one's planes, joined, through the prologue.
-                let image = if self.kernel_hw != [1, 1] {
-                    let layout = self.layout();
-                    let Buffers { image, pooled, .. } = &mut buffers;
-                    let scratch = at_least(image, layout.scratch);
-                    self.pad_image(&input.planes(n), scratch, pooled, &layout, affine)?;
-                    Cow::Borrowed(&scratch[..layout.scratch])
-                } else if affine.is_some() || input.pieces.len() > 1 {
-                    let mut copy = Vec::with_capacity(taps * positions);
-                    for (plane, channel) in input.planes(n).into_iter().zip(0..) {
-                        match affine {
-                            Some((scale, shift)) => {
-                                let (a, b) = (scale[channel], shift[channel]);
-                                copy.extend(plane.iter().map(|&x| (x * a + b).max(0.0)));
-                            }
-                            None => copy.extend_from_slice(plane),
+        // A larger kernel's padded planes: each unit pads the rows its positions read into its
+        // thread's own scratch. Padded once on the calling thread, they were read by the
+        // other thread's blocks from this core's cache, and written again next time while
+        // that one's cache still held them: DenseNet-121's 3×3 on 7 × 7 (128 → 32) took
+        // 0.040 ms on one thread and 0.042 on two.
+        let layout = (self.kernel_hw != [1, 1]).then(|| self.layout());
+        let reach = small_reach(&steps, width, self.output_hw);
+        for (n, dst) in output.chunks_exact_mut(m * positions).enumerate() {
+            let planes = input.planes(n);
+            // A 1×1 kernel's image: its planes, joined, through the prologue.
+            let joined = if layout.is_some() {
+                Cow::Borrowed(&[][..])
+            } else if affine.is_some() || input.pieces.len() > 1 {
+                let mut copy = Vec::with_capacity(taps * positions);
+                for (plane, channel) in planes.iter().zip(0..) {
+                    match affine {
+                        Some((scale, shift)) => {
+                            let (a, b) = (scale[channel], shift[channel]);
+                            copy.extend(plane.iter().map(|&x| (x * a + b).max(0.0)));
                         }
+                        None => copy.extend_from_slice(plane),
                     }
-                    Cow::Owned(copy)
-                } else {
-                    input.joined(n)
-                };
-                // What the blocks read (`small_block_avx512` checks it again, and writes
-                // nothing where it is short: checked here, so that it never is).
-                if image.len() < small_reach(&steps, width, self.output_hw) {
-                    bail!("{}: an image shorter than its blocks' reach", self.name());
                 }
-                let out = SendPtr(dst.as_mut_ptr());
-                // The blocks' groups of positions, block by block, in one run of equal
-                // length per thread: shared as whole blocks (or halves of them), ten blocks
-                // went 6 : 4 to two threads through the executor's chunks (MobileNetV2's
-                // 960 → 320 on 7 × 7), five 3 : 2.
-                let (blocks, groups) = (m.div_ceil(SMALL_M), positions.div_ceil(SMALL_P));
-                let items = blocks * groups;
-                let units = threads().clamp(1, items.max(1));
-                let work = m * positions * taps;
-                share(&mut vec![(); units], 1, work, |first, chunk| {
-                    for unit in first..first + chunk.len() {
-                        let mut item = items * unit / units;
-                        let end = items * (unit + 1) / units;
-                        while item < end {
-                            let block = item / groups;
-                            let upto = end.min((block + 1) * groups);
-                            let part = item - block * groups..upto - block * groups;
-                            let channels = block * SMALL_M..((block + 1) * SMALL_M).min(m);
-                            let w = &weights[block * taps * SMALL_M..];
-                            let small = Small { image: &image, steps: &steps, width, w, bias };
-                            // SAFETY: `dst` holds the block's channels' planes, and each unit
-                            // writes its own positions of its own block's planes.
-                            unsafe {
-                                let planes = out.get().add(channels.start * positions);
-                                let n = channels.len();
-                                self.small_block(small, channels.start, planes, n, part);
-                            }
-                            item = upto;
-                        }
-                    }
-                })?;
+                Cow::Owned(copy)
+            } else {
+                input.joined(n)
+            };
+            // What the blocks read (`small_block_avx512` checks it again, and writes nothing
+            // where it is short: checked here, so that it never is).
+            let len = layout.as_ref().map_or(joined.len(), |l| l.scratch);
+            if len < reach {
+                bail!("{}: an image shorter than its blocks' reach", self.name());
             }
-            Ok(())
-        })();
-        BUFFERS.set(buffers);
-        result
+            let out = SendPtr(dst.as_mut_ptr());
+            // The blocks' groups of positions, block by block, in one run of equal length per
+            // thread: shared as whole blocks (or halves of them), ten blocks went 6 : 4 to two
+            // threads through the executor's chunks (MobileNetV2's 960 → 320 on 7 × 7), five
+            // 3 : 2.
+            let (blocks, groups) = (m.div_ceil(SMALL_M), positions.div_ceil(SMALL_P));
+            let items = blocks * groups;
+            let units = threads().clamp(1, items.max(1));
+            let work = m * positions * taps;
+            share(&mut vec![(); units], 1, work, |first, chunk| {
+                for unit in first..first + chunk.len() {
+                    let mut item = items * unit / units;
+                    let end = items * (unit + 1) / units;
+                    if item == end {
+                        continue;
+                    }
+                    // Taken out of the thread's slot for the unit, as in `run`.
+                    let mut scratch = IMAGE.take();
+                    let image = match &layout {
+                        Some(layout) => {
+                            // The groups of positions the unit's items cover (all of them
+                            // where it runs into a second block), and their output rows.
+                            let covered = if item / groups == (end - 1) / groups {
+                                item % groups..(end - 1) % groups + 1
+                            } else {
+                                0..groups
+                            };
+                            let top = covered.start * SMALL_P / ow;
+                            let bottom = ((covered.end * SMALL_P).min(positions) - 1) / ow + 1;
+                            let padded = at_least(&mut scratch, layout.scratch);
+                            poison(padded);
+                            self.pad_rows(&planes, padded, layout, affine, top..bottom);
+                            &padded[..len]
+                        }
+                        None => &joined[..],
+                    };
+                    while item < end {
+                        let block = item / groups;
+                        let upto = end.min((block + 1) * groups);
+                        let part = item - block * groups..upto - block * groups;
+                        let channels = block * SMALL_M..((block + 1) * SMALL_M).min(m);
+                        let w = &weights[block * taps * SMALL_M..];
+                        let small = Small { image, steps: &steps, width, w, bias };
+                        // SAFETY: `dst` holds the block's channels' planes, and each unit
+                        // writes its own positions of its own block's planes; the unit's
+                        // positions read only the rows it padded.
+                        unsafe {
+                            let planes = out.get().add(channels.start * positions);
+                            let n = channels.len();
+                            self.small_block(small, channels.start, planes, n, part);
+                        }
+                        item = upto;
+                    }
+                    IMAGE.set(scratch);
+                }
+            })?;
+        }
+        Ok(())
     }
 
     /// One block of [`DirectConv::run_small`]: the positions of `groups` (groups of
@@ -3610,19 +3783,26 @@ mod tests {
     fn blocks_split_across_threads() {
         use tract_linalg::multithread::{Executor, multithread_tract_scope};
         // 2 images of 32 → 32 (by panels: 6 of them) and 32 → 6 channels (by blocks: one
-        // panel) on 57 × 57 (more positions than `SMALL_KXK`): above tract's threshold for
-        // sharing. Then 32 → 40 on 28 × 28 as `run_small` (where it runs): two blocks of
-        // channels, their groups of positions in one run per thread.
-        for (m, hw) in [(32, 57), (6, 57), (40, 28)] {
-            let case = case(2, 32, m, [hw, hw], [3, 3], [1, 1], [1, 1], [1, 1], true);
+        // panel; each thread's rows padded on their own) on 57 × 57 (more positions than
+        // `SMALL_KXK`): above tract's threshold for sharing. 64 → 6: the same, its sums in
+        // more than one pass (through the blocks' buffer). Then 32 → 40 on 28 × 28 as
+        // `run_small` (where it runs): two blocks of channels, their groups of positions in
+        // one run per thread. Then 32 → 20 on 7 × 7 and 13 × 13: one block, each thread's
+        // positions padded on their own. Under test each unit's scratch is NaN until it pads
+        // its part (`poison`), so that a row padded nowhere shows, whichever thread ran it.
+        let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
+        let executor = Executor::MultiThread(std::sync::Arc::new(pool));
+        let cases =
+            [(32, 32, 57), (32, 6, 57), (64, 6, 57), (32, 40, 28), (32, 20, 7), (32, 20, 13)];
+        for (c, m, hw) in cases {
+            let case = case(2, c, m, [hw, hw], [3, 3], [1, 1], [1, 1], [1, 1], true);
             let mut model = case.model();
             substitute(&mut model).expect("substitute");
-            let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
-            let executor = Executor::MultiThread(std::sync::Arc::new(pool));
+            let executor = executor.clone();
             let got = multithread_tract_scope(executor, || case.run(model));
             assert_close(&format!("two threads, {m} outputs on {hw}"), &got, &case.oracle());
         }
-        // A packed 1×1 with its prologue: the packing shared by blocks, the sums by panels.
+        // A packed 1×1 with its prologue: shared by blocks, each thread packing its own.
         let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
         let executor = Executor::MultiThread(std::sync::Arc::new(pool));
         multithread_tract_scope(executor, || {
