@@ -1737,46 +1737,48 @@ impl DirectConv {
             bail!("{}: a kernel of unexpected size", self.name());
         }
         let (steps, width) = self.small_steps();
-        // A larger kernel's padded planes: each unit pads the rows its positions read into its
-        // thread's own scratch. Padded once on the calling thread, they were read by the
-        // other thread's blocks from this core's cache, and written again next time while
-        // that one's cache still held them: DenseNet-121's 3×3 on 7 × 7 (128 → 32) took
-        // 0.040 ms on one thread and 0.042 on two.
+        // An image to prepare (a larger kernel's padded planes, a 1×1's planes through the
+        // prologue or joined from pieces): each unit prepares the positions it computes, in
+        // its thread's own scratch, and runs every block of channels over them. Prepared once
+        // on the calling thread, the image was read by the other thread's blocks from this
+        // core's cache, and written again next time while that one's cache still held it:
+        // DenseNet-121's 3×3 on 7 × 7 (128 → 32) took 0.040 ms on one thread and 0.042 on
+        // two. Else the image is read where it lies, and the units share (block, group of
+        // positions) items, block by block.
         let layout = (self.kernel_hw != [1, 1]).then(|| self.layout());
+        let prepared = layout.is_some() || affine.is_some() || input.pieces.len() > 1;
         let reach = small_reach(&steps, width, self.output_hw);
+        let (blocks, groups) = (m.div_ceil(SMALL_M), positions.div_ceil(SMALL_P));
         for (n, dst) in output.chunks_exact_mut(m * positions).enumerate() {
             let planes = input.planes(n);
-            // A 1×1 kernel's image: its planes, joined, through the prologue.
-            let joined = if layout.is_some() {
-                Cow::Borrowed(&[][..])
-            } else if affine.is_some() || input.pieces.len() > 1 {
-                let mut copy = Vec::with_capacity(taps * positions);
-                for (plane, channel) in planes.iter().zip(0..) {
-                    match affine {
-                        Some((scale, shift)) => {
-                            let (a, b) = (scale[channel], shift[channel]);
-                            copy.extend(plane.iter().map(|&x| (x * a + b).max(0.0)));
-                        }
-                        None => copy.extend_from_slice(plane),
-                    }
-                }
-                Cow::Owned(copy)
-            } else {
-                input.joined(n)
-            };
+            let joined = if prepared { Cow::Borrowed(&[][..]) } else { input.joined(n) };
             // What the blocks read (`small_block_avx512` checks it again, and writes nothing
             // where it is short: checked here, so that it never is).
-            let len = layout.as_ref().map_or(joined.len(), |l| l.scratch);
+            let len = match &layout {
+                Some(layout) => layout.scratch,
+                None if prepared => taps * positions,
+                None => joined.len(),
+            };
             if len < reach {
                 bail!("{}: an image shorter than its blocks' reach", self.name());
             }
             let out = SendPtr(dst.as_mut_ptr());
-            // The blocks' groups of positions, block by block, in one run of equal length per
-            // thread: shared as whole blocks (or halves of them), ten blocks went 6 : 4 to two
-            // threads through the executor's chunks (MobileNetV2's 960 → 320 on 7 × 7), five
-            // 3 : 2.
-            let (blocks, groups) = (m.div_ceil(SMALL_M), positions.div_ceil(SMALL_P));
-            let items = blocks * groups;
+            // Groups `part` of block `block` from `image`.
+            let run = |image: &[f32], block: usize, part: Range<usize>| {
+                let channels = block * SMALL_M..((block + 1) * SMALL_M).min(m);
+                let w = &weights[block * taps * SMALL_M..];
+                let small = Small { image, steps: &steps, width, w, bias };
+                // SAFETY: `dst` holds the block's channels' planes, and each unit writes its
+                // own positions of its own block's planes (reading only what it prepared).
+                unsafe {
+                    let planes = out.get().add(channels.start * positions);
+                    self.small_block(small, channels.start, planes, channels.len(), part);
+                }
+            };
+            // In one run of equal length per thread: shared as whole blocks (or halves of
+            // them), ten blocks went 6 : 4 to two threads through the executor's chunks
+            // (MobileNetV2's 960 → 320 on 7 × 7), five 3 : 2.
+            let items = if prepared { groups } else { blocks * groups };
             let units = threads().clamp(1, items.max(1));
             let work = m * positions * taps;
             share(&mut vec![(); units], 1, work, |first, chunk| {
@@ -1786,42 +1788,44 @@ impl DirectConv {
                     if item == end {
                         continue;
                     }
+                    if !prepared {
+                        while item < end {
+                            let block = item / groups;
+                            let upto = end.min((block + 1) * groups);
+                            run(&joined, block, item - block * groups..upto - block * groups);
+                            item = upto;
+                        }
+                        continue;
+                    }
                     // Taken out of the thread's slot for the unit, as in `run`.
                     let mut scratch = IMAGE.take();
-                    let image = match &layout {
+                    let image = at_least(&mut scratch, len);
+                    poison(image);
+                    let at = item * SMALL_P..(end * SMALL_P).min(positions);
+                    match &layout {
                         Some(layout) => {
-                            // The groups of positions the unit's items cover (all of them
-                            // where it runs into a second block), and their output rows.
-                            let covered = if item / groups == (end - 1) / groups {
-                                item % groups..(end - 1) % groups + 1
-                            } else {
-                                0..groups
-                            };
-                            let top = covered.start * SMALL_P / ow;
-                            let bottom = ((covered.end * SMALL_P).min(positions) - 1) / ow + 1;
-                            let padded = at_least(&mut scratch, layout.scratch);
-                            poison(padded);
-                            self.pad_rows(&planes, padded, layout, affine, top..bottom);
-                            &padded[..len]
+                            let rows = at.start / ow..(at.end - 1) / ow + 1;
+                            self.pad_rows(&planes, image, layout, affine, rows);
                         }
-                        None => &joined[..],
-                    };
-                    while item < end {
-                        let block = item / groups;
-                        let upto = end.min((block + 1) * groups);
-                        let part = item - block * groups..upto - block * groups;
-                        let channels = block * SMALL_M..((block + 1) * SMALL_M).min(m);
-                        let w = &weights[block * taps * SMALL_M..];
-                        let small = Small { image, steps: &steps, width, w, bias };
-                        // SAFETY: `dst` holds the block's channels' planes, and each unit
-                        // writes its own positions of its own block's planes; the unit's
-                        // positions read only the rows it padded.
-                        unsafe {
-                            let planes = out.get().add(channels.start * positions);
-                            let n = channels.len();
-                            self.small_block(small, channels.start, planes, n, part);
+                        None => {
+                            for (c, (src, dst)) in
+                                planes.iter().zip(image.chunks_exact_mut(positions)).enumerate()
+                            {
+                                let (src, dst) = (&src[at.clone()], &mut dst[at.clone()]);
+                                match affine {
+                                    Some((scale, shift)) => {
+                                        let (a, b) = (scale[c], shift[c]);
+                                        for (d, &x) in dst.iter_mut().zip(src) {
+                                            *d = (x * a + b).max(0.0);
+                                        }
+                                    }
+                                    None => dst.copy_from_slice(src),
+                                }
+                            }
                         }
-                        item = upto;
+                    }
+                    for block in 0..blocks {
+                        run(&image[..len], block, item..end);
                     }
                     IMAGE.set(scratch);
                 }
@@ -3817,6 +3821,12 @@ mod tests {
             check_pointwise("two threads, in place by panels", plain(96, 128));
             let small = Pointwise { prologue: false, epilogue: true, ..pointwise(96, 200, [7, 7]) };
             check_pointwise("two threads, small planes", small);
+            // Through the prologue: each thread copies its own positions (NaN under test
+            // until it does), then runs every block of channels over them.
+            let prologue = Pointwise { epilogue: true, ..pointwise(96, 200, [7, 7]) };
+            check_pointwise("two threads, small planes through the prologue", prologue);
+            let narrowing = Pointwise { epilogue: true, ..pointwise(160, 40, [13, 13]) };
+            check_pointwise("two threads, narrowing on small planes", narrowing);
         });
     }
 
