@@ -1086,7 +1086,7 @@ impl DirectConv {
     /// lands in phase `(r % sh, j % sw)` at `[r / sh][j / sw]`; everything outside the image
     /// is zero. As many channels as `scratch` holds phase planes for.
     /// `affine`: the prologue's scale and shift for these channels (then ReLU), if any. Only
-    /// the phase planes' `rows` are written (those past the planes' are none).
+    /// the phase planes' rows `wanted` are written (none past the planes' last row).
     fn pad_channels(
         &self,
         image: &[&[f32]],
