@@ -1750,8 +1750,12 @@ impl DirectConv {
         let reach = small_reach(&steps, width, self.output_hw);
         let (blocks, groups) = (m.div_ceil(SMALL_M), positions.div_ceil(SMALL_P));
         for (n, dst) in output.chunks_exact_mut(m * positions).enumerate() {
-            let planes = input.planes(n);
-            let joined = if prepared { Cow::Borrowed(&[][..]) } else { input.joined(n) };
+            // The planes a unit prepares from; the image where it lies otherwise.
+            let (planes, joined) = if prepared {
+                (input.planes(n), Cow::Borrowed(&[][..]))
+            } else {
+                (Vec::new(), input.joined(n))
+            };
             // What the blocks read (`small_block_avx512` checks it again, and writes nothing
             // where it is short: checked here, so that it never is).
             let len = match &layout {
