@@ -151,6 +151,8 @@ struct Small<'a> {
     width: usize,
     w: &'a [f32],
     bias: &'a [f32],
+    /// What the image's output gains after the clamp (`M × OH × OW`), where it has one.
+    residual: Option<&'a [f32]>,
 }
 
 /// The image values [`Small`]'s steps reach, for `OH × OW` positions: the farthest step from
@@ -246,6 +248,11 @@ pub struct DirectConv {
     /// What the output goes through after the bias (ReLU where DenseNet's pointwise
     /// convolutions have it, ReLU6 after MobileNetV2's stem).
     clamp: Clamp,
+    /// The output then gains a tensor of its own shape, after the clamp (a residual
+    /// connection's addition, MobileNetV2's after each of its projections but the chains':
+    /// [`fuse_residuals`]): one more input, the last. Added as the output is written, so that
+    /// it costs no pass of its own, and the next layer reads a tensor this one just wrote.
+    residual: bool,
     /// Its layout for this CPU's panel width, made on first use.
     layout: LayoutCell,
 }
@@ -397,6 +404,59 @@ fn clamp_patch<O: Clamped>(
     let wire = patch.wire_node(&node.name, op.with_clamp(Clamp::new(lo, hi)), &inputs)?;
     patch.shunt_outside(model, last, wire[0])?;
     Ok(Some(patch))
+}
+
+/// Folds each `Add` of two tensors of one shape, one of them the output of a medinfer direct
+/// convolution read by nothing else (nor an output of the model), into that convolution
+/// ([`DirectConv`]'s `residual`): the other tensor becomes its last input, added as its output
+/// is written. MobileNetV2's residual connections: ten additions, 0.08 ms of a two-thread run
+/// on their own, and the expansions that read them were slower than the one that reads a
+/// convolution's output (the Zen 4 VM: 0.108 against 0.094 ms, the same shapes). Run after
+/// [`crate::fused::substitute`], whose operators take no residual. Returns how many.
+pub fn fuse_residuals(model: &mut TypedModel) -> TractResult<usize> {
+    let mut fused = 0;
+    for id in 0..model.nodes().len() {
+        let node = model.node(id);
+        if !node.op_is::<TypedBinOp>() || node.op.name() != "Add" || node.inputs.len() != 2 {
+            continue;
+        }
+        let sum = model.outlet_fact(OutletId::new(id, 0))?;
+        for (conv_at, other_at) in [(0, 1), (1, 0)] {
+            let (outlet, other) = (node.inputs[conv_at], node.inputs[other_at]);
+            let Some(op) = model.node(outlet.node).op_as::<DirectConv>() else { continue };
+            let facts = [model.outlet_fact(outlet)?, model.outlet_fact(other)?];
+            if op.residual
+                || model.outlet_successors(outlet).len() != 1
+                || model.outputs.contains(&outlet)
+                || facts.iter().any(|f| {
+                    f.datum_type != f32::datum_type()
+                        || f.konst.is_some()
+                        || f.shape != sum.shape
+                        || f.shape.as_concrete().is_none()
+                })
+            {
+                continue;
+            }
+            let conv = model.node(outlet.node);
+            let mut patch = TypedModelPatch::default();
+            let mut inputs = conv
+                .inputs
+                .iter()
+                .map(|&i| patch.tap_model(model, i))
+                .collect::<TractResult<TVec<_>>>()?;
+            inputs.push(patch.tap_model(model, other)?);
+            let op = DirectConv { residual: true, ..op.clone() };
+            let wire = patch.wire_node(&conv.name, op, &inputs)?;
+            patch.shunt_outside(model, OutletId::new(id, 0), wire[0])?;
+            patch.apply(model)?;
+            fused += 1;
+            break;
+        }
+    }
+    if fused > 0 {
+        model.compact()?;
+    }
+    Ok(fused)
 }
 
 /// Replaces every `Conv` of `model` that [`DirectConv`] covers (f32, NCHW, constant OIHW
@@ -578,7 +638,7 @@ pub fn read_concats(model: &mut TypedModel) -> TractResult<usize> {
             }
             flat
         } else if let Some(conv) = node.op_as::<DirectConv>() {
-            let params = if conv.prologue { 4 } else { 2 };
+            let params = conv.params();
             if !conv.packs_image() || node.inputs.len() != 1 + params || !channels(&node.inputs[0])
             {
                 continue;
@@ -734,6 +794,7 @@ fn pointwise_patch(
         prologue: prologue.is_some(),
         pooled,
         clamp: Clamp::NONE,
+        residual: false,
         layout: LayoutCell::default(),
     };
     let mut patch = TypedModelPatch::default();
@@ -889,7 +950,7 @@ pub(crate) fn at_least(v: &mut Vec<f32>, n: usize) -> &mut [f32] {
 
 impl DirectConv {
     /// How many numbers [`DirectConv::to_words`] gives.
-    pub(crate) const WORDS: usize = 16;
+    pub(crate) const WORDS: usize = 17;
 
     /// Its output channels (`M`).
     pub(crate) fn output_channels(&self) -> usize {
@@ -911,6 +972,12 @@ impl DirectConv {
         self.input_channels * self.input_hw[0] * self.input_hw[1]
     }
 
+    /// Its inputs after the image's pieces: the kernel, the bias, the prologue's scale and
+    /// shift where it has one, the residual where it has one.
+    fn params(&self) -> usize {
+        2 + if self.prologue { 2 } else { 0 } + usize::from(self.residual)
+    }
+
     /// The operator's fields as numbers, for the plan form ([`crate::plan_form`]).
     pub(crate) fn to_words(&self) -> Vec<u64> {
         let mut w = vec![self.input_channels as u64, self.output_channels as u64];
@@ -919,13 +986,15 @@ impl DirectConv {
         }
         w.extend([u64::from(self.prologue), u64::from(self.pooled)]);
         w.extend(self.clamp.bits().map(u64::from));
+        w.push(u64::from(self.residual));
         w
     }
 
     /// The operator [`DirectConv::to_words`] gave these numbers for; `None` where they are
     /// out of range or describe no convolution this operator runs.
     pub(crate) fn from_words(w: &[u64]) -> Option<DirectConv> {
-        let [c, m, ih, iw, oh, ow, kh, kw, sh, sw, ph, pw, prologue, pooled, lo, hi] = *w else {
+        let [c, m, ih, iw, oh, ow, kh, kw, sh, sw, ph, pw, prologue, pooled, lo, hi, residual] = *w
+        else {
             return None;
         };
         let (u, flag) = (size_word, |v: u64| (v <= 1).then_some(v == 1));
@@ -940,6 +1009,7 @@ impl DirectConv {
             prologue: flag(prologue)?,
             pooled: flag(pooled)?,
             clamp: Clamp::from_words(lo, hi)?,
+            residual: flag(residual)?,
             layout: LayoutCell::default(),
         };
         // Pooled: the image is twice the output, and a row or column more where it is odd
@@ -1011,6 +1081,7 @@ impl DirectConv {
             prologue: false,
             pooled: false,
             clamp: Clamp::NONE,
+            residual: false,
             layout: LayoutCell::default(),
         })
     }
@@ -1371,8 +1442,38 @@ impl DirectConv {
 
     /// Convolves `n` images, each `C × H × W` in `input`, into `output` (`n × M × OH × OW`).
     /// `weights`: the packed kernel; `affine`: the prologue's scale and shift (`C` values
-    /// each), where it has one.
+    /// each), where it has one; `residual`: what the output gains after its clamp (as many
+    /// values), where it has one.
     fn run(
+        &self,
+        input: Input,
+        weights: &[f32],
+        bias: &[f32],
+        affine: Option<(&[f32], &[f32])>,
+        residual: Option<&[f32]>,
+        output: &mut [f32],
+    ) -> TractResult<()> {
+        if residual.is_some_and(|r| r.len() != output.len()) {
+            bail!("{}: a residual of unexpected size", self.name());
+        }
+        if self.small() {
+            return self.run_small(input, weights, bias, affine, residual, output);
+        }
+        self.run_large(input, weights, bias, affine, output)?;
+        // Added as a pass of its own where the sums are not written by `run_small`.
+        if let Some(residual) = residual {
+            share(output, self.output_plane(), output.len(), |first, planes| {
+                let at = first * self.output_plane();
+                for (o, &r) in planes.iter_mut().zip(&residual[at..]) {
+                    *o += r;
+                }
+            })?;
+        }
+        Ok(())
+    }
+
+    /// [`DirectConv::run`] where it is not [`DirectConv::small`] (nothing added after).
+    fn run_large(
         &self,
         input: Input,
         weights: &[f32],
@@ -1380,9 +1481,6 @@ impl DirectConv {
         affine: Option<(&[f32], &[f32])>,
         output: &mut [f32],
     ) -> TractResult<()> {
-        if self.small() {
-            return self.run_small(input, weights, bias, affine, output);
-        }
         let [oh, ow] = self.output_hw;
         let mut layout = self.layout();
         // What one thread reads, in values: by panels, the whole image and its share of the
@@ -1727,6 +1825,7 @@ impl DirectConv {
         weights: &[f32],
         bias: &[f32],
         affine: Option<(&[f32], &[f32])>,
+        residual: Option<&[f32]>,
         output: &mut [f32],
     ) -> TractResult<()> {
         let [kh, kw] = self.kernel_hw;
@@ -1767,11 +1866,12 @@ impl DirectConv {
                 bail!("{}: an image shorter than its blocks' reach", self.name());
             }
             let out = SendPtr(dst.as_mut_ptr());
+            let residual = residual.map(|r| &r[n * m * positions..][..m * positions]);
             // Groups `part` of block `block` from `image`.
             let run = |image: &[f32], block: usize, part: Range<usize>| {
                 let channels = block * SMALL_M..((block + 1) * SMALL_M).min(m);
                 let w = &weights[block * taps * SMALL_M..];
-                let small = Small { image, steps: &steps, width, w, bias };
+                let small = Small { image, steps: &steps, width, w, bias, residual };
                 // SAFETY: `dst` holds the block's channels' planes, and each unit writes its
                 // own positions of its own block's planes (reading only what it prepared).
                 unsafe {
@@ -1875,7 +1975,7 @@ impl DirectConv {
         planes: usize,
         groups: Range<usize>,
     ) {
-        let Small { image, steps, width, w, bias } = small;
+        let Small { image, steps, width, w, bias, residual } = small;
         let [oh, ow] = self.output_hw;
         let positions = oh * ow;
         let [lo, hi] = self.clamp.bounds();
@@ -1887,8 +1987,9 @@ impl DirectConv {
                 let at = p / ow * width + p % ow;
                 let taps = steps.iter().enumerate();
                 let sum: f32 = taps.map(|(k, &s)| w[k * SMALL_M + r] * image[s + at]).sum();
+                let add = residual.map_or(0.0, |res| res[o * positions + p]);
                 // SAFETY: plane `r`'s position `p`, the caller's to write.
-                unsafe { *out.add(r * positions + p) = Clamp::apply(lo, hi, sum + b) };
+                unsafe { *out.add(r * positions + p) = Clamp::apply(lo, hi, sum + b) + add };
             }
         }
     }
@@ -1907,13 +2008,14 @@ impl DirectConv {
     ) {
         use std::arch::x86_64::*;
         const P: usize = SMALL_P;
-        let Small { image, steps, width, w, bias } = small;
+        let Small { image, steps, width, w, bias, residual } = small;
         let [oh, ow] = self.output_hw;
         let positions = oh * ow;
         let taps = steps.len();
         if w.len() < taps * SMALL_M
             || image.len() < small_reach(steps, width, self.output_hw)
             || planes > SMALL_M
+            || residual.is_some_and(|r| r.len() < (first + planes) * positions)
         {
             return;
         }
@@ -1961,10 +2063,23 @@ impl DirectConv {
                     unsafe { _mm512_storeu_ps(row.as_mut_ptr().add(16 * h), v) };
                 }
             }
-            for r in 0..planes {
-                for (j, row) in t.iter().enumerate().take(n) {
-                    // SAFETY: plane `r`'s position `p0 + j`, the caller's to write.
-                    unsafe { *out.add(r * positions + p0 + j) = row[r] };
+            match residual {
+                Some(res) => {
+                    for r in 0..planes {
+                        let res = &res[(first + r) * positions + p0..][..n];
+                        for (j, (row, &add)) in t.iter().zip(res).enumerate() {
+                            // SAFETY: plane `r`'s position `p0 + j`, the caller's to write.
+                            unsafe { *out.add(r * positions + p0 + j) = row[r] + add };
+                        }
+                    }
+                }
+                None => {
+                    for r in 0..planes {
+                        for (j, row) in t.iter().enumerate().take(n) {
+                            // SAFETY: plane `r`'s position `p0 + j`, the caller's to write.
+                            unsafe { *out.add(r * positions + p0 + j) = row[r] };
+                        }
+                    }
                 }
             }
         }
@@ -3023,12 +3138,13 @@ impl Clamped for DirectConv {
 
 impl Op for DirectConv {
     fn name(&self) -> StaticName {
-        "medinfer.Conv".into()
+        // A residual added after: named apart, so that a plan's operators show it.
+        if self.residual { "medinfer.ConvAdd".into() } else { "medinfer.Conv".into() }
     }
 
     fn info(&self) -> TractResult<Vec<String>> {
         Ok(vec![format!(
-            "{} -> {} channels, kernel {:?}, strides {:?}, padding before {:?}{}{}{}",
+            "{} -> {} channels, kernel {:?}, strides {:?}, padding before {:?}{}{}{}{}",
             self.input_channels,
             self.output_channels,
             self.kernel_hw,
@@ -3037,6 +3153,7 @@ impl Op for DirectConv {
             if self.prologue { ", scale + shift + ReLU before" } else { "" },
             if self.pooled { ", 2×2 average pooling after (run before)" } else { "" },
             self.clamp,
+            if self.residual { ", a residual added after" } else { "" },
         )])
     }
 
@@ -3055,8 +3172,9 @@ impl EvalOp for DirectConv {
             t.try_as_plain_ram()?.as_slice::<f32>()
         }
         // The image's pieces ([`read_concats`]; one where nothing was rewired), then the
-        // kernel, the bias and the prologue's scale and shift where there is one.
-        let params = if self.prologue { 4 } else { 2 };
+        // kernel, the bias, the prologue's scale and shift where there is one and the
+        // residual where there is one.
+        let params = self.params();
         let Some(pieces) = inputs.len().checked_sub(params).filter(|&p| p > 0) else {
             bail!("{}: {} inputs", self.name(), inputs.len());
         };
@@ -3077,6 +3195,15 @@ impl EvalOp for DirectConv {
         let n = inputs[0].shape().first().copied().unwrap_or(0);
         let image =
             |t: &TValue| matches!(*t.shape(), [tn, _, h, w] if tn == n && [h, w] == [ih, iw]);
+        let residual = match inputs.last() {
+            Some(t) if self.residual => {
+                if t.shape() != [n, m, oh, ow] {
+                    bail!("{}: a residual of unexpected shape", self.name());
+                }
+                Some(slice(t)?)
+            }
+            _ => None,
+        };
         if !inputs[..pieces].iter().all(image)
             || inputs[..pieces].iter().map(|t| t.shape()[1]).sum::<usize>() != c
             || kernel.len() != self.kernel_channels() * c * kh * kw
@@ -3089,7 +3216,7 @@ impl EvalOp for DirectConv {
         // SAFETY: f32 has no invalid bit patterns, and `run` writes every element.
         let mut output = unsafe { Tensor::uninitialized::<f32>(&[n, m, oh, ow])? };
         let mut view = output.try_as_plain_ram_mut()?;
-        self.run(input, kernel, bias, affine, view.as_slice_mut::<f32>()?)?;
+        self.run(input, kernel, bias, affine, residual, view.as_slice_mut::<f32>()?)?;
         Ok(tvec!(output.into_tvalue()))
     }
 }
@@ -3521,6 +3648,138 @@ mod tests {
         }
     }
 
+    /// `case`'s model with its output added to `other(model)` (the image, where `None`), the
+    /// convolution's output first or second; where `also_out`, the convolution's output is a
+    /// model output too.
+    fn with_residual(
+        case: &Case,
+        swapped: bool,
+        also_out: bool,
+        other: Option<&dyn Fn(&mut TypedModel) -> OutletId>,
+    ) -> TypedModel {
+        use tract_onnx::tract_core::ops::math;
+        let mut model = case.model();
+        let conv = model.output_outlets().expect("outputs")[0];
+        let other = match other {
+            Some(other) => other(&mut model),
+            None => model.input_outlets().expect("inputs")[0],
+        };
+        let inputs = if swapped { [other, conv] } else { [conv, other] };
+        let y = model.wire_node("residual", math::add(), &inputs).expect("add")[0];
+        let outputs = if also_out { vec![y, conv] } else { vec![y] };
+        model.select_output_outlets(&outputs).expect("outputs");
+        model
+    }
+
+    /// A residual addition after the convolution (an `Add` of its output and the image, in
+    /// either order: MobileNetV2's form) folds into it: no binary op is left, and the output
+    /// is the oracle's plus the image, on one thread and on two (with the `threads` feature).
+    /// 3×3 at stride 1 with as
+    /// many channels out as in: on 7 × 7 and 9 × 9 as `run_small` (where it runs; one block
+    /// of channels and two, each image's residual its own), on 60 × 60 on the layout's path,
+    /// then added as a pass of its own.
+    #[test]
+    fn fuses_a_following_residual() {
+        #[cfg(feature = "threads")]
+        let two = {
+            use tract_linalg::multithread::{Executor, multithread_tract_scope};
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
+            let executor = Executor::MultiThread(std::sync::Arc::new(pool));
+            move |run: &dyn Fn() -> Vec<f32>| multithread_tract_scope(executor.clone(), run)
+        };
+        #[cfg(not(feature = "threads"))]
+        let two = |run: &dyn Fn() -> Vec<f32>| run();
+        for (n, c, hw) in [(1, 32, 7), (2, 40, 9), (2, 8, 60)] {
+            let case = case(n, c, c, [hw, hw], [3, 3], [1, 1], [1, 1], [1, 1], true);
+            let (x, _, _) = case.data();
+            let want: Vec<f64> =
+                case.oracle().iter().zip(&x).map(|(&o, &x)| o + f64::from(x)).collect();
+            for swapped in [false, true] {
+                let what = format!("{n} × {c} channels on {hw}, swapped {swapped}");
+                let mut model = with_residual(&case, swapped, false, None);
+                substitute(&mut model).expect("substitute");
+                assert_eq!(fuse_residuals(&mut model).expect("fuse"), 1, "{what}");
+                assert!(!model.nodes().iter().any(|n| n.op_is::<TypedBinOp>()), "{what}");
+                let op = model.nodes().iter().find_map(|n| n.op_as::<DirectConv>()).expect("op");
+                // The plan form reads it back, residual and all.
+                assert!(op.residual, "{what}");
+                assert_eq!(DirectConv::from_words(&op.to_words()).as_ref(), Some(op), "{what}");
+                assert_close(&what, &case.run(model.clone()), &want);
+                let got = two(&|| case.run(model.clone()));
+                assert_close(&format!("{what}, two threads"), &got, &want);
+            }
+        }
+    }
+
+    /// Nothing is folded where the convolution's output is used elsewhere too (a model
+    /// output), where the other term is a constant, or where it broadcasts (one value a
+    /// channel).
+    #[test]
+    fn leaves_a_residual_it_cannot_fold() {
+        let case = case(1, 8, 8, [9, 9], [3, 3], [1, 1], [1, 1], [1, 1], true);
+        let konst = |model: &mut TypedModel| {
+            let v = tensor1(&[0.5f32; 8 * 81]).into_shape(&[1, 8, 9, 9]).expect("shape");
+            model.add_const("other", v).expect("const")
+        };
+        let per_channel = |model: &mut TypedModel| {
+            model.add_source("other", f32::fact([1, 8, 1, 1])).expect("source")
+        };
+        type Other<'a> = Option<&'a dyn Fn(&mut TypedModel) -> OutletId>;
+        let others: [(&str, bool, Other); 3] = [
+            ("a model output", true, None),
+            ("a constant", false, Some(&konst)),
+            ("one per channel", false, Some(&per_channel)),
+        ];
+        for (what, also_out, other) in others {
+            let mut model = with_residual(&case, false, also_out, other);
+            substitute(&mut model).expect("substitute");
+            assert_eq!(fuse_residuals(&mut model).expect("fuse"), 0, "{what}");
+        }
+    }
+
+    /// `run_small` reading its planes in place (MobileNetV2's projections on 14 × 14 and
+    /// 7 × 7) adds each image's residual to the right planes: 64 → 40 channels (a whole block
+    /// and a partial one) on two images, one thread and two (with the `threads` feature),
+    /// against the definition.
+    #[test]
+    fn small_planes_add_their_residual() {
+        let (n, c, m, hw) = (2, 64, 40, [14, 14]);
+        let op = plain_1x1(c, m, hw, Clamp::new(-0.5, 0.5));
+        let positions = hw[0] * hw[1];
+        let x: Vec<f32> = (0..n * c * positions).map(|i| value(i, 31)).collect();
+        let kernel: Vec<f32> = (0..m * c).map(|i| value(i, 32)).collect();
+        let bias: Vec<f32> = (0..m).map(|i| value(i, 33)).collect();
+        let residual: Vec<f32> = (0..n * m * positions).map(|i| value(i, 34)).collect();
+        let mut want = vec![0f64; n * m * positions];
+        for (j, w) in want.iter_mut().enumerate() {
+            let (image, o, p) = (j / (m * positions), j / positions % m, j % positions);
+            let sum: f64 = (0..c)
+                .map(|k| {
+                    let v = x[(image * c + k) * positions + p];
+                    f64::from(kernel[o * c + k]) * f64::from(v)
+                })
+                .sum();
+            *w = (sum + f64::from(bias[o])).clamp(-0.5, 0.5) + f64::from(residual[j]);
+        }
+        let packed = op.pack(&kernel);
+        let weights = packed.try_as_plain_ram().and_then(|v| v.as_slice::<f32>()).expect("f32");
+        let run = || {
+            let pieces = [&x[..]];
+            let input = Input { pieces: &pieces, images: n, plane: positions };
+            let mut out = vec![f32::NAN; n * m * positions];
+            op.run(input, weights, &bias, None, Some(&residual), &mut out).expect("run");
+            out
+        };
+        assert_close("one thread", &run(), &want);
+        #[cfg(feature = "threads")]
+        {
+            use tract_linalg::multithread::{Executor, multithread_tract_scope};
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().expect("pool");
+            let executor = Executor::MultiThread(std::sync::Arc::new(pool));
+            assert_close("two threads", &multithread_tract_scope(executor, run), &want);
+        }
+    }
+
     /// Every block this target and CPU can run, the portable one (what CPUs without AVX2 run)
     /// included: [`every_block_matches_the_definition`] runs each on its own, while the other
     /// tests run whichever [`DirectConv::run_tiles`] picks.
@@ -3596,6 +3855,7 @@ mod tests {
             prologue: false,
             pooled: false,
             clamp,
+            residual: false,
             layout: LayoutCell::default(),
         }
     }
@@ -4052,7 +4312,8 @@ mod tests {
 
     /// `run_small`'s AVX-512 block against the portable one, on every group of positions
     /// and a partial block of channels: a 1×1 kernel reading its planes, and a 3×3 one
-    /// reading padded rows (`OW + 1` positions each).
+    /// reading padded rows (`OW + 1` positions each); each with a residual added after the
+    /// clamp and without.
     #[test]
     fn small_blocks_agree() {
         let (c, m, hw) = (37, 20, [5, 6]);
@@ -4081,11 +4342,22 @@ mod tests {
                     *d = Clamp::apply(lo, hi, (sum + f64::from(bias[o])) as f32);
                 }
             }
+            let residual: Vec<f32> = (0..m * positions).map(|i| value(i, 24) - 0.5).collect();
+            let added: Vec<f64> =
+                want.iter().zip(&residual).map(|(&w, &r)| f64::from(w + r)).collect();
             let want: Vec<f64> = want.into_iter().map(f64::from).collect();
-            let small = Small { image: &image, steps: &steps, width, w, bias: &bias };
+            let small =
+                Small { image: &image, steps: &steps, width, w, bias: &bias, residual: None };
+            let with_residual = Small { residual: Some(&residual), ..small };
             let groups = positions.div_ceil(SMALL_P);
-            // Whole, and in two parts of positions (a partial group last).
-            for cuts in [vec![0, groups], vec![0, 2, groups]] {
+            // Whole, and in two parts of positions (a partial group last); without a residual
+            // and with one.
+            for (small, want, cuts) in [
+                (small, &want, vec![0, groups]),
+                (small, &want, vec![0, 2, groups]),
+                (with_residual, &added, vec![0, groups]),
+                (with_residual, &added, vec![0, 2, groups]),
+            ] {
                 let mut got = vec![f32::NAN; m * positions];
                 let mut portable = vec![f32::NAN; m * positions];
                 for cut in cuts.windows(2) {
@@ -4096,9 +4368,9 @@ mod tests {
                         op.small_block_portable(small, 0, portable.as_mut_ptr(), m, part);
                     }
                 }
-                let what = format!("small block, {:?}", op.kernel_hw);
-                assert_close(&what, &got, &want);
-                assert_close(&format!("{what}, portable"), &portable, &want);
+                let what = format!("small block, {:?}, {}", op.kernel_hw, small.residual.is_some());
+                assert_close(&what, &got, want);
+                assert_close(&format!("{what}, portable"), &portable, want);
             }
         }
     }

@@ -183,7 +183,8 @@ impl LoadedModel {
         // 1×1 and the 1×1 ones with a pooling after them (DenseNet-121's transitions). A
         // clamp after any of these (ReLU, ReLU6) folds into it; on x86-64, the 1×1 ones that
         // copy their image anyway read the pieces of a concatenation before them, so that
-        // DenseNet-121's dense blocks run no concatenation (`read_concats`). The Spin
+        // DenseNet-121's dense blocks run no concatenation (`read_concats`), and a residual
+        // addition after a direct convolution folds into it (`fuse_residuals`). The Spin
         // component (wasip2) keeps tract's: under Cranelift the direct convolution's wasm
         // block made DenseNet-121 15 % slower (and the pooled transitions alone gained
         // nothing measurable), and with our depthwise convolutions MobileNetV2 ran 12 %
@@ -210,6 +211,7 @@ impl LoadedModel {
                 if cfg!(target_arch = "x86_64") {
                     crate::fused::substitute(&mut m)?;
                     crate::conv::read_concats(&mut m)?;
+                    crate::conv::fuse_residuals(&mut m)?;
                 }
                 Ok(m)
             })

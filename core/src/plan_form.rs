@@ -44,7 +44,7 @@ use crate::fused::{Banded, ExpandDepthwise};
 
 const MAGIC: &[u8; 8] = b"MEDIPLAN";
 /// Bumped when the layout changes (the source hash catches the rest).
-const FORMAT: u32 = 1;
+const FORMAT: u32 = 2;
 
 /// What a form must match to be read by this build on this CPU.
 pub(crate) fn key() -> String {

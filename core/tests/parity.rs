@@ -61,6 +61,30 @@ fn mobilenetv2_depthwise_operator() {
     assert_eq!(ours, (0, 0, 0), "{ops:?}");
 }
 
+/// MobileNetV2's ten residual additions: on x86-64, each after a projection that runs on
+/// medinfer's direct convolution folds into it (`conv::fuse_residuals`, the operator then
+/// named `medinfer.ConvAdd`). Where the CPU has AVX-512, nine: the one after the 56 × 56
+/// banded chain (`fused`'s `ConvDepthwiseProject`) is left to tract. Without it, eight:
+/// tract's matrix products run the two 7 × 7 projections. Elsewhere none (tract's own).
+/// `mobilenetv2_matches_onnxruntime` checks the numbers.
+#[test]
+fn mobilenetv2_residual_additions() {
+    let ops = common::load_model("mobilenetv2-chexnet").plan_operators();
+    let count = |f: &dyn Fn(&str) -> bool| ops.iter().filter(|op| f(op)).count();
+    let ours = count(&|op| op == "medinfer.ConvAdd");
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::arch::is_x86_feature_detected!("avx512f") {
+            let tracts = count(&|op| op.contains("Add") && !op.starts_with("medinfer."));
+            assert_eq!((ours, tracts), (9, 1), "{ops:?}");
+        } else {
+            assert_eq!(ours, 8, "{ops:?}");
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    assert_eq!(ours, 0, "{ops:?}");
+}
+
 /// DenseNet-121's one max pooling (3×3, stride 2, after the stem) runs on medinfer's operator
 /// on x86-64 (`depthwise`; with the stem, band by band, where the CPU has AVX-512:
 /// `fused`'s `ConvMaxPool`), tract's elsewhere. Of its 58 concatenations, x86-64 runs one:
@@ -97,6 +121,7 @@ fn direct_convolutions() {
         let ops = common::load_model(model).plan_operators();
         let count = |name: &str| ops.iter().filter(|op| *op == name).count();
         let ours = count("medinfer.Conv")
+            + count("medinfer.ConvAdd")
             + count("medinfer.ExpandDepthwise")
             + count("medinfer.DepthwiseProject")
             + 2 * count("medinfer.ConvDepthwiseProject")
