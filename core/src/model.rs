@@ -332,25 +332,61 @@ impl LoadedModel {
             }
             return Ok(flat.chunks_exact(classes).map(<[f32]>::to_vec).collect());
         }
-        let s = &self.manifest.input;
-        let (c, h, w) = (s.channels() as usize, s.height() as usize, s.width() as usize);
-        let shape = match s.layout {
-            crate::Layout::Nchw => [1, c, h, w],
-            crate::Layout::Nhwc => [1, h, w, c],
-        };
-        let fail = |e: TractError| Error::Inference { reason: format!("{e:#}") };
+        let shape = self.image_shape();
         let run_one = |image: &[f32]| -> Result<Vec<f32>> {
-            let tensor = Tensor::from_shape(&shape, image).map_err(fail)?;
-            let outputs = self.plan.run(tvec!(tensor.into())).map_err(fail)?;
-            let values = outputs[0].to_plain_array_view::<f32>().map_err(fail)?;
-            if values.len() != classes {
-                return Err(Error::Inference { reason: "unexpected output size".into() });
-            }
-            Ok(values.iter().copied().collect())
+            let tensor = Tensor::from_shape(&shape, image).map_err(inference_err)?;
+            self.run_tensor(tensor)
         };
         // Image by image through the batch-1 plan: faster than tract's batch-N plans (above);
         // several images at once where `set_threads` started a pool.
         crate::map_on_pool(input.chunks_exact(per).collect(), run_one).into_iter().collect()
+    }
+
+    /// Whether the model runs on tract's CPU plan (no executor): [`crate::predict`] then
+    /// preprocesses each image straight into its input tensor ([`LoadedModel::preprocessed`],
+    /// [`LoadedModel::run_tensors`]), without the copy `run_raw` makes of each image
+    /// (MobileNetV2's 0.6 MB).
+    pub(crate) fn runs_on_cpu_plan(&self) -> bool {
+        self.executor.is_none()
+    }
+
+    /// `image`'s input tensor for the batch-1 plan (`[1, C, H, W]` or `[1, H, W, C]`), as
+    /// [`crate::preprocess::preprocess_into`] makes it.
+    pub(crate) fn preprocessed(&self, image: &crate::Image) -> Result<Tensor> {
+        let mut tensor = Tensor::zero::<f32>(&self.image_shape()).map_err(inference_err)?;
+        let mut view = tensor.try_as_plain_ram_mut().map_err(inference_err)?;
+        let dst = view.as_slice_mut::<f32>().map_err(inference_err)?;
+        crate::preprocess::preprocess_into(&image.display(), &self.manifest, dst);
+        Ok(tensor)
+    }
+
+    /// The raw outputs of [`LoadedModel::preprocessed`]'s tensors, as `run_raw` gives them.
+    pub(crate) fn run_tensors(&self, inputs: Vec<Tensor>) -> Result<Vec<Vec<f32>>> {
+        let shape = self.image_shape();
+        if inputs.iter().any(|t| t.shape() != shape || t.datum_type() != f32::datum_type()) {
+            return Err(Error::Inference { reason: "an input tensor of unexpected shape".into() });
+        }
+        crate::map_on_pool(inputs, |t| self.run_tensor(t)).into_iter().collect()
+    }
+
+    /// The batch-1 plan's input shape.
+    fn image_shape(&self) -> [usize; 4] {
+        let s = &self.manifest.input;
+        let (c, h, w) = (s.channels() as usize, s.height() as usize, s.width() as usize);
+        match s.layout {
+            crate::Layout::Nchw => [1, c, h, w],
+            crate::Layout::Nhwc => [1, h, w, c],
+        }
+    }
+
+    /// One image's run through the batch-1 plan: its `classes` raw outputs.
+    fn run_tensor(&self, tensor: Tensor) -> Result<Vec<f32>> {
+        let outputs = self.plan.run(tvec!(tensor.into())).map_err(inference_err)?;
+        let values = outputs[0].to_plain_array_view::<f32>().map_err(inference_err)?;
+        if values.len() != self.manifest.output.labels.len() {
+            return Err(Error::Inference { reason: "unexpected output size".into() });
+        }
+        Ok(values.iter().copied().collect())
     }
 
     /// Applies the manifest's activation and labels to one image's raw output.
@@ -381,4 +417,9 @@ impl LoadedModel {
             predictions.first().cloned().unwrap_or(Score { label: String::new(), score: 0.0 });
         Prediction { predictions, top_label: top.label, confidence_score: top.score }
     }
+}
+
+/// A tract error while running a model, as medinfer's.
+fn inference_err(e: TractError) -> Error {
+    Error::Inference { reason: format!("{e:#}") }
 }

@@ -127,13 +127,21 @@ pub fn predict(
             out.extend(raw.iter().map(|r| (model.postprocess(r), timing)));
             continue;
         }
-        let mut input = vec![0f32; per * chunk.len()];
-        let slots: Vec<_> = chunk.iter().zip(input.chunks_exact_mut(per)).collect();
-        crate::map_on_pool(slots, |(image, dst)| {
-            preprocess_into(&image.display(), model.manifest(), dst);
-        });
-        let t1 = timer.now_ms();
-        let raw = model.run_raw(input, chunk.len())?;
+        // On tract's CPU plan each image is preprocessed straight into its input tensor;
+        // for an executor, into one buffer for the chunk.
+        let (t1, raw) = if model.runs_on_cpu_plan() {
+            let tensors = crate::map_on_pool(chunk.to_vec(), |image| model.preprocessed(image))
+                .into_iter()
+                .collect::<Result<Vec<_>>>()?;
+            (timer.now_ms(), model.run_tensors(tensors)?)
+        } else {
+            let mut input = vec![0f32; per * chunk.len()];
+            let slots: Vec<_> = chunk.iter().zip(input.chunks_exact_mut(per)).collect();
+            crate::map_on_pool(slots, |(image, dst)| {
+                preprocess_into(&image.display(), model.manifest(), dst);
+            });
+            (timer.now_ms(), model.run_raw(input, chunk.len())?)
+        };
         let t2 = timer.now_ms();
         for r in raw {
             let timing = Timings {

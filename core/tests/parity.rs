@@ -280,3 +280,30 @@ fn the_plan_form_runs_the_same_plan() {
         assert!(err.to_string().contains("not a medinfer plan form"), "{err}");
     }
 }
+
+/// `predict` preprocesses each image straight into the CPU plan's input tensor: the same
+/// scores, bit for bit, as preprocessing into one buffer and `run_raw`, for a chunk of two
+/// real images (a CT and an RGB secondary capture).
+#[test]
+fn predict_runs_what_run_raw_runs() {
+    use medinfer_core::{DecodeOptions, Limits, NoTimer, decode, predict, preprocess};
+    let model = common::load_model("mobilenetv2-chexnet");
+    let decoded: Vec<_> = ["CT_small.dcm", "SC_rgb_jpeg_dcmtk.dcm"]
+        .iter()
+        .map(|name| decode(&common::dicom(name), &Limits::default(), &DecodeOptions::default()))
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let images: Vec<_> = decoded.iter().map(|d| &d.image).collect();
+    let got = predict(&model, &images, 2, &NoTimer).unwrap();
+    let per = model.input_len();
+    let mut input = vec![0f32; 2 * per];
+    for (image, dst) in images.iter().zip(input.chunks_exact_mut(per)) {
+        preprocess::preprocess_into(&image.display(), model.manifest(), dst);
+    }
+    let raw = model.run_raw(input, 2).unwrap();
+    assert_eq!(got.len(), 2);
+    for ((prediction, _), raw) in got.iter().zip(&raw) {
+        assert_eq!(prediction, &model.postprocess(raw));
+    }
+    assert_ne!(got[0].0, got[1].0, "two images, two answers");
+}
