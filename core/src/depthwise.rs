@@ -58,6 +58,26 @@ const MASKED_ROWS: usize = 2;
 #[cfg(target_arch = "x86_64")]
 const FLAT_VECTORS: usize = 8;
 
+/// Channel `c`'s `K × K` taps as broadcast vectors and its bias, for the AVX-512 kernels
+/// ([`DepthwiseConv::masked`], [`DepthwiseConv::narrow`]); for a max pooling (`MAX`), −∞ for
+/// both (the taps are never read). `kernel` holds at least `c + 1` channels' taps.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+#[inline]
+fn plane_taps<const K: usize, const MAX: bool>(
+    kernel: &[f32],
+    bias: &[f32],
+    c: usize,
+) -> ([[std::arch::x86_64::__m512; K]; K], f32) {
+    use std::arch::x86_64::*;
+    if MAX {
+        return ([[_mm512_set1_ps(f32::NEG_INFINITY); K]; K], f32::NEG_INFINITY);
+    }
+    let taps = &kernel[c * K * K..(c + 1) * K * K];
+    let b = if bias.len() == 1 { bias[0] } else { bias[c] };
+    (std::array::from_fn(|ky| std::array::from_fn(|kx| _mm512_set1_ps(taps[ky * K + kx]))), b)
+}
+
 /// What [`DepthwiseConv::flat`] hands its planes' loop: the operator's buffers, and per tap,
 /// per vector, where lane 0 reads and which lanes read inside the image.
 #[cfg(target_arch = "x86_64")]
@@ -463,18 +483,7 @@ impl DepthwiseConv {
             input.chunks_exact(stride).zip(output.chunks_exact_mut(band)).enumerate()
         {
             let c = (first + plane) % self.channels;
-            let (w, b): ([[__m512; K]; K], f32) = if MAX {
-                ([[fill; K]; K], f32::NEG_INFINITY)
-            } else {
-                let taps = &kernel[c * K * K..(c + 1) * K * K];
-                let b = if bias.len() == 1 { bias[0] } else { bias[c] };
-                (
-                    std::array::from_fn(|ky| {
-                        std::array::from_fn(|kx| _mm512_set1_ps(taps[ky * K + kx]))
-                    }),
-                    b,
-                )
-            };
+            let (w, b) = plane_taps::<K, MAX>(kernel, bias, c);
             let src = src.as_ptr();
             for y0 in rows.clone().step_by(R) {
                 for (block, taps) in columns.iter().enumerate() {
@@ -736,18 +745,7 @@ impl DepthwiseConv {
             input.chunks_exact(plane_in).zip(output.chunks_exact_mut(plane_out)).enumerate()
         {
             let c = (first + plane) % self.channels;
-            let (w, b): ([[__m512; 3]; 3], f32) = if MAX {
-                ([[filled; 3]; 3], f32::NEG_INFINITY)
-            } else {
-                let taps = &kernel[c * 9..(c + 1) * 9];
-                let b = if bias.len() == 1 { bias[0] } else { bias[c] };
-                (
-                    std::array::from_fn(|ky| {
-                        std::array::from_fn(|kx| _mm512_set1_ps(taps[ky * 3 + kx]))
-                    }),
-                    b,
-                )
-            };
+            let (w, b) = plane_taps::<3, MAX>(kernel, bias, c);
             // Image row `y` (the padding where it lies outside).
             let row = |y: isize| {
                 if (0..ih as isize).contains(&y) {
