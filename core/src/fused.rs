@@ -319,13 +319,13 @@ impl Banded {
                 && project.input_len() == channels * oh * ow
                 && project.output_plane() == oh * ow
         });
-        let banded = self.depthwise.runs_by_rows();
-        banded && fed && projected && (self.before.is_some() || self.project.is_some())
+        let chained = self.before.is_some() || self.project.is_some();
+        self.depthwise.runs_by_rows() && fed && projected && chained
     }
 
     /// Output rows per band: as many as [`BAND_BYTES`] holds of the depthwise output and the
-    /// producer's rows for it, even (the depthwise blocks are two rows); all of them where the
-    /// depthwise convolution runs whole planes only.
+    /// producer's rows for it, even (the depthwise blocks are two rows); all of them where two
+    /// rows do not fit.
     fn band(&self) -> usize {
         let (channels, [oh, ow], _) = self.depthwise.shape();
         let [_, iw] = self.depthwise.input_size();
@@ -336,7 +336,7 @@ impl Banded {
             };
             (rows * ow + produced) * channels * size_of::<f32>() <= BAND_BYTES
         };
-        if !self.depthwise.runs_by_rows() || !fits(2) {
+        if !fits(2) {
             return oh.max(1);
         }
         let mut rows = 2;
