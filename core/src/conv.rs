@@ -83,8 +83,13 @@ const TILE: usize = 16;
 const NR: usize = 4;
 #[cfg(target_arch = "wasm32")]
 const TILE: usize = 8;
+/// Panels of [`block_avx2`] with 4 channels, for the convolutions whose output channels 6 would
+/// pad by a tenth or more ([`DirectConv::panel`]).
+#[cfg(not(target_arch = "wasm32"))]
+const NR_NARROW: usize = 4;
 /// The panel width of the block [`DirectConv::run_tiles`] picks on this CPU: what the kernel
-/// is packed for when the graph is rewritten, and what the run reads it as.
+/// is packed for when the graph is rewritten, and what the run reads it as (4 instead of 6 for
+/// some convolutions, [`DirectConv::panel`]).
 pub(crate) fn panel_width() -> usize {
     #[cfg(target_arch = "x86_64")]
     if avx512() {
@@ -108,6 +113,12 @@ pub(crate) fn avx512() -> bool {
 const K_STEP: usize = 512;
 #[cfg(not(target_arch = "x86_64"))]
 const K_STEP: usize = 256;
+/// [`K_STEP`] for the padded layouts (kernels larger than 1×1): their steps read 3 rows of
+/// each channel where a 1×1's read one line, so fewer channels' rows stay in L1 across a pass.
+/// On the Zen 3 VM (AVX2), DenseNet-121's 3×3 convolutions (128 → 32) at 256 against 512,
+/// standalone, runs alternated in one process: 56 × 56 3.54 → 3.24 ms, 28 × 28 0.83 → 0.80.
+/// The AVX-512 plan runs these as [`DirectConv::run_small`], whose sums take one pass.
+const K_STEP_KXK: usize = 256;
 /// Output channels (lanes: two vectors) and positions (broadcast) per block of
 /// [`DirectConv::run_small`].
 const SMALL_M: usize = 32;
@@ -875,8 +886,11 @@ struct Layout {
     tiles: usize,
     /// Output channels rounded up to whole panels.
     channels: usize,
-    /// Output channels per panel: [`panel_width`], unless a test picks a block.
+    /// Output channels per panel: [`DirectConv::panel`], unless a test picks a block.
     nr: usize,
+    /// Steps of the sum per pass over a block: [`K_STEP`], or [`K_STEP_KXK`] where the layout
+    /// is padded.
+    k_step: usize,
     /// Scratch floats per image, reach of the farthest read included.
     scratch: usize,
     /// Where tap `k` (input channel, kernel row, kernel column) reads, relative to its
@@ -1087,7 +1101,35 @@ impl DirectConv {
     }
 
     fn layout(&self) -> Layout {
-        self.layout.0.get_or_init(|| self.layout_for(panel_width())).clone()
+        self.layout.0.get_or_init(|| self.layout_for(self.panel())).clone()
+    }
+
+    /// The panel width of its blocks: this CPU's ([`panel_width`]), but 4 where the panels are
+    /// 6 wide and would pad its output channels by a tenth or more while 4 fills them, for a
+    /// kernel larger than 1×1 whose sum takes [`K_STEP_KXK`] steps or more: DenseNet-121's 3×3
+    /// convolutions (128 → 32; 36 channels spent 11 % of the products on zeros). 4 × 16 blocks
+    /// run at the 6 × 16 block's rate over L1 (97–101 GFLOP/s, Zen 3 VM). Standalone, runs
+    /// alternated, its 3×3 on 56 × 56 3.24 → 3.11 ms, on 28 × 28 0.80 → 0.75; in the model (two
+    /// plans, runs alternated, one thread) with [`K_STEP_KXK`], its six 3×3 on 56 × 56 20.0–20.8
+    /// → 18.2–18.5 ms, the twelve on 28 × 28 10.0 → 9.1. Not for 1×1 convolutions or short sums,
+    /// which read each image line for fewer products (MobileNetV2's 32-channel projections and
+    /// its 3×3 stem: 5–11 % slower at 4), nor for the channels 6 pads by less (DenseNet-121's
+    /// 1×1 convolutions' 128 → 132: 4–9 % slower at 4).
+    fn panel(&self) -> usize {
+        let nr = panel_width();
+        #[cfg(not(target_arch = "wasm32"))]
+        {
+            let (m, [kh, kw]) = (self.output_channels, self.kernel_hw);
+            if nr == NR
+                && kh * kw > 1
+                && self.input_channels * kh * kw >= K_STEP_KXK
+                && m.is_multiple_of(NR_NARROW)
+                && m.next_multiple_of(nr) * 10 >= m * 11
+            {
+                return NR_NARROW;
+            }
+        }
+        nr
     }
 
     /// The layout with panels of `nr` output channels.
@@ -1138,6 +1180,7 @@ impl DirectConv {
             (offsets.into(), scratch, TILE)
         };
         Layout {
+            k_step: if packed { K_STEP } else { K_STEP_KXK },
             rows,
             width,
             positions,
@@ -1429,9 +1472,16 @@ impl DirectConv {
                 // for.
                 return unsafe { tiles_avx512(image, weights, layout, sums) };
             }
-            if layout.nr == NR && has!("avx2") && has!("fma") {
-                // SAFETY: the CPU has AVX2 and FMA, the features `tiles_avx2` is compiled for.
-                return unsafe { tiles_avx2(image, weights, layout, sums) };
+            if has!("avx2") && has!("fma") {
+                // SAFETY (both): the CPU has AVX2 and FMA, the features `tiles_avx2` is
+                // compiled for.
+                match layout.nr {
+                    NR => return unsafe { tiles_avx2::<NR>(image, weights, layout, sums) },
+                    NR_NARROW => {
+                        return unsafe { tiles_avx2::<NR_NARROW>(image, weights, layout, sums) };
+                    }
+                    _ => {}
+                }
             }
         }
         #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
@@ -1522,7 +1572,7 @@ impl DirectConv {
             // (MobileNetV2's 3×3: 0.64 → 0.51 ms, DenseNet-121's 7×7: 2.73 → 2.62 ms). Sums
             // of several passes stay in the buffer: read back from and written to the planes
             // between passes, DenseNet-121's deep 1×1 ones ran 3–5 % slower.
-            let direct = layout.offsets.len() <= K_STEP;
+            let direct = layout.offsets.len() <= layout.k_step;
             let sums = layout.tiles * layout.channels * TILE;
             let blocks = at_least(blocks, if direct || in_place { 0 } else { sums });
             let image_out = self.output_channels * oh * ow;
@@ -1605,7 +1655,7 @@ impl DirectConv {
         bias: &[f32],
     ) -> TractResult<()> {
         let [oh, ow] = self.output_hw;
-        let direct = layout.offsets.len() <= K_STEP;
+        let direct = layout.offsets.len() <= layout.k_step;
         let row = layout.channels * TILE;
         if !direct && blocks.len() < layout.tiles * row {
             bail!("{}: a blocks' buffer too small", self.name());
@@ -1737,7 +1787,7 @@ impl DirectConv {
     pub(crate) fn runs_by_panels(&self) -> bool {
         let layout = self.layout();
         layout.packed
-            && layout.offsets.len() <= K_STEP
+            && layout.offsets.len() <= layout.k_step
             && self.output_channels.is_multiple_of(layout.nr)
             && !self.prologue
             && !self.pooled
@@ -1788,7 +1838,11 @@ impl DirectConv {
     /// Output channels the packed kernel holds (the last panel or block filled with zeros).
     fn kernel_channels(&self) -> usize {
         let m = self.output_channels;
-        if self.small() { m.next_multiple_of(SMALL_M) } else { m.next_multiple_of(panel_width()) }
+        if self.small() {
+            m.next_multiple_of(SMALL_M)
+        } else {
+            m.next_multiple_of(self.layout().nr)
+        }
     }
 
     /// The kernel of a [`DirectConv::small`] convolution (`[M][C · KH · KW]`), as blocks of
@@ -2150,7 +2204,8 @@ impl DirectConv {
     /// output rows of [`TILE`] positions and more (so that a block's lanes reach a row above
     /// the band and one below at most).
     pub(crate) fn runs_by_rows(&self) -> bool {
-        self.layout().offsets.len() <= K_STEP
+        let layout = self.layout();
+        layout.offsets.len() <= layout.k_step
             && !self.prologue
             && !self.pooled
             && !self.small()
@@ -2542,14 +2597,19 @@ pub(crate) fn share_bands(
     }
 }
 
-/// [`tiles`] with [`block_avx2`]: AVX2 with fused multiply-add.
+/// [`tiles`] with [`block_avx2`] for panels of `R` channels: AVX2 with fused multiply-add.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn tiles_avx2(image: &[f32], weights: &[f32], layout: &Layout, sums: &mut Sums) {
+unsafe fn tiles_avx2<const R: usize>(
+    image: &[f32],
+    weights: &[f32],
+    layout: &Layout,
+    sums: &mut Sums,
+) {
     single(image, weights, layout, sums, |image, p, offsets, weights, acc, first| {
         // SAFETY: the CPU has AVX2 and FMA (the caller's contract), and `tiles` vouches for
         // the reach.
-        unsafe { block_avx2(image, p, offsets, weights, acc, first) }
+        unsafe { block_avx2::<R>(image, p, offsets, weights, acc, first) }
     })
 }
 
@@ -2633,8 +2693,8 @@ fn tiles(
     // A range of steps, then a group of blocks, then panels, then the group's blocks: a
     // panel's weights for the steps stay in L1 while the group's blocks pass over them, and
     // the group's image lines for the steps stay in L2 across the panels.
-    for k0 in (0..k).step_by(K_STEP) {
-        let k1 = (k0 + K_STEP).min(k);
+    for k0 in (0..k).step_by(layout.k_step) {
+        let k1 = (k0 + layout.k_step).min(k);
         let steps = Steps { first: k0 == 0, last: k1 == k };
         for group in tiles.clone().step_by(GROUP) {
             for panel in panels.clone() {
@@ -3053,15 +3113,18 @@ unsafe fn block<const R: usize>(
     }
 }
 
-/// [`block`] in AVX2 intrinsics, each of the 12 sums its own register. (Given the portable
-/// form, or 4 × 24 blocks whose 12 sums, 3 image vectors and a broadcast need all 16
-/// registers, LLVM rotated the sums through registers and the stack on every step.)
+/// [`block`] in AVX2 intrinsics for panels of `R` channels (4 or 6), each of the `2R` sums
+/// its own register: arrays indexed by constants only, which LLVM keeps in registers once it
+/// unrolls the loops over them (over L1-resident lines, Zen 3 VM: 96–101 GFLOP/s for 6, 97–101
+/// for 4, as the block written out by hand before). Given the portable form, or 4 × 24 blocks
+/// whose 12 sums, 3 image vectors and a broadcast need all 16 registers, LLVM rotated the sums
+/// through registers and the stack on every step.
 ///
 /// # Safety
 /// As [`block`], and the CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn block_avx2(
+unsafe fn block_avx2<const R: usize>(
     image: &[f32],
     p: usize,
     offsets: &[usize],
@@ -3070,59 +3133,35 @@ unsafe fn block_avx2(
     first: bool,
 ) {
     use std::arch::x86_64::*;
-    const _: () = assert!(NR == 6 && TILE == 16, "block_avx2 is written for 6 × 16");
-    assert!(acc.len() >= NR * TILE && weights.len() >= offsets.len() * NR);
+    const { assert!(R <= NR && TILE == 16, "block_avx2 is written for up to 6 × 16") };
+    assert!(acc.len() >= R * TILE && weights.len() >= offsets.len() * R);
     let a = acc.as_mut_ptr();
-    // SAFETY: `acc` holds NR × TILE values (asserted); the image reads are the caller's
-    // contract; `weights` holds NR per step (asserted).
+    // SAFETY: `acc` holds R × TILE values (asserted); the image reads are the caller's
+    // contract; `weights` holds R per step (asserted).
     unsafe {
-        let load = |r: usize, v: usize| {
-            if first { _mm256_setzero_ps() } else { _mm256_loadu_ps(a.add(r * TILE + v * 8)) }
-        };
-        let (mut s00, mut s01) = (load(0, 0), load(0, 1));
-        let (mut s10, mut s11) = (load(1, 0), load(1, 1));
-        let (mut s20, mut s21) = (load(2, 0), load(2, 1));
-        let (mut s30, mut s31) = (load(3, 0), load(3, 1));
-        let (mut s40, mut s41) = (load(4, 0), load(4, 1));
-        let (mut s50, mut s51) = (load(5, 0), load(5, 1));
+        let mut sums = [[_mm256_setzero_ps(); 2]; R];
+        if !first {
+            for (r, s) in sums.iter_mut().enumerate() {
+                *s = [0, 1].map(|v| _mm256_loadu_ps(a.add(r * TILE + v * 8)));
+            }
+        }
         let base = image.as_ptr().add(p);
         let mut w = weights.as_ptr();
         for &offset in offsets {
             let x = base.add(offset);
             let (x0, x1) = (_mm256_loadu_ps(x), _mm256_loadu_ps(x.add(8)));
-            let b = _mm256_broadcast_ss(&*w);
-            s00 = _mm256_fmadd_ps(b, x0, s00);
-            s01 = _mm256_fmadd_ps(b, x1, s01);
-            let b = _mm256_broadcast_ss(&*w.add(1));
-            s10 = _mm256_fmadd_ps(b, x0, s10);
-            s11 = _mm256_fmadd_ps(b, x1, s11);
-            let b = _mm256_broadcast_ss(&*w.add(2));
-            s20 = _mm256_fmadd_ps(b, x0, s20);
-            s21 = _mm256_fmadd_ps(b, x1, s21);
-            let b = _mm256_broadcast_ss(&*w.add(3));
-            s30 = _mm256_fmadd_ps(b, x0, s30);
-            s31 = _mm256_fmadd_ps(b, x1, s31);
-            let b = _mm256_broadcast_ss(&*w.add(4));
-            s40 = _mm256_fmadd_ps(b, x0, s40);
-            s41 = _mm256_fmadd_ps(b, x1, s41);
-            let b = _mm256_broadcast_ss(&*w.add(5));
-            s50 = _mm256_fmadd_ps(b, x0, s50);
-            s51 = _mm256_fmadd_ps(b, x1, s51);
-            w = w.add(NR);
+            for (r, [s0, s1]) in sums.iter_mut().enumerate() {
+                let b = _mm256_broadcast_ss(&*w.add(r));
+                *s0 = _mm256_fmadd_ps(b, x0, *s0);
+                *s1 = _mm256_fmadd_ps(b, x1, *s1);
+            }
+            w = w.add(R);
         }
-        let store = |r: usize, v: usize, s: __m256| _mm256_storeu_ps(a.add(r * TILE + v * 8), s);
-        store(0, 0, s00);
-        store(0, 1, s01);
-        store(1, 0, s10);
-        store(1, 1, s11);
-        store(2, 0, s20);
-        store(2, 1, s21);
-        store(3, 0, s30);
-        store(3, 1, s31);
-        store(4, 0, s40);
-        store(4, 1, s41);
-        store(5, 0, s50);
-        store(5, 1, s51);
+        for (r, s) in sums.iter().enumerate() {
+            for (v, &s) in s.iter().enumerate() {
+                _mm256_storeu_ps(a.add(r * TILE + v * 8), s);
+            }
+        }
     }
 }
 
@@ -3544,7 +3583,7 @@ mod tests {
     fn cases() -> Vec<Case> {
         vec![
             // DenseNet-121's 3×3 convolutions (32 outputs; more input channels than one step
-            // of the sum holds: 60 · 9 = 540 > K_STEP) on planes narrower and wider than a
+            // of the sum holds: 60 · 9 = 540 > K_STEP_KXK) on planes narrower and wider than a
             // block, and its 7×7 stride-2 stem.
             case(1, 60, 32, [7, 7], [3, 3], [1, 1], [1, 1], [1, 1], false),
             case(1, 60, 32, [29, 29], [3, 3], [1, 1], [1, 1], [1, 1], true),
@@ -3795,7 +3834,12 @@ mod tests {
             use std::arch::is_x86_feature_detected as has;
             if has!("avx2") && has!("fma") {
                 // SAFETY: the CPU has AVX2 and FMA.
-                kernels.push(("avx2", |i, w, l, s| unsafe { tiles_avx2(i, w, l, s) }, NR));
+                kernels.push(("avx2", |i, w, l, s| unsafe { tiles_avx2::<NR>(i, w, l, s) }, NR));
+                kernels.push((
+                    "avx2",
+                    |i, w, l, s| unsafe { tiles_avx2::<NR_NARROW>(i, w, l, s) },
+                    NR_NARROW,
+                ));
             }
             if avx512() {
                 // SAFETY: the CPU has AVX-512F, AVX2 and FMA.
@@ -3876,7 +3920,7 @@ mod tests {
             let mut direct = out.clone();
             // Into the planes where `run` does so: summed in one pass, or packed (whose
             // planes also take a pass's partial sums).
-            let into_planes = layout.packed || layout.offsets.len() <= K_STEP;
+            let into_planes = layout.packed || layout.offsets.len() <= layout.k_step;
             let chunks = input.chunks_exact(image_in).zip(out.chunks_exact_mut(per_image));
             for ((src, dst), planes) in chunks.zip(direct.chunks_exact_mut(per_image)) {
                 let src: Vec<&[f32]> = src.chunks_exact(case.hw[0] * case.hw[1]).collect();
