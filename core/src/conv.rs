@@ -119,6 +119,19 @@ const K_STEP: usize = 256;
 /// standalone, runs alternated in one process: 56 × 56 3.54 → 3.24 ms, 28 × 28 0.83 → 0.80.
 /// The AVX-512 plan runs these as [`DirectConv::run_small`], whose sums take one pass.
 const K_STEP_KXK: usize = 256;
+/// [`K_STEP`] for 1×1 convolutions that pack their image block by block anyway (through a
+/// prologue, or pooled: [`DirectConv::packs_image`]), on x86-64: each step reads one contiguous
+/// line, and a sum of up to 1024 steps (all of DenseNet-121's) goes in one pass straight into
+/// the output planes, no blocks' buffer. Zen 3 VM (AVX2), standalone, runs alternated, one
+/// thread: its bottlenecks 768 → 128 and 1024 → 128 on 14 × 14 4–5 % faster, 1024 → 128 on
+/// 7 × 7 6 %, 640 → 128 on 28 × 28 1–2 % (two threads: 3–6 %); in the model, two plans
+/// alternated, its 1×1 convolutions 2–4 % faster at one and two threads. Read in place (no
+/// prologue), longer passes were 15–20 % slower on 14 × 14, so those keep [`K_STEP`]. With
+/// AVX-512 the 7 × 7 and 14 × 14 ones run as [`DirectConv::run_small`] instead.
+#[cfg(target_arch = "x86_64")]
+const K_STEP_PACKED: usize = 1024;
+#[cfg(not(target_arch = "x86_64"))]
+const K_STEP_PACKED: usize = K_STEP;
 /// Output channels (lanes: two vectors) and positions (broadcast) per block of
 /// [`DirectConv::run_small`].
 const SMALL_M: usize = 32;
@@ -888,8 +901,8 @@ struct Layout {
     channels: usize,
     /// Output channels per panel: [`DirectConv::panel`], unless a test picks a block.
     nr: usize,
-    /// Steps of the sum per pass over a block: [`K_STEP`], or [`K_STEP_KXK`] where the layout
-    /// is padded.
+    /// Steps of the sum per pass over a block: [`K_STEP`], [`K_STEP_PACKED`] where the image is
+    /// packed through a prologue or pooled, [`K_STEP_KXK`] where the layout is padded.
     k_step: usize,
     /// Scratch floats per image, reach of the farthest read included.
     scratch: usize,
@@ -1180,7 +1193,11 @@ impl DirectConv {
             (offsets.into(), scratch, TILE)
         };
         Layout {
-            k_step: if packed { K_STEP } else { K_STEP_KXK },
+            k_step: match (packed, self.packs_image()) {
+                (true, true) => K_STEP_PACKED,
+                (true, _) => K_STEP,
+                (false, _) => K_STEP_KXK,
+            },
             rows,
             width,
             positions,
@@ -4187,6 +4204,10 @@ mod tests {
             plain(pointwise(7, 9, [5, 13])),
             // Summed in two passes, the partial sums through the output planes.
             epilogue(plain(pointwise(600, 20, [9, 9]))),
+            // Packed through the prologue or pooled, and summed in two passes (more steps
+            // than `K_STEP_PACKED`), the partial sums through the blocks' buffer.
+            epilogue(pointwise(1100, 20, [9, 9])),
+            pooled(pointwise(1100, 14, [6, 7])),
             // Small planes (`run_small` where AVX-512 runs it): 7 × 7 with a last partial
             // block of channels, 5 × 5 with a last partial group of positions, with the
             // prologue.
