@@ -1138,11 +1138,12 @@ impl DirectConv {
     /// convolutions (128 → 32; 36 channels spent 11 % of the products on zeros). 4 × 16 blocks
     /// run at the 6 × 16 block's rate over L1 (97–101 GFLOP/s, Zen 3 VM). Standalone, runs
     /// alternated, its 3×3 on 56 × 56 3.24 → 3.11 ms, on 28 × 28 0.80 → 0.75; in the model (two
-    /// plans, runs alternated, one thread) with [`K_STEP_KXK`], its six 3×3 on 56 × 56 20.0–20.8
-    /// → 18.2–18.5 ms, the twelve on 28 × 28 10.0 → 9.1. Not for 1×1 convolutions or short sums,
-    /// which read each image line for fewer products (MobileNetV2's 32-channel projections and
-    /// its 3×3 stem: 5–11 % slower at 4), nor for the channels 6 pads by less (DenseNet-121's
-    /// 1×1 convolutions' 128 → 132: 4–9 % slower at 4).
+    /// plans, runs alternated, one thread) with [`K_STEP_KXK`], its six 3×3 on 56 × 56 20.8–21.6
+    /// → 18.2–20.0 ms (8–12 % in each run), the twelve on 28 × 28 10.0–10.4 → 9.1–9.5. Two
+    /// threads: 2–5 % on 56 × 56, nothing measurable on the rest. Not for 1×1 convolutions or
+    /// short sums, which read each image line for fewer products (MobileNetV2's 32-channel
+    /// projections and its 3×3 stem: 5–11 % slower at 4), nor for the channels 6 pads by less
+    /// (DenseNet-121's 1×1 convolutions' 128 → 132: 4–9 % slower at 4).
     fn panel(&self) -> usize {
         let nr = panel_width();
         #[cfg(not(target_arch = "wasm32"))]
