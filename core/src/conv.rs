@@ -17,10 +17,11 @@
 //! `OW` to `Wq` are computed and dropped) reads tap `(c, ky, kx)` at `p` plus a fixed offset.
 //! A block is then [`TILE`] consecutive positions — on x86-64 two vectors of 8 read straight
 //! from the scratch at each tap — times [`NR`] output channels whose weights are broadcast: 12
-//! accumulators, no gather (with AVX-512, two blocks at once, one 16-lane vector each, times
+//! accumulators, no gather (4 channels where 6 would pad the outputs by a tenth,
+//! [`DirectConv::panel`]; with AVX-512, two blocks at once, one 16-lane vector each, times
 //! [`NR_AVX512`] channels: 16; on wasm 8 positions × 4 channels, 8 accumulators). The sum
-//! over taps runs in steps of [`K_STEP`] so that the input rows a step reads stay in L1
-//! across the panels of output channels; the padding, the blocks and the copy out are shared
+//! over taps runs in passes ([`K_STEP`], [`K_STEP_KXK`], [`K_STEP_PACKED`]: `Layout::k_step`)
+//! so that the input rows a pass reads stay in L1 across the panels of output channels; the padding, the blocks and the copy out are shared
 //! on tract's executor where it has threads. The bias (and a clamp that followed in the
 //! graph, [`fuse_clamps`]) is applied when the blocks are copied out to NCHW, or, for a
 //! convolution summed in one pass, as its sums are stored straight into the output planes
@@ -36,7 +37,8 @@
 //! prologue is before either). A 1×1 kernel with nothing before it (MobileNetV2's) reads its
 //! image where it lies, step `c` of a block from plane `c`
 //! ([`DirectConv::in_place`]): the packing was a copy of the whole input, through L3 for the
-//! wide early layers (their projections 15–25 % faster without it). On planes of fewer than
+//! wide early layers (their projections 15–25 % faster without it); where such an image is
+//! larger than L2, the AVX2 block prefetches the next group's lines (`Layout::prefetch`). On planes of fewer than
 //! four blocks of positions (the 7 × 7 layers), and narrowing ones on planes under
 //! [`SMALL_NARROWING`] positions (14 × 14), a 1×1 convolution with AVX-512 runs with its
 //! output channels in the lanes instead ([`DirectConv::run_small`]): blocks of 32 channels ×
