@@ -107,6 +107,29 @@ pub(crate) fn avx512() -> bool {
     has!("avx512f") && has!("avx2") && has!("fma")
 }
 
+/// The vector kernels this CPU runs: what a plan form is keyed by besides the panel width,
+/// since the plan's shape follows them too (the banded chains form only where a depthwise
+/// convolution runs by rows, with AVX2 or AVX-512).
+pub(crate) fn kernels() -> &'static str {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if avx512() {
+            return "avx512";
+        }
+        if avx2() {
+            return "avx2";
+        }
+    }
+    "portable"
+}
+
+/// Whether this CPU has AVX2 and FMA, what the AVX2 kernels are compiled for.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn avx2() -> bool {
+    use std::arch::is_x86_feature_detected as has;
+    has!("avx2") && has!("fma")
+}
+
 /// Steps of the sum (input channel × tap) per pass over a block. On x86-64 512: against 256,
 /// DenseNet-121 58.1–59.8 against 58.9–60.7 ms on one thread (6 alternating runs, Zen 4 VM),
 /// more of its 1×1 convolutions summed in one pass straight into their output; 768 and 1024

@@ -24,8 +24,13 @@
 //! loads by a permutation (a 3×3 kernel's three taps out of the same three loads). At stride
 //! 2 into rows of at most 8 columns (MobileNetV2's 14 × 14 → 7 × 7), two output rows share a
 //! vector instead ([`DepthwiseConv::narrow`]); at stride 1 on planes narrower than 16 columns
-//! (its 7 × 7 ones), the plane's positions run in flat vectors ([`DepthwiseConv::flat`]). The copy was a third of the time (a 32-channel 112 × 112 plane:
-//! 0.34 → 0.15 ms on one thread).
+//! (its 7 × 7 ones), the plane's positions run in flat vectors ([`DepthwiseConv::flat`]). The
+//! copy was a third of the time (a 32-channel 112 × 112 plane: 0.34 → 0.15 ms on one thread).
+//! With AVX2 and FMA only, the same blocks as two vectors of 8 columns
+//! ([`DepthwiseConv::masked_avx2`]: plain loads where a block lies inside the rows, AVX2's
+//! masked loads at the edges, stride 2's columns picked by in-lane shuffles, 4-row blocks),
+//! except at stride 1 into rows under 8 columns, which keep the copy
+//! ([`DepthwiseConv::runs_by_rows`]).
 //!
 //! The same planes, blocks and rows take a max pooling's maximum over the taps instead
 //! ([`substitute_max_pools`]: padding −∞, no kernel, no bias): tract's `MaxPool` ran
@@ -58,24 +63,44 @@ const MASKED_ROWS: usize = 2;
 #[cfg(target_arch = "x86_64")]
 const FLAT_VECTORS: usize = 8;
 
-/// Channel `c`'s `K × K` taps as broadcast vectors and its bias, for the AVX-512 kernels
-/// ([`DepthwiseConv::masked`], [`DepthwiseConv::narrow`]); for a max pooling (`MAX`), −∞ for
-/// both (the taps are never read). `kernel` holds at least `c + 1` channels' taps.
+/// Channel `c`'s `K × K` taps and its bias, for the masked kernels ([`DepthwiseConv::masked`],
+/// [`DepthwiseConv::masked_avx2`], [`DepthwiseConv::narrow`]) to broadcast; for a max pooling
+/// (`MAX`), −∞ for both (the taps are never read). `kernel` holds at least `c + 1` channels'
+/// taps.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f")]
 #[inline]
 fn plane_taps<const K: usize, const MAX: bool>(
     kernel: &[f32],
     bias: &[f32],
     c: usize,
-) -> ([[std::arch::x86_64::__m512; K]; K], f32) {
-    use std::arch::x86_64::*;
+) -> ([[f32; K]; K], f32) {
     if MAX {
-        return ([[_mm512_set1_ps(f32::NEG_INFINITY); K]; K], f32::NEG_INFINITY);
+        return ([[f32::NEG_INFINITY; K]; K], f32::NEG_INFINITY);
     }
     let taps = &kernel[c * K * K..(c + 1) * K * K];
     let b = if bias.len() == 1 { bias[0] } else { bias[c] };
-    (std::array::from_fn(|ky| std::array::from_fn(|kx| _mm512_set1_ps(taps[ky * K + kx]))), b)
+    (std::array::from_fn(|ky| std::array::from_fn(|kx| taps[ky * K + kx])), b)
+}
+
+/// Where one half (8 output columns) of a block of [`DepthwiseConv::masked_avx2`] loads an
+/// image row: per load, its first column (relative to the row's first value) and which of its
+/// 8 lanes lie in the row (all bits set: the lane is read).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Default)]
+struct HalfLoads {
+    at: [isize; 4],
+    lanes: [[i32; 8]; 4],
+}
+
+/// A 16-column block of [`DepthwiseConv::masked_avx2`]: its two halves' loads, how many
+/// halves hold output columns (1 where the row ends within the first), and whether every lane
+/// of every load lies in the row (plain loads then).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy, Default)]
+struct BlockLoads {
+    halves: [HalfLoads; 2],
+    used: usize,
+    full: bool,
 }
 
 /// What [`DepthwiseConv::flat`] hands its planes' loop: the operator's buffers, and per tap,
@@ -339,11 +364,19 @@ impl DepthwiseConv {
     }
 
     /// Whether [`DepthwiseConv::run_rows`] runs a part of the output's rows: a 3×3
-    /// convolution or max pooling at stride 1 or 2, with AVX-512 ([`DepthwiseConv::masked`]).
+    /// convolution or max pooling at stride 1 or 2 with AVX-512 ([`DepthwiseConv::masked`]),
+    /// or with AVX2 and FMA ([`DepthwiseConv::masked_avx2`]) except at stride 1 into rows
+    /// narrower than a vector. Where it does, whole planes run that way too
+    /// ([`DepthwiseConv::masked_where_covered`]): against the padded copy, in MobileNetV2 on
+    /// one thread (Zen 3, the two alternated run by run in one plan), the first 32-channel
+    /// 112 × 112 one 0.555 → 0.402 ms, the expansion + depthwise operators 1–12 % faster
+    /// (stride 2 the most), but those into 7 × 7 rows at stride 1 5 % slower (seven of the
+    /// eight lanes of a 2-row block, 8 rows for 7), so those keep the copy.
     pub(crate) fn runs_by_rows(&self) -> bool {
         #[cfg(target_arch = "x86_64")]
-        if self.kernel_hw == [3, 3] && crate::conv::avx512() {
-            return matches!(self.strides, [1, 1] | [2, 2]);
+        if self.kernel_hw == [3, 3] && matches!(self.strides, [1, 1] | [2, 2]) {
+            let wide = self.strides == [2, 2] || self.output_hw[1] >= 8;
+            return crate::conv::avx512() || (crate::conv::avx2() && wide);
         }
         false
     }
@@ -389,10 +422,24 @@ impl DepthwiseConv {
         if self.runs_by_rows() {
             let [ih, iw] = self.input_hw;
             let (i, o, w) = (input, output, window.unwrap_or(Window { top: 0, stride: ih * iw }));
-            // SAFETY: the CPU has AVX-512F (`runs_by_rows`), the feature `masked` is compiled
-            // for.
+            // SAFETY: the CPU has AVX2 and FMA (`runs_by_rows`), the features `masked_avx2` is
+            // compiled for; AVX-512F where `avx512` says so, `masked`'s.
             let ran = unsafe {
                 match (self.strides, self.max) {
+                    _ if !crate::conv::avx512() => match (self.strides, self.max) {
+                        ([1, 1], false) => {
+                            self.masked_avx2::<1, false>(i, first, kernel, bias, o, rows, w)
+                        }
+                        (_, false) => {
+                            self.masked_avx2::<2, false>(i, first, kernel, bias, o, rows, w)
+                        }
+                        ([1, 1], true) => {
+                            self.masked_avx2::<1, true>(i, first, kernel, bias, o, rows, w)
+                        }
+                        (_, true) => {
+                            self.masked_avx2::<2, true>(i, first, kernel, bias, o, rows, w)
+                        }
+                    },
                     ([1, 1], false) => {
                         self.masked::<3, 1, false>(i, first, kernel, bias, o, rows, w)
                     }
@@ -406,6 +453,133 @@ impl DepthwiseConv {
             }
         }
         bail!("{}: no run of a part of its rows here", self.name())
+    }
+
+    /// Whether [`DepthwiseConv::run_rows`]'s buffers hold whole planes and bands of output
+    /// rows `rows` (inside `OH`), and `window` every image row the band reads.
+    #[cfg(target_arch = "x86_64")]
+    fn band_fits(
+        &self,
+        input: &[f32],
+        output: &[f32],
+        rows: &Range<usize>,
+        window: Window,
+    ) -> bool {
+        let iw = self.input_hw[1];
+        let [oh, ow] = self.output_hw;
+        let band = rows.len() * ow;
+        let Window { top, stride } = window;
+        let reads = self.input_rows(rows.clone());
+        let held = top..top + (stride / iw.max(1)) as isize;
+        rows.end <= oh
+            && band > 0
+            && output.len().is_multiple_of(band)
+            && input.len() >= output.len() / band * stride
+            && (reads.is_empty()
+                || ((reads.start as isize) >= held.start && (reads.end as isize) <= held.end))
+    }
+
+    /// [`DepthwiseConv::masked`] for a 3×3 kernel at stride `S` (1 or 2) with AVX2 and FMA:
+    /// the input planes read where they lie, no padded copy. A block is [`MASKED_ROWS`] output
+    /// rows × 16 columns, two vectors of 8 (one where the row ends within the first); each
+    /// image row it reaches is loaded once per column tap and added into every output row of
+    /// the block it feeds. Blocks whose loads all lie inside the row use plain loads, the
+    /// others masked ones (the lanes outside read as zero, −∞ for a max pooling); rows above
+    /// and below the image are not read at all. At stride 2 a tap's 8 columns are the even (or
+    /// odd) lanes of two loads, picked by one in-lane shuffle that leaves them in the order
+    /// 0 1 4 5 2 3 6 7, the same for every tap, so that the sums are put back in order once,
+    /// as they are stored. The store of a partial vector goes through the stack: AVX2's masked
+    /// stores are slow on AMD. Same contract as `masked`.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn masked_avx2<const S: usize, const MAX: bool>(
+        &self,
+        input: &[f32],
+        first: usize,
+        kernel: &[f32],
+        bias: &[f32],
+        output: &mut [f32],
+        rows: Range<usize>,
+        window: Window,
+    ) -> bool {
+        use std::arch::x86_64::*;
+        const R: usize = MASKED_ROWS;
+        let [ih, iw] = self.input_hw;
+        let ow = self.output_hw[1];
+        let [pt, pl] = self.pad_before;
+        if self.kernel_hw != [3, 3]
+            || self.strides != [S, S]
+            || !(S == 1 || S == 2)
+            || !self.band_fits(input, output, &rows, window)
+        {
+            return false;
+        }
+        let [lo, hi] = self.clamp.bounds();
+        let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+        let fill = _mm256_set1_ps(if MAX { f32::NEG_INFINITY } else { 0.0 });
+        // Where a half's loads start, from its first output column's first tap: the three
+        // taps at stride 1; at stride 2 the 16 values of taps 0 and 1 and the 16 of tap 2.
+        let starts: &[isize] = if S == 1 { &[0, 1, 2] } else { &[0, 8, 2, 10] };
+        let block_loads = |block: usize| -> BlockLoads {
+            let mut loads =
+                BlockLoads { used: (ow - block * 16).min(16).div_ceil(8), ..Default::default() };
+            loads.full = true;
+            for (h, half) in loads.halves.iter_mut().enumerate().take(loads.used) {
+                let base = (S * (block * 16 + 8 * h)) as isize - pl as isize;
+                for (l, &start) in starts.iter().enumerate() {
+                    half.at[l] = base + start;
+                    for (j, lane) in half.lanes[l].iter_mut().enumerate() {
+                        let inside = (0..iw as isize).contains(&(base + start + j as isize));
+                        *lane = if inside { -1 } else { 0 };
+                        loads.full &= inside;
+                    }
+                }
+            }
+            loads
+        };
+        let blocks = ow.div_ceil(16);
+        // On the stack for rows of up to 128 columns, as `masked`'s.
+        let mut near = [BlockLoads::default(); 8];
+        let far: Vec<BlockLoads>;
+        let columns = if blocks <= near.len() {
+            for (block, loads) in near.iter_mut().enumerate().take(blocks) {
+                *loads = block_loads(block);
+            }
+            &near[..blocks]
+        } else {
+            far = (0..blocks).map(block_loads).collect();
+            &far[..]
+        };
+        let band = rows.len() * ow;
+        let Window { top, stride } = window;
+        for (plane, (src, dst)) in
+            input.chunks_exact(stride).zip(output.chunks_exact_mut(band)).enumerate()
+        {
+            let c = (first + plane) % self.channels;
+            let (w, b) = plane_taps::<3, MAX>(kernel, bias, c);
+            let w = w.map(|row| row.map(|v| _mm256_set1_ps(v)));
+            let src = src.as_ptr();
+            let plane = PlaneAvx2 { src, top, ih, iw, pt, ow, w, b, fill, lo, hi };
+            // Blocks of 4 rows (8 independent sums; 2 rows' 4 left the multiply-adds waiting
+            // on each other), the band's last rows 2 at a time, as `input_rows` reckons.
+            let mut y0 = rows.start;
+            while y0 < rows.end {
+                let (left, out) = (rows.end - y0, &mut dst[(y0 - rows.start) * ow..]);
+                // SAFETY: the CPU has AVX2 and FMA; the window holds the rows the blocks read
+                // (`band_fits`), and `out` their rows of the band.
+                unsafe {
+                    if left >= 4 {
+                        rows_avx2::<S, 4, MAX>(&plane, y0, columns, out, 4);
+                        y0 += 4;
+                    } else {
+                        rows_avx2::<S, R, MAX>(&plane, y0, columns, out, left.min(R));
+                        y0 += R;
+                    }
+                }
+            }
+        }
+        true
     }
 
     /// `K × K` taps at stride `S` (1 or 2) in both directions with AVX-512, reading the
@@ -433,7 +607,7 @@ impl DepthwiseConv {
         use std::arch::x86_64::*;
         const R: usize = MASKED_ROWS;
         let [ih, iw] = self.input_hw;
-        let [oh, ow] = self.output_hw;
+        let ow = self.output_hw[1];
         let [pt, pl] = self.pad_before;
         let [lo, hi] = self.clamp.bounds();
         let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
@@ -467,16 +641,7 @@ impl DepthwiseConv {
         };
         let band = rows.len() * ow;
         let Window { top, stride } = window;
-        // The window holds every image row the band reads.
-        let reads = self.input_rows(rows.clone());
-        let held = top..top + (stride / iw.max(1)) as isize;
-        if rows.end > oh
-            || band == 0
-            || !output.len().is_multiple_of(band)
-            || input.len() < output.len() / band * stride
-            || (!reads.is_empty()
-                && ((reads.start as isize) < held.start || (reads.end as isize) > held.end))
-        {
+        if !self.band_fits(input, output, &rows, window) {
             return false;
         }
         for (plane, (src, dst)) in
@@ -484,6 +649,7 @@ impl DepthwiseConv {
         {
             let c = (first + plane) % self.channels;
             let (w, b) = plane_taps::<K, MAX>(kernel, bias, c);
+            let w = w.map(|row| row.map(|v| _mm512_set1_ps(v)));
             let src = src.as_ptr();
             for y0 in rows.clone().step_by(R) {
                 for (block, taps) in columns.iter().enumerate() {
@@ -746,6 +912,7 @@ impl DepthwiseConv {
         {
             let c = (first + plane) % self.channels;
             let (w, b) = plane_taps::<3, MAX>(kernel, bias, c);
+            let w = w.map(|row| row.map(|v| _mm512_set1_ps(v)));
             // Image row `y` (the padding where it lies outside).
             let row = |y: isize| {
                 if (0..ih as isize).contains(&y) {
@@ -1044,6 +1211,186 @@ impl DepthwiseConv {
     }
 }
 
+/// `v`'s first `out.len()` lanes (8 at most) into `out`: a partial vector as 4, 2 and 1
+/// lanes (a copy of an unknown length was a call to `memcpy` per row).
+///
+/// # Safety
+/// The CPU has AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+#[inline]
+unsafe fn store_avx2(out: &mut [f32], v: std::arch::x86_64::__m256) {
+    use std::arch::x86_64::*;
+    let (n, at) = (out.len().min(8), out.as_mut_ptr());
+    // SAFETY: each store writes lanes below `n`, inside `out`.
+    unsafe {
+        if n == 8 {
+            return _mm256_storeu_ps(at, v);
+        }
+        let (mut low, mut done) = (_mm256_castps256_ps128(v), 0);
+        if n >= 4 {
+            _mm_storeu_ps(at, low);
+            (low, done) = (_mm256_extractf128_ps::<1>(v), 4);
+        }
+        if n - done >= 2 {
+            _mm_store_sd(at.add(done).cast(), _mm_castps_pd(low));
+            (low, done) = (_mm_movehl_ps(low, low), done + 2);
+        }
+        if n > done {
+            _mm_store_ss(at.add(done), low);
+        }
+    }
+}
+
+/// A plane of [`DepthwiseConv::masked_avx2`]: its rows (`src`: image row `top`'s first
+/// value, `iw` a row), the image's height and top padding, the output's width, the taps,
+/// bias, padding value and clamp.
+#[cfg(target_arch = "x86_64")]
+struct PlaneAvx2 {
+    src: *const f32,
+    top: isize,
+    ih: usize,
+    iw: usize,
+    pt: usize,
+    ow: usize,
+    w: [[std::arch::x86_64::__m256; 3]; 3],
+    b: f32,
+    fill: std::arch::x86_64::__m256,
+    lo: std::arch::x86_64::__m256,
+    hi: std::arch::x86_64::__m256,
+}
+
+/// Output rows `y0..y0 + R` of a plane of [`DepthwiseConv::masked_avx2`], every block of
+/// `columns`, the first `valid` of them written into `out` (from row `y0`'s first value, `OW`
+/// values a row).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; the image rows the `R` rows read that lie in the image lie in
+/// `plane`'s window, and `out` holds `valid` rows.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn rows_avx2<const S: usize, const R: usize, const MAX: bool>(
+    plane: &PlaneAvx2,
+    y0: usize,
+    columns: &[BlockLoads],
+    out: &mut [f32],
+    valid: usize,
+) {
+    use std::arch::x86_64::*;
+    let PlaneAvx2 { src, top, ih, iw, pt, ow, ref w, b, fill, lo, hi } = *plane;
+    for (block, loads) in columns.iter().enumerate() {
+        let mut acc = [[_mm256_set1_ps(b); 2]; R];
+        // Each `i` a constant: the rows each image row feeds, and their taps, known at compile
+        // time.
+        macro_rules! rows {
+            ($($i:literal)*) => {$(
+                if $i < (R - 1) * S + 3 {
+                    let iy = (y0 * S + $i) as isize - pt as isize;
+                    if iy >= 0 && iy < ih as isize {
+                        let row = src.wrapping_offset((iy - top) * iw as isize);
+                        // SAFETY: a full block's loads lie in the image row; the others read
+                        // only their lanes inside it.
+                        unsafe {
+                            match (loads.used, loads.full) {
+                                (2, true) => feed_avx2::<S, R, 2, true, MAX>($i, row, loads, w, fill, &mut acc),
+                                (2, false) => feed_avx2::<S, R, 2, false, MAX>($i, row, loads, w, fill, &mut acc),
+                                (_, true) => feed_avx2::<S, R, 1, true, MAX>($i, row, loads, w, fill, &mut acc),
+                                (_, false) => feed_avx2::<S, R, 1, false, MAX>($i, row, loads, w, fill, &mut acc),
+                            }
+                        }
+                    }
+                }
+            )*};
+        }
+        const { assert!((R - 1) * S + 3 <= 10, "more rows than `rows!` lists") };
+        rows!(0 1 2 3 4 5 6 7 8 9);
+        for (r, acc) in acc.iter().enumerate().take(valid) {
+            let out = &mut out[r * ow..][..ow];
+            for (h, &acc) in acc.iter().enumerate().take(loads.used) {
+                // As `Clamp::apply`: a NaN stays NaN.
+                let mut v = _mm256_min_ps(hi, _mm256_max_ps(lo, acc));
+                if S == 2 {
+                    // Columns 0 1 4 5 2 3 6 7 back in order.
+                    v = _mm256_castpd_ps(_mm256_permute4x64_pd::<0b11_01_10_00>(_mm256_castps_pd(
+                        v,
+                    )));
+                }
+                let x = block * 16 + 8 * h;
+                let out = &mut out[x..(x + 8).min(ow)];
+                // SAFETY: `out` holds the lanes stored.
+                unsafe { store_avx2(out, v) };
+            }
+        }
+    }
+}
+
+/// Image row `i` of a block of [`DepthwiseConv::masked_avx2`] (at `row`, its first value),
+/// added into the block's `R` output rows it feeds (output row `r` at tap row `i − r·S`), the
+/// first `H` halves of each. `FULL`: every load lies in the row, read plainly; else masked
+/// (`fill` in the lanes outside).
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; each load's lanes that `loads` marks as inside lie in the
+/// image row (all of them where `FULL`).
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn feed_avx2<
+    const S: usize,
+    const R: usize,
+    const H: usize,
+    const FULL: bool,
+    const MAX: bool,
+>(
+    i: usize,
+    row: *const f32,
+    loads: &BlockLoads,
+    w: &[[std::arch::x86_64::__m256; 3]; 3],
+    fill: std::arch::x86_64::__m256,
+    acc: &mut [[std::arch::x86_64::__m256; 2]; R],
+) {
+    use std::arch::x86_64::*;
+    for h in 0..H {
+        let half = &loads.halves[h];
+        let load = |l: usize| {
+            let at = row.wrapping_offset(half.at[l]);
+            // SAFETY: the caller's contract: a full load lies in the row, a masked one reads
+            // only its lanes inside it.
+            unsafe {
+                if FULL {
+                    _mm256_loadu_ps(at)
+                } else {
+                    let mask = _mm256_loadu_si256(half.lanes[l].as_ptr().cast());
+                    let v = _mm256_maskload_ps(at, mask);
+                    if MAX { _mm256_blendv_ps(fill, v, _mm256_castsi256_ps(mask)) } else { v }
+                }
+            }
+        };
+        let v: [__m256; 3] = if S == 1 {
+            [load(0), load(1), load(2)]
+        } else {
+            let (a, b, c, d) = (load(0), load(1), load(2), load(3));
+            [
+                _mm256_shuffle_ps::<0b10_00_10_00>(a, b),
+                _mm256_shuffle_ps::<0b11_01_11_01>(a, b),
+                _mm256_shuffle_ps::<0b10_00_10_00>(c, d),
+            ]
+        };
+        for (r, acc) in acc.iter_mut().enumerate() {
+            let Some(ky) = i.checked_sub(r * S).filter(|&ky| ky < 3) else { continue };
+            for (kx, &v) in v.iter().enumerate() {
+                acc[h] = if MAX {
+                    // As the portable `block`: a NaN read is passed over.
+                    _mm256_max_ps(v, acc[h])
+                } else {
+                    _mm256_fmadd_ps(w[ky][kx], v, acc[h])
+                };
+            }
+        }
+    }
+}
+
 /// `ROWS × LANES` outputs: row `r`, lane `l` is the bias plus, for every tap, its weight
 /// times the scratch value at `at + r · row_step + offset + l` (where `MAX`, the largest of
 /// the bias and those values). Plain array arithmetic, vectorised by the compiler.
@@ -1281,16 +1628,15 @@ mod tests {
                         .expect("avx2");
                     assert_close(&format!("case {i}, AVX2"), &out, &case.oracle());
                 }
-                if crate::conv::avx512() && op.kernel_hw == [3, 3] {
+                // The masked blocks, through a window of whole planes: every 3×3 kernel at
+                // stride 1 or 2.
+                let whole = Window { top: 0, stride: op.input_hw[0] * op.input_hw[1] };
+                for kind in masked_kernels() {
                     let mut out = fresh();
-                    let whole = Window { top: 0, stride: op.input_hw[0] * op.input_hw[1] };
-                    // The masked blocks, through a window of whole planes.
-                    let ran = op.runs_by_rows()
-                        && op
-                            .run_rows(&input, 0, &kernel, &bias, &mut out, 0..oh, Some(whole))
-                            .is_ok();
+                    let ran = run_masked(kind, &op, &input, &kernel, &bias, &mut out, 0..oh, whole);
+                    assert_eq!(ran, op.masks(), "case {i}, {kind}");
                     if ran {
-                        assert_close(&format!("case {i}, AVX-512"), &out, &case.oracle());
+                        assert_close(&format!("case {i}, {kind}"), &out, &case.oracle());
                     }
                 }
                 if crate::conv::avx512() {
@@ -1307,6 +1653,123 @@ mod tests {
         #[cfg(target_arch = "x86_64")]
         if crate::conv::avx512() {
             assert_eq!(flat, 3);
+        }
+    }
+
+    impl DepthwiseConv {
+        /// Whether the masked kernels cover it: a 3×3 kernel at stride 1 or 2.
+        fn masks(&self) -> bool {
+            self.kernel_hw == [3, 3] && matches!(self.strides, [1, 1] | [2, 2])
+        }
+    }
+
+    /// The masked kernels this CPU runs, by name.
+    #[cfg(target_arch = "x86_64")]
+    fn masked_kernels() -> Vec<&'static str> {
+        let mut kinds = Vec::new();
+        if crate::conv::avx2() {
+            kinds.push("AVX2");
+        }
+        if crate::conv::avx512() {
+            kinds.push("AVX-512");
+        }
+        kinds
+    }
+
+    /// Output rows `rows` of `op` from planes that lie as `window` says, with the masked
+    /// kernel `kind` ([`masked_kernels`]): false where it does not cover the operator.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    fn run_masked(
+        kind: &str,
+        op: &DepthwiseConv,
+        input: &[f32],
+        kernel: &[f32],
+        bias: &[f32],
+        out: &mut [f32],
+        rows: Range<usize>,
+        window: Window,
+    ) -> bool {
+        let (i, k, b, w) = (input, kernel, bias, window);
+        if op.kernel_hw != [3, 3] {
+            return false;
+        }
+        // SAFETY: `masked_kernels` names only kernels whose features the CPU has.
+        unsafe {
+            match (kind, op.strides, op.max) {
+                ("AVX2", [1, 1], false) => op.masked_avx2::<1, false>(i, 0, k, b, out, rows, w),
+                ("AVX2", [2, 2], false) => op.masked_avx2::<2, false>(i, 0, k, b, out, rows, w),
+                ("AVX2", [1, 1], true) => op.masked_avx2::<1, true>(i, 0, k, b, out, rows, w),
+                ("AVX2", [2, 2], true) => op.masked_avx2::<2, true>(i, 0, k, b, out, rows, w),
+                ("AVX-512", [1, 1], false) => op.masked::<3, 1, false>(i, 0, k, b, out, rows, w),
+                ("AVX-512", [2, 2], false) => op.masked::<3, 2, false>(i, 0, k, b, out, rows, w),
+                ("AVX-512", [1, 1], true) => op.masked::<3, 1, true>(i, 0, k, b, out, rows, w),
+                ("AVX-512", [2, 2], true) => op.masked::<3, 2, true>(i, 0, k, b, out, rows, w),
+                _ => false,
+            }
+        }
+    }
+
+    /// Bands of output rows (of 1, 3, 4 and 5 rows: blocks of 4 and of 2, a last one short)
+    /// from windows that hold only the image rows each band reads
+    /// ([`DepthwiseConv::input_rows`]), with each masked kernel: the definition's rows.
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn bands_through_windows_match_the_definition() {
+        let mut bands = 0;
+        for (i, case) in cases().iter().enumerate() {
+            let mut model = case.model();
+            substitute(&mut model).expect("substitute");
+            let op =
+                model.nodes().iter().find_map(|n| n.op_as::<DepthwiseConv>()).expect("op").clone();
+            if !op.masks() {
+                continue;
+            }
+            let (input, kernel, bias) = case.data();
+            let want = case.oracle();
+            let ([ih, iw], [oh, ow]) = (op.input_hw, op.output_hw);
+            let planes = case.n * case.c;
+            for kind in masked_kernels() {
+                for height in [1, 3, 4, 5] {
+                    for start in (0..oh).step_by(height) {
+                        let rows = start..(start + height).min(oh);
+                        let reads = op.input_rows(rows.clone());
+                        // The window: one spare row above and below, NaN, never read.
+                        let stride = (reads.len() + 2) * iw;
+                        let mut window = vec![f32::NAN; planes * stride];
+                        for (src, dst) in
+                            input.chunks_exact(ih * iw).zip(window.chunks_exact_mut(stride))
+                        {
+                            dst[iw..][..reads.len() * iw]
+                                .copy_from_slice(&src[reads.start * iw..reads.end * iw]);
+                        }
+                        let at = Window { top: reads.start as isize - 1, stride };
+                        let mut out = vec![f32::NAN; planes * rows.len() * ow];
+                        let what = format!("case {i}, {kind}, rows {rows:?}");
+                        let ran = run_masked(
+                            kind,
+                            &op,
+                            &window,
+                            &kernel,
+                            &bias,
+                            &mut out,
+                            rows.clone(),
+                            at,
+                        );
+                        assert!(ran, "{what}");
+                        let want: Vec<f64> = want
+                            .chunks_exact(oh * ow)
+                            .flat_map(|plane| &plane[rows.start * ow..rows.end * ow])
+                            .copied()
+                            .collect();
+                        assert_close(&what, &out, &want);
+                        bands += 1;
+                    }
+                }
+            }
+        }
+        if crate::conv::avx2() {
+            assert!(bands > 100, "{bands} bands");
         }
     }
 
@@ -1398,6 +1861,15 @@ mod tests {
                 // SAFETY: the CPU has AVX2 and FMA.
                 unsafe { op.run_avx2::<true>(&input, 0, &[], &[], &mut avx2) }.expect("avx2");
                 assert_eq!(avx2, want, "case {i}, AVX2");
+            }
+            #[cfg(target_arch = "x86_64")]
+            for kind in masked_kernels() {
+                let mut out = vec![f32::NAN; want.len()];
+                let whole = Window { top: 0, stride: h * w };
+                let all = 0..op.output_hw[0];
+                if run_masked(kind, &op, &input, &[], &[], &mut out, all, whole) {
+                    assert_eq!(out, want, "case {i}, masked {kind}");
+                }
             }
         }
     }

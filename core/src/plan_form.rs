@@ -12,9 +12,10 @@
 //! `None`): its model loads from ONNX every time.
 //!
 //! A form is only valid for the build and the machine that wrote it: the packed kernels
-//! depend on the CPU's panel width, and medinfer's operators on the code that reads them. So
-//! it starts with a key — form version, crate version, a hash of core's sources and
-//! `Cargo.lock` taken at build time, the architecture and the panel width — and the reader
+//! depend on the CPU's panel width, the fused operators on its vector kernels, and medinfer's
+//! operators on the code that reads them. So it starts with a key — form version, crate
+//! version, a hash of core's sources and `Cargo.lock` taken at build time, the architecture,
+//! the panel width and the vector kernels (`conv::kernels`) — and the reader
 //! refuses any other. It then names the sha256 of the ONNX model it came from (the
 //! manifest must pin the same one) and carries the sha256 of everything after it, checked
 //! before a byte of it is read, so that a torn or damaged file is refused, never run. A
@@ -49,11 +50,12 @@ const FORMAT: u32 = 2;
 /// What a form must match to be read by this build on this CPU.
 pub(crate) fn key() -> String {
     format!(
-        "form {FORMAT}; medinfer-core {}; sources {}; {}; panel width {}",
+        "form {FORMAT}; medinfer-core {}; sources {}; {}; panel width {}; kernels {}",
         env!("CARGO_PKG_VERSION"),
         env!("MEDINFER_CORE_SOURCE_HASH"),
         std::env::consts::ARCH,
         crate::conv::panel_width(),
+        crate::conv::kernels(),
     )
 }
 

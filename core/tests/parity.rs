@@ -35,13 +35,13 @@ fn mobilenetv2_matches_onnxruntime() {
 
 /// MobileNetV2's 17 depthwise convolutions run on medinfer's operators on x86-64 and on tract's
 /// elsewhere (`core/src/depthwise.rs`), all but three fused (`core/src/fused.rs`). Where the CPU
-/// has AVX-512: the first with the stem before it and the projection after it, the next two
-/// (outputs larger than L2) with the expansion before and the projection after, 11 with the
-/// expansion before; else 13 with the expansion before and the first alone (its depthwise
-/// convolution runs whole planes there, so a chain with the projection would be one band, the
-/// projection on one thread). The 3 others (after the 7 × 7 expansions, whose projections run as
-/// `DirectConv::run_small`) run alone. `mobilenetv2_matches_onnxruntime` checks the plan's numbers
-/// either way.
+/// has AVX2 and FMA (or AVX-512), whose masked kernels run a depthwise convolution by bands of
+/// rows: the first with the stem before it and the projection after it, the next two (outputs
+/// larger than L2) with the expansion before and the projection after, 11 with the expansion
+/// before; else 13 with the expansion before and the first alone (its depthwise convolution
+/// runs whole planes there, so a chain with the projection would be one band, the projection on
+/// one thread). The 3 others (after the 7 × 7 expansions) run alone.
+/// `mobilenetv2_matches_onnxruntime` checks the plan's numbers either way.
 #[test]
 fn mobilenetv2_depthwise_operator() {
     let model = common::load_model("mobilenetv2-chexnet");
@@ -54,8 +54,9 @@ fn mobilenetv2_depthwise_operator() {
     );
     #[cfg(target_arch = "x86_64")]
     {
-        let avx512 = std::arch::is_x86_feature_detected!("avx512f");
-        let want = if avx512 { (11, 3, 3) } else { (13, 0, 4) };
+        use std::arch::is_x86_feature_detected as has;
+        let by_rows = has!("avx512f") || (has!("avx2") && has!("fma"));
+        let want = if by_rows { (11, 3, 3) } else { (13, 0, 4) };
         assert_eq!((ours, count("DepthWiseConv")), (want, 0), "{ops:?}");
     }
     #[cfg(not(target_arch = "x86_64"))]
@@ -65,9 +66,10 @@ fn mobilenetv2_depthwise_operator() {
 /// MobileNetV2's ten residual additions: on x86-64, each after a projection that runs on
 /// medinfer's direct convolution folds into it (`conv::fuse_residuals`, the operator then
 /// named `medinfer.ConvAdd`). Where the CPU has AVX-512, nine: the one after the 56 × 56
-/// banded chain (`fused`'s `ConvDepthwiseProject`) is left to tract. Without it, eight:
-/// tract's matrix products run the two 7 × 7 projections. Elsewhere none (tract's own).
-/// `mobilenetv2_matches_onnxruntime` checks the numbers.
+/// banded chain (`fused`'s `ConvDepthwiseProject`) is left to tract. With AVX2 and FMA only,
+/// seven: that one too, and tract's matrix products run the two 7 × 7 projections (their
+/// additions fused into them). Elsewhere
+/// none (tract's own). `mobilenetv2_matches_onnxruntime` checks the numbers.
 #[test]
 fn mobilenetv2_residual_additions() {
     let ops = common::load_model("mobilenetv2-chexnet").plan_operators();
@@ -75,9 +77,12 @@ fn mobilenetv2_residual_additions() {
     let ours = count(&|op| op == "medinfer.ConvAdd");
     #[cfg(target_arch = "x86_64")]
     {
-        if std::arch::is_x86_feature_detected!("avx512f") {
-            let tracts = count(&|op| op.contains("Add") && !op.starts_with("medinfer."));
+        use std::arch::is_x86_feature_detected as has;
+        let tracts = count(&|op| op.contains("Add") && !op.starts_with("medinfer."));
+        if has!("avx512f") {
             assert_eq!((ours, tracts), (9, 1), "{ops:?}");
+        } else if has!("avx2") && has!("fma") {
+            assert_eq!((ours, tracts), (7, 1), "{ops:?}");
         } else {
             assert_eq!(ours, 8, "{ops:?}");
         }
@@ -87,7 +92,7 @@ fn mobilenetv2_residual_additions() {
 }
 
 /// DenseNet-121's one max pooling (3×3, stride 2, after the stem) runs on medinfer's operator
-/// on x86-64 (`depthwise`; with the stem, band by band, where the CPU has AVX-512:
+/// on x86-64 (`depthwise`; with the stem, band by band, where the CPU has AVX2 or AVX-512:
 /// `fused`'s `ConvMaxPool`), tract's elsewhere. Of its 58 concatenations, x86-64 runs one:
 /// the 1×1 convolutions read the pieces of the others (`conv::read_concats`), and the last
 /// block's final one (read by tract's batch normalisation) runs on medinfer's operator
