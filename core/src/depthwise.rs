@@ -1656,6 +1656,7 @@ mod tests {
         }
     }
 
+    #[cfg(target_arch = "x86_64")]
     impl DepthwiseConv {
         /// Whether the masked kernels cover it: a 3×3 kernel at stride 1 or 2.
         fn masks(&self) -> bool {
