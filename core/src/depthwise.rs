@@ -370,8 +370,8 @@ impl DepthwiseConv {
     /// ([`DepthwiseConv::masked_where_covered`]): against the padded copy, in MobileNetV2 on
     /// one thread (Zen 3, the two alternated run by run in one plan), the first 32-channel
     /// 112 × 112 one 0.555 → 0.402 ms, the expansion + depthwise operators 1–12 % faster
-    /// (stride 2 the most), but those into 7 × 7 rows at stride 1 5 % slower (seven of the
-    /// eight lanes of a 2-row block, 8 rows for 7), so those keep the copy.
+    /// (stride 2 the most), but those into 7 × 7 rows at stride 1 5 % slower (7 of a
+    /// vector's 8 lanes, 8 rows computed for 7), so those keep the copy.
     pub(crate) fn runs_by_rows(&self) -> bool {
         #[cfg(target_arch = "x86_64")]
         if self.kernel_hw == [3, 3] && matches!(self.strides, [1, 1] | [2, 2]) {
@@ -424,28 +424,17 @@ impl DepthwiseConv {
             let (i, o, w) = (input, output, window.unwrap_or(Window { top: 0, stride: ih * iw }));
             // SAFETY: the CPU has AVX2 and FMA (`runs_by_rows`), the features `masked_avx2` is
             // compiled for; AVX-512F where `avx512` says so, `masked`'s.
+            let (k, b, avx512) = (kernel, bias, crate::conv::avx512());
             let ran = unsafe {
-                match (self.strides, self.max) {
-                    _ if !crate::conv::avx512() => match (self.strides, self.max) {
-                        ([1, 1], false) => {
-                            self.masked_avx2::<1, false>(i, first, kernel, bias, o, rows, w)
-                        }
-                        (_, false) => {
-                            self.masked_avx2::<2, false>(i, first, kernel, bias, o, rows, w)
-                        }
-                        ([1, 1], true) => {
-                            self.masked_avx2::<1, true>(i, first, kernel, bias, o, rows, w)
-                        }
-                        (_, true) => {
-                            self.masked_avx2::<2, true>(i, first, kernel, bias, o, rows, w)
-                        }
-                    },
-                    ([1, 1], false) => {
-                        self.masked::<3, 1, false>(i, first, kernel, bias, o, rows, w)
-                    }
-                    (_, false) => self.masked::<3, 2, false>(i, first, kernel, bias, o, rows, w),
-                    ([1, 1], true) => self.masked::<3, 1, true>(i, first, kernel, bias, o, rows, w),
-                    (_, true) => self.masked::<3, 2, true>(i, first, kernel, bias, o, rows, w),
+                match (avx512, self.strides, self.max) {
+                    (true, [1, 1], false) => self.masked::<3, 1, false>(i, first, k, b, o, rows, w),
+                    (true, _, false) => self.masked::<3, 2, false>(i, first, k, b, o, rows, w),
+                    (true, [1, 1], true) => self.masked::<3, 1, true>(i, first, k, b, o, rows, w),
+                    (true, _, true) => self.masked::<3, 2, true>(i, first, k, b, o, rows, w),
+                    (_, [1, 1], false) => self.masked_avx2::<1, false>(i, first, k, b, o, rows, w),
+                    (_, _, false) => self.masked_avx2::<2, false>(i, first, k, b, o, rows, w),
+                    (_, [1, 1], true) => self.masked_avx2::<1, true>(i, first, k, b, o, rows, w),
+                    (_, _, true) => self.masked_avx2::<2, true>(i, first, k, b, o, rows, w),
                 }
             };
             if ran {
@@ -480,16 +469,18 @@ impl DepthwiseConv {
     }
 
     /// [`DepthwiseConv::masked`] for a 3×3 kernel at stride `S` (1 or 2) with AVX2 and FMA:
-    /// the input planes read where they lie, no padded copy. A block is [`MASKED_ROWS`] output
-    /// rows × 16 columns, two vectors of 8 (one where the row ends within the first); each
-    /// image row it reaches is loaded once per column tap and added into every output row of
-    /// the block it feeds. Blocks whose loads all lie inside the row use plain loads, the
-    /// others masked ones (the lanes outside read as zero, −∞ for a max pooling); rows above
-    /// and below the image are not read at all. At stride 2 a tap's 8 columns are the even (or
-    /// odd) lanes of two loads, picked by one in-lane shuffle that leaves them in the order
-    /// 0 1 4 5 2 3 6 7, the same for every tap, so that the sums are put back in order once,
-    /// as they are stored. The store of a partial vector goes through the stack: AVX2's masked
-    /// stores are slow on AMD. Same contract as `masked`.
+    /// the input planes read where they lie, no padded copy. A block is 4 output rows × 16
+    /// columns (the band's last rows [`MASKED_ROWS`] at a time, as `input_rows` reckons), two
+    /// vectors of 8 (one where the row ends within the first): 8 independent sums, where 2
+    /// rows' 4 left the multiply-adds waiting on each other. Each image row a block reaches is
+    /// loaded once per column tap and added into every output row of the block it feeds.
+    /// Blocks whose loads all lie inside the row use plain loads, the others masked ones (the
+    /// lanes outside read as zero, −∞ for a max pooling); rows above and below the image are
+    /// not read at all. At stride 2 a tap's 8 columns are the even (or odd) lanes of two
+    /// loads, picked by one in-lane shuffle that leaves them in the order 0 1 4 5 2 3 6 7, the
+    /// same for every tap, so that the sums are put back in order once, as they are stored. A
+    /// partial vector is stored as 4, 2 and 1 lanes ([`store_avx2`]): AVX2's masked stores are
+    /// slow on AMD. Same contract as `masked`.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
@@ -587,10 +578,11 @@ impl DepthwiseConv {
     /// 16 columns; each input row it needs is read once per column tap, as a masked load
     /// (the lanes outside the image read as zero, −∞ for a max pooling) that every output
     /// row of the block it reaches adds in. At stride 2 a tap's 16 columns are the even
-    /// lanes of two loads (a 3×3 kernel's taps all out of one load of 33 values). Writes output rows `rows` of each plane (`0..OH`: all of it), a
-    /// band of `rows.len() · OW` values a plane in `output`, from input planes that lie as
-    /// `window` says. Returns false, doing nothing, where the buffers' sizes do not hold
-    /// whole planes and bands, `rows` passes `OH`, or the window lacks a row the band reads.
+    /// lanes of two loads (a 3×3 kernel's taps all out of one load of 33 values). Writes
+    /// output rows `rows` of each plane (`0..OH`: all of it), a band of `rows.len() · OW`
+    /// values a plane in `output`, from input planes that lie as `window` says. Returns false,
+    /// doing nothing, where the buffers' sizes do not hold whole planes and bands, `rows`
+    /// passes `OH`, or the window lacks a row the band reads.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f")]
     #[allow(clippy::too_many_arguments)]
@@ -1292,11 +1284,12 @@ unsafe fn rows_avx2<const S: usize, const R: usize, const MAX: bool>(
                         // SAFETY: a full block's loads lie in the image row; the others read
                         // only their lanes inside it.
                         unsafe {
+                            let (l, f, a) = (loads, fill, &mut acc);
                             match (loads.used, loads.full) {
-                                (2, true) => feed_avx2::<S, R, 2, true, MAX>($i, row, loads, w, fill, &mut acc),
-                                (2, false) => feed_avx2::<S, R, 2, false, MAX>($i, row, loads, w, fill, &mut acc),
-                                (_, true) => feed_avx2::<S, R, 1, true, MAX>($i, row, loads, w, fill, &mut acc),
-                                (_, false) => feed_avx2::<S, R, 1, false, MAX>($i, row, loads, w, fill, &mut acc),
+                                (2, true) => feed_avx2::<S, R, 2, true, MAX>($i, row, l, w, f, a),
+                                (2, false) => feed_avx2::<S, R, 2, false, MAX>($i, row, l, w, f, a),
+                                (_, true) => feed_avx2::<S, R, 1, true, MAX>($i, row, l, w, f, a),
+                                (_, false) => feed_avx2::<S, R, 1, false, MAX>($i, row, l, w, f, a),
                             }
                         }
                     }

@@ -714,12 +714,13 @@ mod tests {
     }
 
     /// A depthwise convolution and its projection, fused (where the depthwise convolution runs by
-    /// rows: AVX2 or AVX-512; elsewhere they stay apart), give the two operators' outputs bit for bit, and
-    /// with a stem before them the three operators': at stride 1 and 2, in bands of rows with a
-    /// short last band (odd where it can be), output channels not a multiple of a panel, two
-    /// images, two threads (the stem rows two bands read computed once on a thread's run of bands,
-    /// again where the runs meet); nothing is fused where the depthwise output is used elsewhere
-    /// too, and an expansion before the depthwise convolution is fused with it first.
+    /// rows: AVX2 or AVX-512; elsewhere they stay apart), give the two operators' outputs bit for
+    /// bit, and with a stem before them the three operators': at stride 1 and 2, in bands of
+    /// rows with a short last band (odd where it can be), output channels not a multiple of a
+    /// panel, two images, two threads (the stem rows two bands read computed once on a thread's
+    /// run of bands, again where the runs meet); nothing is fused where the depthwise output is
+    /// used elsewhere too, and an expansion before the depthwise convolution is fused with it
+    /// first.
     #[test]
     fn projected_is_the_two_operators() {
         #[cfg(target_arch = "x86_64")]
