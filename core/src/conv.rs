@@ -2671,11 +2671,11 @@ unsafe fn tiles_avx2<const R: usize>(
         // the reach.
         unsafe {
             if n <= TILE / 2 {
-                block_avx2_half::<R>(image, p, offsets, weights, acc, first)
+                block_avx2::<R, 1, false>(image, p, offsets, weights, acc, first, 0)
             } else if ahead > 0 {
-                block_avx2::<R, true>(image, p, offsets, weights, acc, first, ahead)
+                block_avx2::<R, 2, true>(image, p, offsets, weights, acc, first, ahead)
             } else {
-                block_avx2::<R, false>(image, p, offsets, weights, acc, first, 0)
+                block_avx2::<R, 2, false>(image, p, offsets, weights, acc, first, 0)
             }
         }
     })
@@ -3217,18 +3217,27 @@ unsafe fn block<const R: usize>(
     }
 }
 
-/// [`block`] in AVX2 intrinsics for panels of `R` channels (4 or 6), each of the `2R` sums
-/// its own register: arrays indexed by constants only, which LLVM keeps in registers once it
-/// unrolls the loops over them (over L1-resident lines, Zen 3 VM: 96–101 GFLOP/s for 6, 97–101
-/// for 4, as the block written out by hand before). Given the portable form, or 4 × 24 blocks
-/// whose 12 sums, 3 image vectors and a broadcast need all 16 registers, LLVM rotated the sums
-/// through registers and the stack on every step.
+/// [`block`] in AVX2 intrinsics for panels of `R` channels (4 or 6) and `V` vectors of 8
+/// positions (2: the block's 16), each of the `VR` sums its own register: arrays indexed by
+/// constants only, which LLVM keeps in registers once it unrolls the loops over them (over
+/// L1-resident lines, Zen 3 VM: 96–101 GFLOP/s for 6, 97–101 for 4, as the block written out
+/// by hand before). Given the portable form, or 4 × 24 blocks whose 12 sums, 3 image vectors
+/// and a broadcast need all 16 registers, LLVM rotated the sums through registers and the
+/// stack on every step.
+///
+/// `V` = 1 runs a layout's last block where its positions end in its first 8 (49 = 3 × 16 + 1
+/// on 7 × 7, 196 = 12 × 16 + 4 on 14 × 14): half the multiply-adds, the second half of each
+/// row of `acc` neither read nor written. DenseNet-121 on one thread (the two alternated node
+/// by node in one plan): its 1×1 convolutions on 7 × 7 3.47 → 3.24 ms, on 14 × 14 11.19 →
+/// 10.99, its 3×3 ones on 7 × 7 1.17 → 1.16; the whole model 0.990–1.002× on one thread and
+/// 0.994–0.998× on two, MobileNetV2 0.984–1.001× and 0.995–0.998×.
 ///
 /// # Safety
-/// As [`block`], and the CPU has AVX2 and FMA.
+/// As [`block`] (with `V` = 1, it reads the first 8 of the block's positions only), and the
+/// CPU has AVX2 and FMA.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn block_avx2<const R: usize, const PREFETCH: bool>(
+unsafe fn block_avx2<const R: usize, const V: usize, const PREFETCH: bool>(
     image: &[f32],
     p: usize,
     offsets: &[usize],
@@ -3238,16 +3247,16 @@ unsafe fn block_avx2<const R: usize, const PREFETCH: bool>(
     ahead: usize,
 ) {
     use std::arch::x86_64::*;
-    const { assert!(R <= NR && TILE == 16, "block_avx2 is written for up to 6 × 16") };
+    const { assert!(R <= NR && V <= 2 && TILE == 16, "block_avx2 is written for up to 6 × 16") };
     assert!(acc.len() >= R * TILE && weights.len() >= offsets.len() * R);
     let a = acc.as_mut_ptr();
     // SAFETY: `acc` holds R × TILE values (asserted); the image reads are the caller's
     // contract; `weights` holds R per step (asserted).
     unsafe {
-        let mut sums = [[_mm256_setzero_ps(); 2]; R];
+        let mut sums = [[_mm256_setzero_ps(); V]; R];
         if !first {
             for (r, s) in sums.iter_mut().enumerate() {
-                *s = [0, 1].map(|v| _mm256_loadu_ps(a.add(r * TILE + v * 8)));
+                *s = std::array::from_fn(|v| _mm256_loadu_ps(a.add(r * TILE + v * 8)));
             }
         }
         let base = image.as_ptr().add(p);
@@ -3258,11 +3267,12 @@ unsafe fn block_avx2<const R: usize, const PREFETCH: bool>(
                 // A hint only: never faults, wherever it points.
                 _mm_prefetch::<_MM_HINT_T0>(x.wrapping_add(ahead).cast());
             }
-            let (x0, x1) = (_mm256_loadu_ps(x), _mm256_loadu_ps(x.add(8)));
-            for (r, [s0, s1]) in sums.iter_mut().enumerate() {
+            let x: [__m256; V] = std::array::from_fn(|v| _mm256_loadu_ps(x.add(v * 8)));
+            for (r, s) in sums.iter_mut().enumerate() {
                 let b = _mm256_broadcast_ss(&*w.add(r));
-                *s0 = _mm256_fmadd_ps(b, x0, *s0);
-                *s1 = _mm256_fmadd_ps(b, x1, *s1);
+                for (s, &x) in s.iter_mut().zip(&x) {
+                    *s = _mm256_fmadd_ps(b, x, *s);
+                }
             }
             w = w.add(R);
         }
@@ -3270,54 +3280,6 @@ unsafe fn block_avx2<const R: usize, const PREFETCH: bool>(
             for (v, &s) in s.iter().enumerate() {
                 _mm256_storeu_ps(a.add(r * TILE + v * 8), s);
             }
-        }
-    }
-}
-
-/// [`block_avx2`] for a block whose positions end in its first half (a layout's last block
-/// where its positions are at most 8 past a multiple of [`TILE`]: 49 = 3 × 16 + 1 on 7 × 7,
-/// 196 = 12 × 16 + 4 on 14 × 14): one vector of 8 a channel, half the multiply-adds, the
-/// second half of each row of `acc` neither read nor written. DenseNet-121 on one thread (the
-/// two alternated node by node in one plan): its 1×1 convolutions on 7 × 7 3.47 → 3.24 ms,
-/// on 14 × 14 11.19 → 10.99, its 3×3 ones on 7 × 7 1.17 → 1.16; the whole model 0.990–1.002×
-/// on one thread and 0.994–0.998× on two, MobileNetV2 0.984–1.001× and 0.995–0.998×.
-///
-/// # Safety
-/// As [`block_avx2`] (it reads less).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn block_avx2_half<const R: usize>(
-    image: &[f32],
-    p: usize,
-    offsets: &[usize],
-    weights: &[f32],
-    acc: &mut [f32],
-    first: bool,
-) {
-    use std::arch::x86_64::*;
-    const { assert!(R <= NR && TILE == 16, "block_avx2_half is written for up to 6 × 8") };
-    assert!(acc.len() >= R * TILE && weights.len() >= offsets.len() * R);
-    let a = acc.as_mut_ptr();
-    // SAFETY: `acc` holds R × TILE values (asserted); the image reads are the caller's
-    // contract (the first 8 of the block's 16); `weights` holds R per step (asserted).
-    unsafe {
-        let mut sums = [_mm256_setzero_ps(); R];
-        if !first {
-            for (r, s) in sums.iter_mut().enumerate() {
-                *s = _mm256_loadu_ps(a.add(r * TILE));
-            }
-        }
-        let base = image.as_ptr().add(p);
-        let mut w = weights.as_ptr();
-        for &offset in offsets {
-            let x = _mm256_loadu_ps(base.add(offset));
-            for (r, s) in sums.iter_mut().enumerate() {
-                *s = _mm256_fmadd_ps(_mm256_broadcast_ss(&*w.add(r)), x, *s);
-            }
-            w = w.add(R);
-        }
-        for (r, &s) in sums.iter().enumerate() {
-            _mm256_storeu_ps(a.add(r * TILE), s);
         }
     }
 }
