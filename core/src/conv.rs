@@ -25,7 +25,8 @@
 //! on tract's executor where it has threads. The bias (and a clamp that followed in the
 //! graph, [`fuse_clamps`]) is applied when the blocks are copied out to NCHW, or, for a
 //! convolution summed in one pass, as its sums are stored straight into the output planes
-//! (the padded layout's dropped columns masked off row by row). The block is
+//! (the padded layout's dropped columns masked off row by row; on x86-64 by the block itself,
+//! from its registers: [`Finish::Out`]). The block is
 //! AVX-512 or AVX2 + FMA intrinsics on x86-64, chosen at run time, wasm SIMD intrinsics on
 //! wasm32 with SIMD, and plain array arithmetic elsewhere (what the tests also check).
 //!
@@ -2666,16 +2667,16 @@ unsafe fn tiles_avx2<const R: usize>(
     layout: &Layout,
     sums: &mut Sums,
 ) {
-    single(image, weights, layout, sums, |image, p, offsets, weights, acc, first, ahead, n| {
+    single(image, weights, layout, sums, true, |image, p, offsets, weights, acc, out, ahead, n| {
         // SAFETY: the CPU has AVX2 and FMA (the caller's contract), and `tiles` vouches for
-        // the reach.
+        // the reach (and `Sums::with` for `out`'s).
         unsafe {
             if n <= TILE / 2 {
-                block_avx2::<R, 1, false>(image, p, offsets, weights, acc, first, 0)
+                block_avx2::<R, 1, false>(image, p, offsets, weights, acc, out, 0)
             } else if ahead > 0 {
-                block_avx2::<R, 2, true>(image, p, offsets, weights, acc, first, ahead)
+                block_avx2::<R, 2, true>(image, p, offsets, weights, acc, out, ahead)
             } else {
-                block_avx2::<R, 2, false>(image, p, offsets, weights, acc, first, 0)
+                block_avx2::<R, 2, false>(image, p, offsets, weights, acc, out, 0)
             }
         }
     })
@@ -2694,6 +2695,7 @@ unsafe fn tiles_avx512(image: &[f32], weights: &[f32], layout: &Layout, sums: &m
         layout,
         sums,
         true,
+        true,
         |image, ps, offsets, weights, acc, next, out, _, _| {
             // SAFETY: the CPU has AVX-512F, AVX2 and FMA (the caller's contract), `tiles`
             // vouches for the reach of both blocks, and `Sums::with` for `out`'s.
@@ -2710,9 +2712,9 @@ unsafe fn tiles_avx512(image: &[f32], weights: &[f32], layout: &Layout, sums: &m
 /// [`tiles`] with [`block_wasm`].
 #[cfg(all(target_arch = "wasm32", target_feature = "simd128"))]
 fn tiles_wasm(image: &[f32], weights: &[f32], layout: &Layout, sums: &mut Sums) {
-    single(image, weights, layout, sums, |image, p, offsets, weights, acc, first, _, _| {
+    single(image, weights, layout, sums, false, |image, p, offsets, weights, acc, out, _, _| {
         // SAFETY: `tiles` vouches for the reach.
-        unsafe { block_wasm(image, p, offsets, weights, acc, first) }
+        unsafe { block_wasm(image, p, offsets, weights, acc, out.first()) }
     })
 }
 
@@ -2721,9 +2723,9 @@ fn tiles_wasm(image: &[f32], weights: &[f32], layout: &Layout, sums: &mut Sums) 
 #[cfg(any(test, not(all(target_arch = "wasm32", target_feature = "simd128"))))]
 fn tiles_portable(image: &[f32], weights: &[f32], layout: &Layout, sums: &mut Sums) {
     fn with<const R: usize>(i: &[f32], w: &[f32], l: &Layout, sums: &mut Sums) {
-        single(i, w, l, sums, |image, p, offsets, weights, acc, first, _, _| {
+        single(i, w, l, sums, false, |image, p, offsets, weights, acc, out, _, _| {
             // SAFETY: `tiles` vouches for the reach.
-            unsafe { block::<R>(image, p, offsets, weights, acc, first) }
+            unsafe { block::<R>(image, p, offsets, weights, acc, out.first()) }
         })
     }
     match layout.nr {
@@ -2733,15 +2735,17 @@ fn tiles_portable(image: &[f32], weights: &[f32], layout: &Layout, sums: &mut Su
     }
 }
 
-/// [`tiles`] one block at a time, through `block` (with [`block`]'s arguments and contract,
-/// how far ahead to prefetch, and the block's positions that are the layout's).
+/// [`tiles`] one block at a time, through `block` (with [`block`]'s arguments and contract
+/// but where its sums go, [`Finish`], how far ahead to prefetch, and the block's positions
+/// that are the layout's); `writes_out` as [`tiles`]'s.
 #[inline(always)]
 fn single(
     image: &[f32],
     weights: &[f32],
     layout: &Layout,
     sums: &mut Sums,
-    block: impl Fn(&[f32], usize, &[usize], &[f32], &mut [f32], bool, usize, usize),
+    writes_out: bool,
+    block: impl Fn(&[f32], usize, &[usize], &[f32], &mut [f32], Finish<'_>, usize, usize),
 ) {
     tiles(
         image,
@@ -2749,8 +2753,9 @@ fn single(
         layout,
         sums,
         false,
+        writes_out,
         |image, [p, _], offsets, w, acc, _, out, ahead, n| {
-            block(image, p, offsets, w, acc, out.first(), ahead, n)
+            block(image, p, offsets, w, acc, out, ahead, n)
         },
     )
 }
@@ -2759,8 +2764,8 @@ fn single(
 /// each through `block` (with [`block`]'s arguments and contract, the block's position first
 /// of a pair and its sums first of two, and where they go: [`Finish`]). `pairs`: two blocks
 /// of a group at a time where there are two left (their positions, and the second one's sums
-/// as `Some`), else one (`None`); and `block` writes [`Finish::Out`] itself (the AVX-512
-/// block), else it is only ever handed [`Finish::Sums`]. Its last two arguments: how many
+/// as `Some`), else one (`None`); `writes_out`: `block` writes [`Finish::Out`] itself (the
+/// x86-64 blocks), else it is only ever handed [`Finish::Sums`]. Its last two arguments: how many
 /// values past each line it reads the block may prefetch (0: none), on a group's first panel
 /// where the layout says to ([`Layout::prefetch`]): the same line of the next group's block;
 /// and how many of the (first) block's positions are the layout's, the rest computed only to
@@ -2772,6 +2777,7 @@ fn tiles(
     layout: &Layout,
     sums: &mut Sums,
     pairs: bool,
+    writes_out: bool,
     block: impl Fn(
         &[f32],
         [usize; 2],
@@ -2779,7 +2785,7 @@ fn tiles(
         &[f32],
         &mut [f32],
         Option<&mut [f32]>,
-        Finish,
+        Finish<'_>,
         usize,
         usize,
     ),
@@ -2811,12 +2817,12 @@ fn tiles(
                     let lanes = layout.positions.saturating_sub(t * TILE).min(TILE);
                     if pairs && t + 1 < end {
                         let ps = [p, p + layout.tile_stride];
-                        sums.with(t, panel, true, steps, pairs, |acc, next, out| {
+                        sums.with(t, panel, true, steps, writes_out, |acc, next, out| {
                             block(image, ps, offsets, w, acc, next, out, ahead, lanes)
                         });
                         t += 2;
                     } else {
-                        sums.with(t, panel, false, steps, pairs, |acc, _, out| {
+                        sums.with(t, panel, false, steps, writes_out, |acc, _, out| {
                             block(image, [p, p], offsets, w, acc, None, out, ahead, lanes)
                         });
                         t += 1;
@@ -2837,23 +2843,29 @@ struct Steps {
 
 /// What a block does with its sums after a pass.
 #[derive(Clone, Copy)]
-enum Finish {
+enum Finish<'e> {
     /// Stores them into its sums buffers (`first`: starting from zero, else from what the
     /// buffers hold).
     Sums { first: bool },
     /// Writes them, biased and clamped, straight into the output planes: a whole sum in one
     /// pass, blocks whose positions are the output's ([`Sums::with`] vouches for the reach).
     #[cfg(target_arch = "x86_64")]
-    Out(Epilogue),
+    Out(&'e Epilogue<'e>),
+    /// Nothing written out off x86-64: the lifetime only, never built.
+    #[cfg(not(target_arch = "x86_64"))]
+    #[allow(dead_code)]
+    Never(std::convert::Infallible, std::marker::PhantomData<&'e ()>),
 }
 
-impl Finish {
+impl Finish<'_> {
     /// Whether the sums start from zero.
     fn first(self) -> bool {
         match self {
             Finish::Sums { first } => first,
             #[cfg(target_arch = "x86_64")]
             Finish::Out(_) => true,
+            #[cfg(not(target_arch = "x86_64"))]
+            Finish::Never(never, _) => match never {},
         }
     }
 }
@@ -2863,17 +2875,27 @@ impl Finish {
 /// `r` of the panel at `at[b][i] + r · plane` for row `i`, its lanes `masks[b][i]` (the
 /// vector's start lies `lane` values before the row's first column: outside the plane for
 /// masked lanes only; no lanes where there is no second row); `rows` of the panel's channels
-/// are the output's (the rest, past `M`, are dropped), each gaining its `bias` and then the
-/// clamp.
+/// are the output's (the rest, past `M`, are dropped), each gaining its bias
+/// ([`Epilogue::bias`]) and then the clamp.
 #[cfg(target_arch = "x86_64")]
 #[derive(Clone, Copy)]
-struct Epilogue {
+struct Epilogue<'a> {
     at: [[*mut f32; 2]; 2],
     masks: [[u16; 2]; 2],
     plane: usize,
     rows: usize,
-    bias: [f32; MAX_NR],
+    /// The panel's biases (`rows` of them), or one for all.
+    bias: &'a [f32],
     clamp: [f32; 2],
+}
+
+#[cfg(target_arch = "x86_64")]
+impl Epilogue<'_> {
+    /// The bias of the panel's channel `r` (below `rows`).
+    #[inline(always)]
+    fn bias(&self, r: usize) -> f32 {
+        if self.bias.len() == 1 { self.bias[0] } else { self.bias[r] }
+    }
 }
 
 /// Where [`tiles`] keeps the sums of the blocks and panels it runs: a chunk of the blocks'
@@ -3013,9 +3035,9 @@ impl<'a> Sums<'a> {
         pair: bool,
         steps: Steps,
         out: bool,
-        f: impl FnOnce(&mut [f32], Option<&mut [f32]>, Finish),
+        f: impl FnOnce(&mut [f32], Option<&mut [f32]>, Finish<'_>),
     ) {
-        // Only the AVX-512 block writes its sums out.
+        // Only the x86-64 blocks write their sums out.
         #[cfg(not(target_arch = "x86_64"))]
         let _ = out;
         match self {
@@ -3050,7 +3072,7 @@ impl<'a> Sums<'a> {
                     && (planes.width == planes.ow || planes.width >= TILE)
                 {
                     let epilogue = planes.epilogue(t, panel, *nr, pair);
-                    return f(a, pair.then_some(&mut *b), Finish::Out(epilogue));
+                    return f(a, pair.then_some(&mut *b), Finish::Out(&epilogue));
                 }
                 if !steps.first {
                     planes.load(t, panel, *nr, a);
@@ -3068,7 +3090,7 @@ impl<'a> Sums<'a> {
     }
 }
 
-impl Planes<'_> {
+impl<'a> Planes<'a> {
     /// The output positions of block `t` (`TILE` of them but in the last block) and the
     /// planes of `panel` (`nr` but past `M`).
     fn span(&self, t: usize, panel: usize, nr: usize) -> (usize, usize, Range<usize>) {
@@ -3082,38 +3104,47 @@ impl Planes<'_> {
     /// the output's (`width == OW`) or at least [`TILE`] positions long.
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
-    fn epilogue(&self, t: usize, panel: usize, nr: usize, pair: bool) -> Epilogue {
+    fn epilogue(&self, t: usize, panel: usize, nr: usize, pair: bool) -> Epilogue<'a> {
         debug_assert!((self.width == self.ow || self.width >= TILE) && nr <= MAX_NR);
         let planes = self.out.wrapping_add((panel * nr - self.first) * self.plane);
-        let block = |t: usize| {
-            let (p, lanes, _) = self.span(t, panel, nr);
-            let mut runs = ([planes; 2], [0u16; 2]);
-            if self.width == self.ow {
-                runs.0[0] = planes.wrapping_add(p);
-                runs.1[0] = ((1u32 << lanes) - 1) as u16;
-                return runs;
-            }
-            for (i, (lane, valid, at)) in
-                row_runs(p, lanes, self.width, [self.rows, self.ow]).take(2).enumerate()
-            {
-                runs.0[i] = planes.wrapping_add(at).wrapping_sub(lane);
-                runs.1[i] = (((1u32 << valid) - 1) << lane) as u16;
-            }
-            runs
-        };
-        let (a, b) = (block(t), if pair { block(t + 1) } else { ([planes; 2], [0; 2]) });
         let rows = self.m.min(panel * nr + nr) - panel * nr;
-        let mut bias = [0.0; MAX_NR];
-        for (r, b) in bias.iter_mut().enumerate().take(rows) {
-            *b = if self.bias.len() == 1 { self.bias[0] } else { self.bias[panel * nr + r] };
-        }
-        Epilogue {
-            at: [a.0, b.0],
-            masks: [a.1, b.1],
+        // Filled field by field: built as tuples and moved in, its masks were read back
+        // wider than they were written (a stalled store forwarding: 4 % of MobileNetV2 on
+        // the AVX2 path).
+        let mut e = Epilogue {
+            at: [[planes; 2]; 2],
+            masks: [[0; 2]; 2],
             plane: self.plane,
             rows,
-            bias,
+            bias: if self.bias.len() == 1 {
+                self.bias
+            } else {
+                &self.bias[panel * nr..panel * nr + rows]
+            },
             clamp: self.clamp,
+        };
+        for b in 0..1 + usize::from(pair) {
+            let (p, lanes, _) = self.span(t + b, panel, nr);
+            if self.width == self.ow {
+                e.at[b][0] = planes.wrapping_add(p);
+                e.masks[b][0] = ((1u32 << lanes) - 1) as u16;
+            } else {
+                self.row_runs(&mut e, b, planes, p, lanes);
+            }
+        }
+        e
+    }
+
+    /// [`Planes::epilogue`]'s runs for block `b` of `lanes` positions from `p`, on rows wider
+    /// than the output's (two at most).
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    fn row_runs(&self, e: &mut Epilogue<'_>, b: usize, planes: *mut f32, p: usize, lanes: usize) {
+        for (i, (lane, valid, at)) in
+            row_runs(p, lanes, self.width, [self.rows, self.ow]).take(2).enumerate()
+        {
+            e.at[b][i] = planes.wrapping_add(at).wrapping_sub(lane);
+            e.masks[b][i] = (((1u32 << valid) - 1) << lane) as u16;
         }
     }
 
@@ -3225,6 +3256,16 @@ unsafe fn block<const R: usize>(
 /// and a broadcast need all 16 registers, LLVM rotated the sums through registers and the
 /// stack on every step.
 ///
+/// Where `finish` is [`Finish::Out`] the sums go from the registers into the output planes,
+/// biased and clamped, each vector stored whole, masked (`vmaskmovps`) where a row ends
+/// inside it, or not at all, rather than into `acc` for [`Planes::store`] (baseline SSE, 10 %
+/// of MobileNetV2's samples) to copy out. One thread, the two alternated run by run in one
+/// process, 3 × 40 runs: MobileNetV2 1.2–1.7 % faster; DenseNet-121 within 1 % either way
+/// (its 1×1 convolutions on 56 × 56 from 224 and 256 channels 3–5 % slower, most others
+/// faster). Its first form, which built the epilogue out of line and moved it through memory
+/// in pieces of other widths than they were written (stalled store forwarding), was 3–5 %
+/// slower.
+///
 /// `V` = 1 runs a layout's last block where its positions end in its first 8 (49 = 3 × 16 + 1
 /// on 7 × 7, 196 = 12 × 16 + 4 on 14 × 14): half the multiply-adds, the second half of each
 /// row of `acc` neither read nor written. DenseNet-121 on one thread (the two alternated node
@@ -3243,7 +3284,7 @@ unsafe fn block_avx2<const R: usize, const V: usize, const PREFETCH: bool>(
     offsets: &[usize],
     weights: &[f32],
     acc: &mut [f32],
-    first: bool,
+    finish: Finish<'_>,
     ahead: usize,
 ) {
     use std::arch::x86_64::*;
@@ -3254,7 +3295,7 @@ unsafe fn block_avx2<const R: usize, const V: usize, const PREFETCH: bool>(
     // contract; `weights` holds R per step (asserted).
     unsafe {
         let mut sums = [[_mm256_setzero_ps(); V]; R];
-        if !first {
+        if !finish.first() {
             for (r, s) in sums.iter_mut().enumerate() {
                 *s = std::array::from_fn(|v| _mm256_loadu_ps(a.add(r * TILE + v * 8)));
             }
@@ -3276,9 +3317,38 @@ unsafe fn block_avx2<const R: usize, const V: usize, const PREFETCH: bool>(
             }
             w = w.add(R);
         }
-        for (r, s) in sums.iter().enumerate() {
-            for (v, &s) in s.iter().enumerate() {
-                _mm256_storeu_ps(a.add(r * TILE + v * 8), s);
+        let Finish::Out(out) = finish else {
+            for (r, s) in sums.iter().enumerate() {
+                for (v, &s) in s.iter().enumerate() {
+                    _mm256_storeu_ps(a.add(r * TILE + v * 8), s);
+                }
+            }
+            return;
+        };
+        // Straight into the planes, as `Planes::store`: biased, then clamped as
+        // `Clamp::apply` (a NaN stays NaN); each vector's lanes of a row's mask stored whole,
+        // masked or not at all.
+        let [lo, hi] = out.clamp.map(|v| _mm256_set1_ps(v));
+        let bits = _mm256_setr_epi32(1, 2, 4, 8, 16, 32, 64, 128);
+        let runs: [[(*mut f32, u8, __m256i); 2]; V] = std::array::from_fn(|v| {
+            std::array::from_fn(|i| {
+                let m = (out.masks[0][i] >> (8 * v)) as u8;
+                let lanes = _mm256_and_si256(_mm256_set1_epi32(i32::from(m)), bits);
+                (out.at[0][i].wrapping_add(8 * v), m, _mm256_cmpeq_epi32(lanes, bits))
+            })
+        });
+        for (r, s) in sums.iter().enumerate().take(out.rows) {
+            let bias = _mm256_set1_ps(out.bias(r));
+            for (&s, runs) in s.iter().zip(&runs) {
+                let x = _mm256_min_ps(hi, _mm256_max_ps(lo, _mm256_add_ps(s, bias)));
+                for &(at, m, mask) in runs {
+                    let at = at.wrapping_add(r * out.plane);
+                    if m == u8::MAX {
+                        _mm256_storeu_ps(at, x);
+                    } else if m != 0 {
+                        _mm256_maskstore_ps(at, mask, x);
+                    }
+                }
             }
         }
     }
@@ -3425,7 +3495,7 @@ unsafe fn block_avx512<const B: usize>(
     offsets: &[usize],
     weights: &[f32],
     accs: [&mut [f32]; B],
-    finish: Finish,
+    finish: Finish<'_>,
 ) {
     use std::arch::x86_64::*;
     const R: usize = NR_AVX512;
@@ -3465,7 +3535,7 @@ unsafe fn block_avx512<const B: usize>(
         // `Clamp::apply` (a NaN stays NaN).
         let [lo, hi] = out.clamp.map(|v| _mm512_set1_ps(v));
         for (r, s) in sums.iter().enumerate().take(out.rows) {
-            let bias = _mm512_set1_ps(out.bias[r]);
+            let bias = _mm512_set1_ps(out.bias(r));
             for (b, &s) in s.iter().enumerate() {
                 let v = _mm512_min_ps(hi, _mm512_max_ps(lo, _mm512_add_ps(s, bias)));
                 for (&at, &mask) in out.at[b].iter().zip(&out.masks[b]) {
