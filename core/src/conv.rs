@@ -1465,6 +1465,14 @@ impl DirectConv {
     /// Writes blocks `first..` of a packed scratch (`[block][C][TILE]`, as many blocks as
     /// `scratch` holds) from one image of `C` planes (of the layout's positions), through the
     /// prologue where there is one; the positions past the image are zero.
+    ///
+    /// DenseNet-121's images here (its concatenated feature maps, up to 3.2 MB) lie in L3:
+    /// each of the `C` planes read a line at a time is a stream of its own, more than the
+    /// hardware prefetchers follow, so each whole line's counterpart [`GROUP`] blocks on is
+    /// prefetched as it is packed. With the whole share packed a group at a time
+    /// (`run_by_rows`) and compiled for AVX2, one thread, the Zen 3 VM, the two alternated run
+    /// by run in one plan: its 1×1 convolutions 11–12 % faster (on 56 × 56 16 %, on 28 × 28
+    /// 13 %), the whole model 5 % (prefetching 2, 4 or 16 blocks ahead measured the same).
     fn pack_blocks(
         &self,
         image: &[&[f32]],
@@ -1473,19 +1481,79 @@ impl DirectConv {
         first: usize,
         affine: Option<(&[f32], &[f32])>,
     ) {
+        #[cfg(target_arch = "x86_64")]
+        if avx2() {
+            // SAFETY: the CPU has AVX2.
+            return unsafe { self.pack_blocks_avx2(image, scratch, layout, first, affine) };
+        }
+        self.pack_blocks_with(image, scratch, layout, first, affine);
+    }
+
+    /// [`DirectConv::pack_blocks`] compiled for AVX2 (its whole lines as two vectors).
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn pack_blocks_avx2(
+        &self,
+        image: &[&[f32]],
+        scratch: &mut [f32],
+        layout: &Layout,
+        first: usize,
+        affine: Option<(&[f32], &[f32])>,
+    ) {
+        self.pack_blocks_with(image, scratch, layout, first, affine);
+    }
+
+    /// [`DirectConv::pack_blocks`]'s body: whole lines as fixed-size arrays (no loop bounds to
+    /// test, vectorised whole), a last block's partial ones as slices.
+    #[inline(always)]
+    fn pack_blocks_with(
+        &self,
+        image: &[&[f32]],
+        scratch: &mut [f32],
+        layout: &Layout,
+        first: usize,
+        affine: Option<(&[f32], &[f32])>,
+    ) {
+        fn line<const N: usize>(d: &mut [f32], s: &[f32], a: f32, b: f32, affine: bool) {
+            let (Ok(d), Ok(s)) = (<&mut [f32; N]>::try_from(d), <&[f32; N]>::try_from(s)) else {
+                return;
+            };
+            if affine {
+                for (d, &x) in d.iter_mut().zip(s) {
+                    *d = (x * a + b).max(0.0);
+                }
+            } else {
+                *d = *s;
+            }
+        }
         for (dst, block) in scratch.chunks_exact_mut(layout.tile_stride).zip(first..) {
             let p = block * TILE;
             let n = TILE.min(layout.positions - p);
-            for (c, (line, src)) in dst.chunks_exact_mut(TILE).zip(image).enumerate() {
-                let (line, src) = (&mut line[..n], &src[p..p + n]);
+            for (c, (d, src)) in dst.chunks_exact_mut(TILE).zip(image).enumerate() {
+                let (a, b) = affine.map_or((1.0, 0.0), |(scale, shift)| (scale[c], shift[c]));
+                if n == TILE {
+                    // The same line of the next group's block on its way meanwhile: each of
+                    // the `C` planes is a stream of its own, more than the hardware's
+                    // prefetchers follow.
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: a hint only: never faults, wherever it points.
+                    unsafe {
+                        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+                        _mm_prefetch::<_MM_HINT_T0>(
+                            src.as_ptr().wrapping_add(p + GROUP * TILE).cast(),
+                        );
+                    }
+                    line::<TILE>(d, &src[p..p + TILE], a, b, affine.is_some());
+                    continue;
+                }
+                let (d, src) = (&mut d[..n], &src[p..p + n]);
                 match affine {
-                    Some((scale, shift)) => {
-                        let (a, b) = (scale[c], shift[c]);
-                        for (d, &x) in line.iter_mut().zip(src) {
+                    Some(_) => {
+                        for (d, &x) in d.iter_mut().zip(src) {
                             *d = (x * a + b).max(0.0);
                         }
                     }
-                    None => line.copy_from_slice(src),
+                    None => d.copy_from_slice(src),
                 }
             }
             if n < TILE {
@@ -1742,6 +1810,21 @@ impl DirectConv {
                 let mut scratch = IMAGE.take();
                 let padded = at_least(&mut scratch, layout.scratch);
                 poison(padded);
+                if layout.packed && direct {
+                    // A group of blocks packed, then summed while its lines are in L2 (the
+                    // whole share packed first, the summing read it back from L3: 1.5 %
+                    // slower on 56 × 56).
+                    let stride = layout.tile_stride;
+                    for start in tiles.clone().step_by(GROUP) {
+                        let part = start..(start + GROUP).min(tiles.end);
+                        let own = &mut padded[part.start * stride..part.end * stride];
+                        self.pack_blocks(image, own, layout, part.start, affine);
+                        let mut sums = Sums::planes(planes, layout, tiles.clone()).for_tiles(part);
+                        self.run_tiles(padded, weights, layout, &mut sums);
+                    }
+                    IMAGE.set(scratch);
+                    continue;
+                }
                 if layout.packed {
                     let stride = layout.tile_stride;
                     let own = &mut padded[tiles.start * stride..tiles.end * stride];
