@@ -1503,8 +1503,8 @@ impl DirectConv {
         self.pack_blocks_with(image, scratch, layout, first, affine);
     }
 
-    /// [`DirectConv::pack_blocks`]'s body: whole lines as fixed-size arrays (no loop bounds to
-    /// test, vectorised whole), a last block's partial ones as slices.
+    /// [`DirectConv::pack_blocks`]'s body: whole lines of a constant length (vectorised whole,
+    /// no loop bounds to test), a last block's partial ones as they come.
     #[inline(always)]
     fn pack_blocks_with(
         &self,
@@ -1514,46 +1514,40 @@ impl DirectConv {
         first: usize,
         affine: Option<(&[f32], &[f32])>,
     ) {
-        fn line<const N: usize>(d: &mut [f32], s: &[f32], a: f32, b: f32, affine: bool) {
-            let (Ok(d), Ok(s)) = (<&mut [f32; N]>::try_from(d), <&[f32; N]>::try_from(s)) else {
-                return;
-            };
-            if affine {
-                for (d, &x) in d.iter_mut().zip(s) {
-                    *d = (x * a + b).max(0.0);
+        // Arrays, not slices: given slices of a constant length, LLVM unrolled the loop into
+        // scalar code (their overlap unknown to it).
+        fn line<const N: usize>(d: &mut [f32; N], s: &[f32; N], affine: Option<(f32, f32)>) {
+            match affine {
+                Some((a, b)) => {
+                    for (d, &x) in d.iter_mut().zip(s) {
+                        *d = (x * a + b).max(0.0);
+                    }
                 }
-            } else {
-                *d = *s;
+                None => *d = *s,
             }
         }
         for (dst, block) in scratch.chunks_exact_mut(layout.tile_stride).zip(first..) {
             let p = block * TILE;
             let n = TILE.min(layout.positions - p);
             for (c, (d, src)) in dst.chunks_exact_mut(TILE).zip(image).enumerate() {
-                let (a, b) = affine.map_or((1.0, 0.0), |(scale, shift)| (scale[c], shift[c]));
-                if n == TILE {
-                    // The same line of the next group's block on its way meanwhile: each of
-                    // the `C` planes is a stream of its own, more than the hardware's
-                    // prefetchers follow.
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: a hint only: never faults, wherever it points.
-                    unsafe {
-                        use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
-                        _mm_prefetch::<_MM_HINT_T0>(
-                            src.as_ptr().wrapping_add(p + GROUP * TILE).cast(),
-                        );
+                let affine = affine.map(|(scale, shift)| (scale[c], shift[c]));
+                if n < TILE {
+                    for (d, &x) in d[..n].iter_mut().zip(&src[p..p + n]) {
+                        *d = affine.map_or(x, |(a, b)| (x * a + b).max(0.0));
                     }
-                    line::<TILE>(d, &src[p..p + TILE], a, b, affine.is_some());
                     continue;
                 }
-                let (d, src) = (&mut d[..n], &src[p..p + n]);
-                match affine {
-                    Some(_) => {
-                        for (d, &x) in d.iter_mut().zip(src) {
-                            *d = (x * a + b).max(0.0);
-                        }
-                    }
-                    None => d.copy_from_slice(src),
+                // The same line of the next group's block on its way meanwhile: each of the
+                // `C` planes is a stream of its own, more than the hardware's prefetchers
+                // follow.
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: a hint only: never faults, wherever it points.
+                unsafe {
+                    use std::arch::x86_64::{_MM_HINT_T0, _mm_prefetch};
+                    _mm_prefetch::<_MM_HINT_T0>(src.as_ptr().wrapping_add(p + GROUP * TILE).cast());
+                }
+                if let (Ok(d), Ok(s)) = (d.try_into(), src[p..p + TILE].try_into()) {
+                    line::<TILE>(d, s, affine);
                 }
             }
             if n < TILE {
