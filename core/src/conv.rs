@@ -1813,7 +1813,7 @@ impl DirectConv {
                         let part = start..(start + GROUP).min(tiles.end);
                         let own = &mut padded[part.start * stride..part.end * stride];
                         self.pack_blocks(image, own, layout, part.start, affine);
-                        let mut sums = Sums::planes(planes, layout, tiles.clone()).for_tiles(part);
+                        let mut sums = Sums::planes(planes, layout, part);
                         self.run_tiles(padded, weights, layout, &mut sums);
                     }
                     IMAGE.set(scratch);
