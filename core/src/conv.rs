@@ -174,9 +174,10 @@ const SMALL_P: usize = 7;
 /// 4 % slower, and at 28 × 28 and 56 × 56 it gained nothing.
 const SMALL_NARROWING: usize = 256;
 /// Planes of at most this many positions run their stride-1 convolutions with larger
-/// kernels (DenseNet-121's 3×3 ones) as [`DirectConv::run_small`], from the padded image: no
-/// lanes computed for the padding columns (the positions-in-lanes blocks cover rows of
-/// `OW + 1`: 14 blocks for 13 on 14 × 14), no partial sums between passes. DenseNet-121's
+/// kernels (DenseNet-121's 3×3 ones) as [`DirectConv::run_small`] (with AVX-512, and with
+/// AVX2 as [`DirectConv::small_block_avx2`]), from the padded image: no lanes computed for
+/// the padding columns (the positions-in-lanes blocks cover rows of `OW + 1`: 14 blocks for
+/// 13 on 14 × 14), no partial sums through a blocks' buffer between passes. DenseNet-121's
 /// 128 → 32, one thread, standalone: 7 × 7 0.050 → 0.042 ms, 14 × 14 0.163 → 0.145, 28 × 28
 /// 0.56 → 0.56, 56 × 56 2.19–2.27 → 2.14–2.16; in the model on two threads, 12 layers of
 /// 28 × 28 4.33–4.50 → 3.91–3.93 ms, 24 of 14 × 14 3.0–3.2 → 2.44–2.51 ms, and 6 of 56 × 56
@@ -188,6 +189,17 @@ const SMALL_KXK: usize = 56 * 56;
 fn small_planes() -> bool {
     #[cfg(target_arch = "x86_64")]
     if panel_width() == NR_AVX512 {
+        return true;
+    }
+    false
+}
+
+/// Whether stride-1 convolutions with kernels larger than 1×1 on planes of up to
+/// [`SMALL_KXK`] positions run as [`DirectConv::run_small`] on this CPU: with AVX-512 or
+/// AVX2 (a plan form is keyed by the vector kernels, [`kernels`]).
+fn small_kxk() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    if avx2() {
         return true;
     }
     false
@@ -251,6 +263,68 @@ unsafe fn small_sums<const PREFETCH: bool>(
                 acc[0] = _mm512_fmadd_ps(w0, v, acc[0]);
                 acc[1] = _mm512_fmadd_ps(w1, v, acc[1]);
             }
+        }
+    }
+}
+
+/// Positions per AVX2 block of [`DirectConv::run_small`]: [`small_sums_avx2`]'s six broadcast
+/// values by two vectors of channels, twelve sums.
+#[cfg(target_arch = "x86_64")]
+const SMALL_P_AVX2: usize = 6;
+/// Taps summed per pass over a band by [`DirectConv::small_block_avx2`]: 144, a 3×3 kernel's
+/// sixteen input channels (18 KB of weights). DenseNet-121 in one process, two plans, runs
+/// alternated (3 × 15–20 each, one thread): against the positions-in-lanes blocks 0.958 /
+/// 0.912 / 0.932× at 144, 0.986 / 0.950 / 0.954× at 72, 0.978 / 0.953× at 288, 0.994× at 36.
+#[cfg(target_arch = "x86_64")]
+const SMALL_CHUNK: usize = 144;
+/// Positions per band of [`DirectConv::small_block_avx2`]: its sums' buffer (6 KB) stays in
+/// L1 with the chunk (24 and 96 were no faster in the model).
+#[cfg(target_arch = "x86_64")]
+const SMALL_BAND: usize = 48;
+
+/// Half of a block's sums in [`DirectConv::small_block_avx2`]: for `P` positions (each one's
+/// first image value at `x[j]`) and 16 channels, over `steps`, from the kernel at `w`
+/// (`[step][SMALL_M]`, the half's first channel) — one weight vector pair and `P` broadcast
+/// image values a step — added to the sums at `acc` (rows of [`SMALL_M`], the half's first
+/// channel), or written over them where `fresh`.
+///
+/// # Safety
+/// The CPU has AVX2 and FMA; `w` holds `steps.len()` steps of [`SMALL_M`] values, `acc` `P`
+/// rows, and `x[j] + step` is inside the image for every `j` and step.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+#[inline]
+unsafe fn small_sums_avx2<const P: usize>(
+    x: &[*const f32; P],
+    steps: &[usize],
+    w: *const f32,
+    acc: *mut f32,
+    fresh: bool,
+) {
+    use std::arch::x86_64::*;
+    // SAFETY: the caller's contract.
+    unsafe {
+        let mut sums = [[_mm256_setzero_ps(); 2]; P];
+        if !fresh {
+            for (j, s) in sums.iter_mut().enumerate() {
+                let row = acc.add(j * SMALL_M);
+                *s = [_mm256_loadu_ps(row), _mm256_loadu_ps(row.add(8))];
+            }
+        }
+        let mut w = w;
+        for &step in steps {
+            let (w0, w1) = (_mm256_loadu_ps(w), _mm256_loadu_ps(w.add(8)));
+            for (x, s) in x.iter().zip(sums.iter_mut()) {
+                let v = _mm256_broadcast_ss(&*x.add(step));
+                s[0] = _mm256_fmadd_ps(v, w0, s[0]);
+                s[1] = _mm256_fmadd_ps(v, w1, s[1]);
+            }
+            w = w.add(SMALL_M);
+        }
+        for (j, s) in sums.iter().enumerate() {
+            let row = acc.add(j * SMALL_M);
+            _mm256_storeu_ps(row, s[0]);
+            _mm256_storeu_ps(row.add(8), s[1]);
         }
     }
 }
@@ -1942,21 +2016,23 @@ impl DirectConv {
             && (self.prologue || self.pooled)
     }
 
-    /// Whether it runs as [`DirectConv::run_small`], where [`small_planes`]: a 1×1
+    /// Whether it runs as [`DirectConv::run_small`]: where [`small_planes`], a 1×1
     /// convolution (no pooling after) on planes of fewer positions than four blocks, or on
     /// planes under [`SMALL_NARROWING`] positions when it has fewer output channels than
-    /// input ones; a larger kernel at stride 1 on planes of [`SMALL_KXK`] positions at most.
+    /// input ones; where [`small_kxk`], a larger kernel at stride 1 on planes of
+    /// [`SMALL_KXK`] positions at most.
     fn small(&self) -> bool {
         let [oh, ow] = self.output_hw;
         let positions = oh * ow;
         let fits = if self.kernel_hw == [1, 1] {
-            self.pad_before == [0, 0]
+            small_planes()
+                && self.pad_before == [0, 0]
                 && (positions < 4 * TILE
                     || (positions < SMALL_NARROWING && self.input_channels > self.output_channels))
         } else {
-            positions <= SMALL_KXK
+            small_kxk() && positions <= SMALL_KXK
         };
-        small_planes() && self.strides == [1, 1] && !self.pooled && fits
+        self.strides == [1, 1] && !self.pooled && fits
     }
 
     /// The steps of a [`DirectConv::run_small`] sum (all of the kernel's taps), each where it
@@ -2005,7 +2081,8 @@ impl DirectConv {
     /// A convolution on small planes (MobileNetV2's and DenseNet-121's 7 × 7 1×1 ones, and
     /// [`DirectConv::small`]'s others), output channels in the lanes: blocks of [`SMALL_M`]
     /// channels × [`SMALL_P`] positions, each step (a tap of the kernel) two weight vectors
-    /// and seven broadcast image values, fourteen multiply-adds. The positions-in-lanes blocks
+    /// and seven broadcast image values, fourteen multiply-adds (with AVX2, half a block ×
+    /// [`SMALL_P_AVX2`] positions: [`DirectConv::small_block_avx2`]). The positions-in-lanes blocks
     /// left a quarter of their lanes empty on 49 positions, and tract's 32 × 5 kernel (which
     /// ran the layers without a prologue) packs the image first. A 1×1 convolution reads its
     /// planes where they lie, or through the prologue into a scratch where there is one; a
@@ -2146,9 +2223,15 @@ impl DirectConv {
         groups: Range<usize>,
     ) {
         #[cfg(target_arch = "x86_64")]
-        if avx512() {
-            // SAFETY: the CPU has AVX-512F, and the caller's contract.
-            return unsafe { self.small_block_avx512(small, first, out, planes, groups) };
+        {
+            if avx512() {
+                // SAFETY: the CPU has AVX-512F, and the caller's contract.
+                return unsafe { self.small_block_avx512(small, first, out, planes, groups) };
+            }
+            if avx2() {
+                // SAFETY: the CPU has AVX2 and FMA, and the caller's contract.
+                return unsafe { self.small_block_avx2(small, first, out, planes, groups) };
+            }
         }
         // SAFETY: the caller's contract.
         unsafe { self.small_block_portable(small, first, out, planes, groups) }
@@ -2270,6 +2353,132 @@ impl DirectConv {
                         for (j, row) in t.iter().enumerate().take(n) {
                             // SAFETY: plane `r`'s position `p0 + j`, the caller's to write.
                             unsafe { *out.add(r * positions + p0 + j) = row[r] };
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// [`DirectConv::small_block`] with AVX2 and FMA ([`small_sums_avx2`]), writing nothing
+    /// where `small`'s kernel or image is short of what its steps reach. The positions in
+    /// bands of [`SMALL_BAND`], each band's sums over the kernel's taps in chunks of
+    /// [`SMALL_CHUNK`] (the chunk's weights and image lines stay in L1 while every position of
+    /// the band takes them), through a buffer of the band's sums, channels in lanes. Where it
+    /// runs: DenseNet-121's 3×3 convolutions (128 → 32), which the positions-in-lanes blocks
+    /// (4 channels × 16 positions, 8 sums: exactly what two FMA pipes of latency 4 keep busy)
+    /// summed in passes of 256 taps through a blocks' buffer. Standalone, one thread, Zen 3
+    /// VM (slow spell), runs alternated: 56 × 56 0.79–0.85×, 28 × 28 0.76–0.91×, 14 × 14
+    /// 0.69–0.71×, 7 × 7 0.70–0.73×; the whole model, two plans alternated (3 × 20 runs)
+    /// 0.865 / 0.919 / 0.879× on one thread, 0.880 / 0.957 / 0.962× on two. As 1×1
+    /// convolutions with a prologue on 7 × 7 and 14 × 14 (DenseNet-121's) the model was 1–4 %
+    /// slower: those stay on the packed blocks.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn small_block_avx2(
+        &self,
+        small: Small,
+        first: usize,
+        out: *mut f32,
+        planes: usize,
+        groups: Range<usize>,
+    ) {
+        use std::arch::x86_64::*;
+        let Small { image, steps, width, w, bias, residual } = small;
+        let [oh, ow] = self.output_hw;
+        let positions = oh * ow;
+        let taps = steps.len();
+        if w.len() < taps * SMALL_M
+            || image.len() < small_reach(steps, width, self.output_hw)
+            || planes > SMALL_M
+            || residual.is_some_and(|r| r.len() < (first + planes) * positions)
+        {
+            return;
+        }
+        let [lo, hi] = self.clamp.bounds();
+        let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+        let b: [f32; SMALL_M] = std::array::from_fn(|r| match bias.len() {
+            1 => bias[0],
+            _ => bias.get(first + r).copied().unwrap_or(0.0),
+        });
+        // Halves of the block's channels that hold any of its planes.
+        let halves = planes.div_ceil(SMALL_M / 2);
+        let span = groups.start * SMALL_P..(groups.end * SMALL_P).min(positions);
+        let mut sums = [[0f32; SMALL_M]; SMALL_BAND];
+        for start in span.clone().step_by(SMALL_BAND) {
+            let n = (span.end - start).min(SMALL_BAND);
+            // Where each position's values start in the image.
+            let at: [usize; SMALL_BAND] = std::array::from_fn(|q| {
+                let p = start + q.min(n - 1);
+                p / ow * width + p % ow
+            });
+            for (chunk, steps) in steps.chunks(SMALL_CHUNK).enumerate() {
+                let fresh = chunk == 0;
+                for h in 0..halves {
+                    // SAFETY: `w` holds `taps` steps of SMALL_M values; the image every
+                    // position's value of every step (`small_reach`).
+                    let w = unsafe { w.as_ptr().add(chunk * SMALL_CHUNK * SMALL_M + h * 16) };
+                    let mut q = 0;
+                    while q < n {
+                        let x = |j: usize| image.as_ptr().wrapping_add(at[q + j]);
+                        let acc = sums[q..].as_mut_ptr().cast::<f32>().wrapping_add(h * 16);
+                        // SAFETY: as above; `acc` holds the rows of positions `q..` (at least
+                        // as many as each call sums).
+                        unsafe {
+                            match n - q {
+                                1 => small_sums_avx2::<1>(&[x(0)], steps, w, acc, fresh),
+                                2 => small_sums_avx2::<2>(&[x(0), x(1)], steps, w, acc, fresh),
+                                3 => {
+                                    let x = [x(0), x(1), x(2)];
+                                    small_sums_avx2::<3>(&x, steps, w, acc, fresh);
+                                }
+                                4 => {
+                                    let x = [x(0), x(1), x(2), x(3)];
+                                    small_sums_avx2::<4>(&x, steps, w, acc, fresh);
+                                }
+                                5 => {
+                                    let x = [x(0), x(1), x(2), x(3), x(4)];
+                                    small_sums_avx2::<5>(&x, steps, w, acc, fresh);
+                                }
+                                _ => {
+                                    let x = std::array::from_fn(x);
+                                    small_sums_avx2::<SMALL_P_AVX2>(&x, steps, w, acc, fresh);
+                                }
+                            }
+                        }
+                        q += SMALL_P_AVX2;
+                    }
+                }
+            }
+            // Biased and clamped in lanes, then transposed into the planes.
+            for row in &mut sums[..n] {
+                for (h, b) in b.chunks_exact(8).enumerate() {
+                    // SAFETY: `row` and `b` hold 32 values.
+                    unsafe {
+                        let v = _mm256_add_ps(
+                            _mm256_loadu_ps(row.as_ptr().add(8 * h)),
+                            _mm256_loadu_ps(b.as_ptr()),
+                        );
+                        // As `Clamp::apply`: a NaN stays NaN.
+                        let v = _mm256_min_ps(hi, _mm256_max_ps(lo, v));
+                        _mm256_storeu_ps(row.as_mut_ptr().add(8 * h), v);
+                    }
+                }
+            }
+            for r in 0..planes {
+                // SAFETY: plane `r`'s positions `start..start + n`, the caller's to write.
+                let dst =
+                    unsafe { std::slice::from_raw_parts_mut(out.add(r * positions + start), n) };
+                match residual {
+                    Some(res) => {
+                        let res = &res[(first + r) * positions + start..][..n];
+                        for ((d, row), &add) in dst.iter_mut().zip(&sums).zip(res) {
+                            *d = row[r] + add;
+                        }
+                    }
+                    None => {
+                        for (d, row) in dst.iter_mut().zip(&sums) {
+                            *d = row[r];
                         }
                     }
                 }
@@ -4627,13 +4836,20 @@ mod tests {
         assert_eq!(large.nodes().iter().filter(|n| n.op_is::<TypedBinOp>()).count(), 3);
     }
 
-    /// `run_small`'s AVX-512 block against the portable one, on every group of positions
-    /// and a partial block of channels: a 1×1 kernel reading its planes, and a 3×3 one
-    /// reading padded rows (`OW + 1` positions each); each with a residual added after the
-    /// clamp and without.
+    /// `run_small`'s AVX-512 or AVX2 block against the portable one, on every group of
+    /// positions and a partial block of channels (both halves of one, and part of its first):
+    /// a 1×1 kernel reading its planes, and a 3×3 one reading padded rows (`OW + 1` positions
+    /// each); each with a residual added after the clamp and without. 333 and 261 taps: the
+    /// AVX2 block's chunks of 72, a partial one last; 99 positions: its bands of 48, a
+    /// partial one last.
     #[test]
     fn small_blocks_agree() {
-        let (c, m, hw) = (37, 20, [5, 6]);
+        for (c, m, hw) in [(37, 20, [5, 6]), (29, 12, [9, 11])] {
+            small_blocks_agree_on(c, m, hw);
+        }
+    }
+
+    fn small_blocks_agree_on(c: usize, m: usize, hw: [usize; 2]) {
         let three = DirectConv {
             kernel_hw: [3, 3],
             pad_before: [1, 1],
