@@ -194,10 +194,11 @@ fn small_planes() -> bool {
     false
 }
 
-/// Whether stride-1 convolutions with kernels larger than 1×1 on planes of up to
-/// [`SMALL_KXK`] positions run as [`DirectConv::run_small`] on this CPU: with AVX-512 or
-/// AVX2 (a plan form is keyed by the vector kernels, [`kernels`]).
-fn small_kxk() -> bool {
+/// Whether this CPU runs [`DirectConv::run_small`] beyond [`small_planes`]: stride-1
+/// convolutions with kernels larger than 1×1 on planes of up to [`SMALL_KXK`] positions
+/// (AVX-512 or AVX2), and with AVX2 alone narrowing 1×1 convolutions read in place
+/// ([`DirectConv::small`]). A plan form is keyed by the vector kernels ([`kernels`]).
+fn small_avx2() -> bool {
     #[cfg(target_arch = "x86_64")]
     if avx2() {
         return true;
@@ -277,10 +278,11 @@ const SMALL_P_AVX2: usize = 6;
 /// 0.912 / 0.932× at 144, 0.986 / 0.950 / 0.954× at 72, 0.978 / 0.953× at 288, 0.994× at 36.
 #[cfg(target_arch = "x86_64")]
 const SMALL_CHUNK: usize = 144;
-/// Positions per band of [`DirectConv::small_block_avx2`]: its sums' buffer (6 KB) stays in
-/// L1 with the chunk (24 and 96 were no faster in the model).
+/// Positions per band of [`DirectConv::small_block_avx2`] at most (its bands of equal
+/// length): its sums' buffer (8 KB) stays in L1 with the chunk (bands of 24, 48 and 96 ran
+/// DenseNet-121 as fast), and a 7 × 7 plane is one band.
 #[cfg(target_arch = "x86_64")]
-const SMALL_BAND: usize = 48;
+const SMALL_BAND: usize = 64;
 
 /// Half of a block's sums in [`DirectConv::small_block_avx2`]: for `P` positions (each one's
 /// first image value at `x[j]`) and 16 channels, over `steps`, from the kernel at `w`
@@ -2019,18 +2021,28 @@ impl DirectConv {
     /// Whether it runs as [`DirectConv::run_small`]: where [`small_planes`], a 1×1
     /// convolution (no pooling after) on planes of fewer positions than four blocks, or on
     /// planes under [`SMALL_NARROWING`] positions when it has fewer output channels than
-    /// input ones; where [`small_kxk`], a larger kernel at stride 1 on planes of
-    /// [`SMALL_KXK`] positions at most.
+    /// input ones; where [`small_avx2`], a larger kernel at stride 1 on planes of
+    /// [`SMALL_KXK`] positions at most, and (without AVX-512) a narrowing 1×1 with nothing
+    /// before it on planes of four blocks and more under [`SMALL_NARROWING`] positions
+    /// (MobileNetV2's projections on 14 × 14). With AVX2, one thread, one plan each way and
+    /// runs alternated (60 each): those seven 1.824 → 1.684 ms, the model 0.989× (0.987× on
+    /// two threads). Not those with a prologue (DenseNet-121's on 14 × 14: 16.1 → 17.9 ms for
+    /// 25, packed through it into blocks as they are), nor those on 7 × 7 (tract's packed
+    /// product there; MobileNetV2's 7 × 7 1×1 layers 20–45 % slower as `run_small`).
     fn small(&self) -> bool {
         let [oh, ow] = self.output_hw;
         let positions = oh * ow;
         let fits = if self.kernel_hw == [1, 1] {
-            small_planes()
-                && self.pad_before == [0, 0]
-                && (positions < 4 * TILE
-                    || (positions < SMALL_NARROWING && self.input_channels > self.output_channels))
+            let narrowing =
+                positions < SMALL_NARROWING && self.input_channels > self.output_channels;
+            self.pad_before == [0, 0]
+                && if small_planes() {
+                    positions < 4 * TILE || narrowing
+                } else {
+                    small_avx2() && !self.prologue && positions >= 4 * TILE && narrowing
+                }
         } else {
-            small_kxk() && positions <= SMALL_KXK
+            small_avx2() && positions <= SMALL_KXK
         };
         self.strides == [1, 1] && !self.pooled && fits
     }
@@ -2362,7 +2374,7 @@ impl DirectConv {
 
     /// [`DirectConv::small_block`] with AVX2 and FMA ([`small_sums_avx2`]), writing nothing
     /// where `small`'s kernel or image is short of what its steps reach. The positions in
-    /// bands of [`SMALL_BAND`], each band's sums over the kernel's taps in chunks of
+    /// bands of at most [`SMALL_BAND`], each band's sums over the kernel's taps in chunks of
     /// [`SMALL_CHUNK`] (the chunk's weights and image lines stay in L1 while every position of
     /// the band takes them), through a buffer of the band's sums, channels in lanes. Where it
     /// runs: DenseNet-121's 3×3 convolutions (128 → 32), which the positions-in-lanes blocks
@@ -2405,8 +2417,11 @@ impl DirectConv {
         let halves = planes.div_ceil(SMALL_M / 2);
         let span = groups.start * SMALL_P..(groups.end * SMALL_P).min(positions);
         let mut sums = [[0f32; SMALL_M]; SMALL_BAND];
-        for start in span.clone().step_by(SMALL_BAND) {
-            let n = (span.end - start).min(SMALL_BAND);
+        // Bands of equal length (49 positions one band, not 48 and 1: each band reads all the
+        // weights).
+        let band = span.len().div_ceil(span.len().div_ceil(SMALL_BAND).max(1)).max(1);
+        for start in span.clone().step_by(band) {
+            let n = (span.end - start).min(band);
             // Where each position's values start in the image.
             let at: [usize; SMALL_BAND] = std::array::from_fn(|q| {
                 let p = start + q.min(n - 1);
@@ -4610,6 +4625,10 @@ mod tests {
             check_pointwise("two threads, small planes through the prologue", prologue);
             let narrowing = Pointwise { epilogue: true, ..pointwise(160, 40, [13, 13]) };
             check_pointwise("two threads, narrowing on small planes", narrowing);
+            // Read in place (as `run_small` with AVX2 too): the units share (block of
+            // channels, group of positions) items, two blocks of channels here.
+            let in_place = Pointwise { prologue: false, ..narrowing };
+            check_pointwise("two threads, narrowing in place on small planes", in_place);
         });
     }
 
@@ -4840,8 +4859,7 @@ mod tests {
     /// positions and a partial block of channels (both halves of one, and part of its first):
     /// a 1×1 kernel reading its planes, and a 3×3 one reading padded rows (`OW + 1` positions
     /// each); each with a residual added after the clamp and without. 333 and 261 taps: the
-    /// AVX2 block's chunks of 72, a partial one last; 99 positions: its bands of 48, a
-    /// partial one last.
+    /// AVX2 block's chunks of 144, a partial one last; 99 positions: two of its bands.
     #[test]
     fn small_blocks_agree() {
         for (c, m, hw) in [(37, 20, [5, 6]), (29, 12, [9, 11])] {
