@@ -2382,9 +2382,8 @@ impl DirectConv {
     /// summed in passes of 256 taps through a blocks' buffer. Standalone, one thread, Zen 3
     /// VM (slow spell), runs alternated: 56 × 56 0.79–0.85×, 28 × 28 0.76–0.91×, 14 × 14
     /// 0.69–0.71×, 7 × 7 0.70–0.73×; the whole model, two plans alternated (3 × 20 runs)
-    /// 0.865 / 0.919 / 0.879× on one thread, 0.880 / 0.957 / 0.962× on two. As 1×1
-    /// convolutions with a prologue on 7 × 7 and 14 × 14 (DenseNet-121's) the model was 1–4 %
-    /// slower: those stay on the packed blocks.
+    /// 0.865 / 0.919 / 0.879× on one thread, 0.880 / 0.957 / 0.962× on two. Also
+    /// MobileNetV2's narrowing 1×1 projections on 14 × 14 ([`DirectConv::small`] says which).
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     unsafe fn small_block_avx2(
