@@ -2249,6 +2249,65 @@ impl DirectConv {
         unsafe { self.small_block_portable(small, first, out, planes, groups) }
     }
 
+    /// The bias of a [`DirectConv::run_small`] block's channels `first..` (zero past them),
+    /// or `None` where `small`'s kernel, image or residual is short of what the block reads.
+    #[cfg(target_arch = "x86_64")]
+    fn small_bias(&self, small: &Small, first: usize, planes: usize) -> Option<[f32; SMALL_M]> {
+        let positions = self.output_plane();
+        let reach = small_reach(small.steps, small.width, self.output_hw);
+        if small.w.len() < small.steps.len() * SMALL_M
+            || small.image.len() < reach
+            || planes > SMALL_M
+            || small.residual.is_some_and(|r| r.len() < (first + planes) * positions)
+        {
+            return None;
+        }
+        let bias = small.bias;
+        Some(std::array::from_fn(|r| match bias.len() {
+            1 => bias[0],
+            _ => bias.get(first + r).copied().unwrap_or(0.0),
+        }))
+    }
+
+    /// Writes a block's sums `rows` (one per position from `p0`, channels in the lanes,
+    /// biased and clamped) into its `planes` planes at `out` (output channels `first..`),
+    /// adding `residual` (all `M` planes) where there is one.
+    ///
+    /// # Safety
+    /// As [`DirectConv::small_block`]: `out` points to `planes` planes of `OH × OW` f32,
+    /// positions `p0..p0 + rows.len()` the caller's to write; `residual` holds `first +
+    /// planes` planes where there is one.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn small_store(
+        &self,
+        rows: &[[f32; SMALL_M]],
+        residual: Option<&[f32]>,
+        first: usize,
+        out: *mut f32,
+        planes: usize,
+        p0: usize,
+    ) {
+        let positions = self.output_plane();
+        for r in 0..planes {
+            // SAFETY: plane `r`'s positions `p0..p0 + rows.len()`, the caller's to write.
+            let dst =
+                unsafe { std::slice::from_raw_parts_mut(out.add(r * positions + p0), rows.len()) };
+            match residual {
+                Some(res) => {
+                    let res = &res[(first + r) * positions + p0..][..rows.len()];
+                    for ((d, row), &add) in dst.iter_mut().zip(rows).zip(res) {
+                        *d = row[r] + add;
+                    }
+                }
+                None => {
+                    for (d, row) in dst.iter_mut().zip(rows) {
+                        *d = row[r];
+                    }
+                }
+            }
+        }
+    }
+
     /// [`DirectConv::small_block`] in plain arithmetic: what the tests hold the AVX-512 one
     /// against (and what would run where `run_small` ran without it).
     ///
@@ -2295,23 +2354,13 @@ impl DirectConv {
     ) {
         use std::arch::x86_64::*;
         const P: usize = SMALL_P;
-        let Small { image, steps, width, w, bias, residual } = small;
+        let Some(b) = self.small_bias(&small, first, planes) else { return };
+        let Small { image, steps, width, w, residual, .. } = small;
         let [oh, ow] = self.output_hw;
         let positions = oh * ow;
         let taps = steps.len();
-        if w.len() < taps * SMALL_M
-            || image.len() < small_reach(steps, width, self.output_hw)
-            || planes > SMALL_M
-            || residual.is_some_and(|r| r.len() < (first + planes) * positions)
-        {
-            return;
-        }
         let [lo, hi] = self.clamp.bounds();
         let (lo, hi) = (_mm512_set1_ps(lo), _mm512_set1_ps(hi));
-        let b: [f32; SMALL_M] = std::array::from_fn(|r| match bias.len() {
-            1 => bias[0],
-            _ => bias.get(first + r).copied().unwrap_or(0.0),
-        });
         // SAFETY: `b` holds 32 values.
         let b = unsafe { [_mm512_loadu_ps(b.as_ptr()), _mm512_loadu_ps(b.as_ptr().add(16))] };
         // The next block's weights, on the way into L2 while this block's first group of
@@ -2350,25 +2399,8 @@ impl DirectConv {
                     unsafe { _mm512_storeu_ps(row.as_mut_ptr().add(16 * h), v) };
                 }
             }
-            match residual {
-                Some(res) => {
-                    for r in 0..planes {
-                        let res = &res[(first + r) * positions + p0..][..n];
-                        for (j, (row, &add)) in t.iter().zip(res).enumerate() {
-                            // SAFETY: plane `r`'s position `p0 + j`, the caller's to write.
-                            unsafe { *out.add(r * positions + p0 + j) = row[r] + add };
-                        }
-                    }
-                }
-                None => {
-                    for r in 0..planes {
-                        for (j, row) in t.iter().enumerate().take(n) {
-                            // SAFETY: plane `r`'s position `p0 + j`, the caller's to write.
-                            unsafe { *out.add(r * positions + p0 + j) = row[r] };
-                        }
-                    }
-                }
-            }
+            // SAFETY: the caller's contract.
+            unsafe { self.small_store(&t[..n], residual, first, out, planes, p0) };
         }
     }
 
@@ -2395,23 +2427,12 @@ impl DirectConv {
         groups: Range<usize>,
     ) {
         use std::arch::x86_64::*;
-        let Small { image, steps, width, w, bias, residual } = small;
+        let Some(b) = self.small_bias(&small, first, planes) else { return };
+        let Small { image, steps, width, w, residual, .. } = small;
         let [oh, ow] = self.output_hw;
         let positions = oh * ow;
-        let taps = steps.len();
-        if w.len() < taps * SMALL_M
-            || image.len() < small_reach(steps, width, self.output_hw)
-            || planes > SMALL_M
-            || residual.is_some_and(|r| r.len() < (first + planes) * positions)
-        {
-            return;
-        }
         let [lo, hi] = self.clamp.bounds();
         let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
-        let b: [f32; SMALL_M] = std::array::from_fn(|r| match bias.len() {
-            1 => bias[0],
-            _ => bias.get(first + r).copied().unwrap_or(0.0),
-        });
         // Halves of the block's channels that hold any of its planes.
         let halves = planes.div_ceil(SMALL_M / 2);
         let span = groups.start * SMALL_P..(groups.end * SMALL_P).min(positions);
@@ -2479,24 +2500,8 @@ impl DirectConv {
                     }
                 }
             }
-            for r in 0..planes {
-                // SAFETY: plane `r`'s positions `start..start + n`, the caller's to write.
-                let dst =
-                    unsafe { std::slice::from_raw_parts_mut(out.add(r * positions + start), n) };
-                match residual {
-                    Some(res) => {
-                        let res = &res[(first + r) * positions + start..][..n];
-                        for ((d, row), &add) in dst.iter_mut().zip(&sums).zip(res) {
-                            *d = row[r] + add;
-                        }
-                    }
-                    None => {
-                        for (d, row) in dst.iter_mut().zip(&sums) {
-                            *d = row[r];
-                        }
-                    }
-                }
-            }
+            // SAFETY: the caller's contract.
+            unsafe { self.small_store(&sums[..n], residual, first, out, planes, start) };
         }
     }
 
