@@ -236,7 +236,7 @@ const BAND_BYTES: usize = 512 << 10;
 /// on 56 × 56: 1.06 → 0.98 ms and 0.75 → 0.70 ms, one thread); below, band by band was slower
 /// (its 28 × 28 blocks, 0.42 → 0.44 ms, 0.27 → 0.28 ms). A convolution joins the max pooling
 /// after it only where its own output is larger.
-const SPILLS: usize = 1 << 20;
+pub(crate) const SPILLS: usize = 1 << 20;
 
 thread_local! {
     /// [`Banded`]'s producer's rows for one band, per thread.
