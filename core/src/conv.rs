@@ -4677,11 +4677,13 @@ mod tests {
             check_pointwise("two threads, 1×1", Pointwise { epilogue: true, ..case });
             check_pointwise("two threads, pooled", Pointwise { pool: true, ..case });
             // In place, shared by blocks (one panel) and by panels, with a last block packed
-            // alone.
+            // alone; widening to a multiple of 32 channels, in panels of 32 with AVX2
+            // (`wide_panels`).
             let plain =
                 |c, o| Pointwise { prologue: false, epilogue: true, ..pointwise(c, o, [27, 29]) };
             check_pointwise("two threads, in place by blocks", plain(96, 8));
-            check_pointwise("two threads, in place by panels", plain(96, 128));
+            check_pointwise("two threads, in place by panels", plain(96, 120));
+            check_pointwise("two threads, in place, wide panels", plain(96, 128));
             let small = Pointwise { prologue: false, epilogue: true, ..pointwise(96, 200, [7, 7]) };
             check_pointwise("two threads, small planes", small);
             // Through the prologue: each thread copies its own positions (NaN under test
