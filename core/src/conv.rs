@@ -2559,45 +2559,24 @@ impl DirectConv {
         let failed = std::sync::Mutex::new(None);
         let image_in = self.input_channels * ih * iw;
         let image_out = self.output_channels * out_plane;
+        // Panels of output channels in the lanes ([`DirectConv::wide_panels`]): each a block
+        // of `run_small`'s over every position, step `c` reading plane `c` where it lies.
+        let wide = nr == SMALL_M;
+        let steps: Vec<usize> = match wide {
+            true => (0..self.input_channels).map(|k| k * oh * ow).collect(),
+            false => Vec::new(),
+        };
         for (src, dst) in input.chunks_exact(image_in).zip(output.chunks_exact_mut(image_out)) {
-            #[cfg(target_arch = "x86_64")]
-            if nr == SMALL_M {
-                // Panels of output channels in the lanes ([`DirectConv::wide_panels`]): each
-                // a block of `run_small`'s over every position, from the image where it lies.
-                let positions = oh * ow;
-                let steps: Vec<usize> = (0..self.input_channels).map(|k| k * positions).collect();
-                let groups = 0..positions.div_ceil(SMALL_P);
-                let work = self.output_channels * positions * self.input_channels;
-                share(dst, nr * out_plane, work, |first, chunk| {
-                    let mut planes = PANEL.take();
-                    let planes_now = at_least(&mut planes, nr * positions);
-                    for (panel, out) in (first..).zip(chunk.chunks_exact_mut(nr * out_plane)) {
-                        let w = &weights[panel * steps.len() * nr..];
-                        let small =
-                            Small { image: src, steps: &steps, width: ow, w, bias, residual: None };
-                        // SAFETY: `wide_panels` holds only with AVX2 and FMA; `planes_now`
-                        // holds the panel's planes, written by this thread alone.
-                        unsafe {
-                            let to = planes_now.as_mut_ptr();
-                            self.small_block_avx2(small, panel * nr, to, nr, groups.clone());
-                        }
-                        if let Err(e) = then(planes_now, panel * nr, out)
-                            && let Ok(mut first) = failed.lock()
-                        {
-                            first.get_or_insert(e);
-                        }
-                    }
-                    PANEL.set(planes);
-                })?;
-                continue;
-            }
-            let (flat, last) = self.in_place(&layout, src)?;
+            let (flat, last) = if wide { (None, None) } else { self.in_place(&layout, src)? };
             let (flat, last) = (&flat, &last);
             let work = self.output_channels * oh * ow * layout.offsets.len();
             share(dst, nr * out_plane, work, |first, chunk| {
                 let mut planes = PANEL.take();
                 let planes_now = at_least(&mut planes, nr * oh * ow);
                 for (panel, out) in (first..).zip(chunk.chunks_exact_mut(nr * out_plane)) {
+                    if wide {
+                        self.wide_panel(src, &steps, weights, bias, panel, planes_now);
+                    }
                     let mut target = Planes::new(self, planes_now, bias);
                     target.first = panel * nr;
                     if let Some(flat) = flat {
@@ -2622,6 +2601,35 @@ impl DirectConv {
             Ok(Some(e)) => Err(e),
             _ => Ok(()),
         }
+    }
+
+    /// Panel `panel` of a convolution with [`DirectConv::wide_panels`] into `planes` (its
+    /// [`SMALL_M`] planes), from the image `src` read where it lies (`steps`: plane `c` for
+    /// step `c`), by [`DirectConv::small_block_avx2`]. Never called elsewhere: only x86-64
+    /// CPUs with AVX2 have wide panels.
+    fn wide_panel(
+        &self,
+        src: &[f32],
+        steps: &[usize],
+        weights: &[f32],
+        bias: &[f32],
+        panel: usize,
+        planes: &mut [f32],
+    ) {
+        #[cfg(target_arch = "x86_64")]
+        if avx2() && planes.len() >= SMALL_M * self.output_plane() {
+            let w = &weights[panel * steps.len() * SMALL_M..];
+            let width = self.output_hw[1];
+            let small = Small { image: src, steps, width, w, bias, residual: None };
+            let groups = 0..self.output_plane().div_ceil(SMALL_P);
+            // SAFETY: the CPU has AVX2 and FMA, and `planes` holds the panel's planes.
+            unsafe {
+                let first = panel * SMALL_M;
+                self.small_block_avx2(small, first, planes.as_mut_ptr(), SMALL_M, groups);
+            }
+        }
+        #[cfg(not(target_arch = "x86_64"))]
+        let _ = (src, steps, weights, bias, panel, planes);
     }
 
     /// Whether [`DirectConv::rows_into`] computes bands of this convolution's rows: summed
