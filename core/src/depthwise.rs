@@ -28,9 +28,10 @@
 //! copy was a third of the time (a 32-channel 112 × 112 plane: 0.34 → 0.15 ms on one thread).
 //! With AVX2 and FMA only, the same blocks as two vectors of 8 columns
 //! ([`DepthwiseConv::masked_avx2`]: plain loads where a block lies inside the rows, AVX2's
-//! masked loads at the edges, stride 2's columns picked by in-lane shuffles, 4-row blocks),
-//! except at stride 1 into rows under 8 columns, which keep the copy
-//! ([`DepthwiseConv::runs_by_rows`]).
+//! masked loads at the edges, stride 2's columns picked by in-lane shuffles, 4-row blocks)
+//! for bands of rows ([`DepthwiseConv::runs_by_rows`]); whole planes of a 3×3 convolution at
+//! stride 1 padded by one run in flat vectors of 8 ([`DepthwiseConv::flat_avx2`]: a padded
+//! copy of each plane, the lanes that wrap round a row's end masked).
 //!
 //! The same planes, blocks and rows take a max pooling's maximum over the taps instead
 //! ([`substitute_max_pools`]: padding −∞, no kernel, no bias): tract's `MaxPool` ran
@@ -62,6 +63,15 @@ const MASKED_ROWS: usize = 2;
 /// registers.
 #[cfg(target_arch = "x86_64")]
 const FLAT_VECTORS: usize = 8;
+
+#[cfg(target_arch = "x86_64")]
+thread_local! {
+    /// [`DepthwiseConv::flat_avx2`]'s plane between its zero margins, per thread.
+    static FLAT_PLANE: std::cell::Cell<Vec<f32>> = const { std::cell::Cell::new(Vec::new()) };
+    /// [`DepthwiseConv::flat_avx2`]'s lane masks per vector, per thread.
+    static FLAT_SIDES: std::cell::Cell<Vec<[[i32; 8]; 2]>> =
+        const { std::cell::Cell::new(Vec::new()) };
+}
 
 /// Channel `c`'s `K × K` taps and its bias, for the masked kernels ([`DepthwiseConv::masked`],
 /// [`DepthwiseConv::masked_avx2`], [`DepthwiseConv::narrow`]) to broadcast; for a max pooling
@@ -403,7 +413,8 @@ impl DepthwiseConv {
     /// one thread (Zen 3, the two alternated run by run in one plan), the first 32-channel
     /// 112 × 112 one 0.555 → 0.402 ms, the expansion + depthwise operators 1–12 % faster
     /// (stride 2 the most), but those into 7 × 7 rows at stride 1 5 % slower (7 of a
-    /// vector's 8 lanes, 8 rows computed for 7), so those keep the copy.
+    /// vector's 8 lanes, 8 rows computed for 7), so those kept the copy (now in flat
+    /// vectors, [`DepthwiseConv::flat_avx2`], as whole planes at stride 1 are on AVX2).
     pub(crate) fn runs_by_rows(&self) -> bool {
         #[cfg(target_arch = "x86_64")]
         if self.kernel_hw == [3, 3] && matches!(self.strides, [1, 1] | [2, 2]) {
@@ -849,6 +860,113 @@ impl DepthwiseConv {
         true
     }
 
+    /// A 3×3 convolution at stride 1 with one row and column of zero padding around the
+    /// image and output planes the image's size (MobileNetV2's on 28 × 28, 14 × 14 and
+    /// 7 × 7), with AVX2 and FMA: the plane's positions in flat order, 8 a vector, so that
+    /// output `p` reads tap `(ky, kx)` at input `p + (ky − 1) · W + kx − 1` and each tap is
+    /// one plain load. Each plane is first copied between zero margins of a row and more (the
+    /// rows above and below the image read as zero); a row's last value, loaded by the next
+    /// row's first position as its left neighbour (and its first by the row before's last),
+    /// is masked to zero as well. The taps are summed in [`DepthwiseConv::masked_avx2`]'s
+    /// order, so that a depthwise convolution run alone and one in a [`crate::fused::Banded`]
+    /// chain agree bit for bit. Rows narrower than a vector waste no lanes, wider ones no
+    /// partial vector per row. MobileNetV2 on one thread against the masked blocks (the
+    /// padded copy on 7 × 7), two plans' runs alternated: its 7 × 7 ones 0.13 → 0.065 ms,
+    /// the expansion + depthwise operators on 14 × 14 9–16 % faster, on 28 × 28 3–6 %.
+    /// Returns false, doing nothing, where the operator or the buffers do not fit.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,fma")]
+    unsafe fn flat_avx2(
+        &self,
+        input: &[f32],
+        first: usize,
+        kernel: &[f32],
+        bias: &[f32],
+        output: &mut [f32],
+    ) -> bool {
+        use std::arch::x86_64::*;
+        let [h, w] = self.input_hw;
+        let positions = h * w;
+        if self.max
+            || self.kernel_hw != [3, 3]
+            || self.strides != [1, 1]
+            || self.pad_before != [1, 1]
+            || self.output_hw != [h, w]
+            || positions == 0
+            || !output.len().is_multiple_of(positions)
+            || input.len() < output.len()
+            || kernel.len() < self.channels * 9
+        {
+            return false;
+        }
+        let vectors = positions.div_ceil(8);
+        // Zeros before the plane (a row and one value, the most a tap reaches back) and
+        // after it (the last vector's lanes past the plane, then a row and one value).
+        let margin = (w + 1).next_multiple_of(8);
+        let len = margin + vectors * 8 + w + 1;
+        // Per vector: which lanes may add their left and right column taps.
+        let mut sides = FLAT_SIDES.take();
+        sides.clear();
+        // (The column counted along, not as a remainder: a division per lane cost more than
+        // the convolution of a 32-channel panel of 28 × 28.)
+        let mut x = 0;
+        sides.extend((0..vectors).map(|_| {
+            let (mut left, mut right) = ([0i32; 8], [0i32; 8]);
+            for (left, right) in left.iter_mut().zip(&mut right) {
+                *left = if x != 0 { -1 } else { 0 };
+                *right = if x + 1 != w { -1 } else { 0 };
+                x = if x + 1 == w { 0 } else { x + 1 };
+            }
+            [left, right]
+        }));
+        let mut padded = FLAT_PLANE.take();
+        padded.clear();
+        padded.resize(len, 0.0);
+        let [lo, hi] = self.clamp.bounds();
+        let (lo, hi) = (_mm256_set1_ps(lo), _mm256_set1_ps(hi));
+        for (plane, (src, dst)) in
+            input.chunks_exact(positions).zip(output.chunks_exact_mut(positions)).enumerate()
+        {
+            let c = (first + plane) % self.channels;
+            let (taps, b) = plane_taps::<3, false>(kernel, bias, c);
+            let taps = taps.map(|row| row.map(|v| _mm256_set1_ps(v)));
+            padded[margin..margin + positions].copy_from_slice(src);
+            let at = padded[margin..].as_ptr();
+            for (v, [left, right]) in sides.iter().enumerate() {
+                let p = at.wrapping_add(v * 8);
+                // SAFETY: both hold 8 lanes.
+                let (left, right) = unsafe {
+                    (
+                        _mm256_loadu_si256(left.as_ptr().cast()),
+                        _mm256_loadu_si256(right.as_ptr().cast()),
+                    )
+                };
+                let (left, right) = (_mm256_castsi256_ps(left), _mm256_castsi256_ps(right));
+                let mut sum = _mm256_set1_ps(b);
+                // SAFETY: every load lies in `padded`: `margin` values (a row and one at
+                // least) before `at`, a row and one after the last vector.
+                unsafe {
+                    for (ky, taps) in taps.iter().enumerate() {
+                        let row = p.wrapping_offset((ky as isize - 1) * w as isize);
+                        let l = _mm256_and_ps(_mm256_loadu_ps(row.wrapping_sub(1)), left);
+                        let r = _mm256_and_ps(_mm256_loadu_ps(row.wrapping_add(1)), right);
+                        sum = _mm256_fmadd_ps(taps[0], l, sum);
+                        sum = _mm256_fmadd_ps(taps[1], _mm256_loadu_ps(row), sum);
+                        sum = _mm256_fmadd_ps(taps[2], r, sum);
+                    }
+                }
+                // As `Clamp::apply`: a NaN stays NaN.
+                let sum = _mm256_min_ps(hi, _mm256_max_ps(lo, sum));
+                let x = v * 8;
+                // SAFETY: the lanes stored are the plane's.
+                unsafe { store_avx2(&mut dst[x..(x + 8).min(positions)], sum) };
+            }
+        }
+        FLAT_PLANE.set(padded);
+        FLAT_SIDES.set(sides);
+        true
+    }
+
     /// A 3×3 convolution or max pooling at stride 2 from planes of at most 16 columns into
     /// rows of at most 8 (MobileNetV2's 14 × 14 → 7 × 7), with AVX-512: two output rows a
     /// vector (lanes 0–7 and 8–15), each tap's columns for both picked out of the two image
@@ -997,7 +1115,8 @@ impl DepthwiseConv {
     }
 
     /// [`DepthwiseConv::flat`] or [`DepthwiseConv::masked`] where this CPU and the operator
-    /// allow it; false where not, nothing written.
+    /// allow it, [`DepthwiseConv::flat_avx2`] or [`DepthwiseConv::masked_avx2`] on CPUs with
+    /// AVX2 but not AVX-512; false where not, nothing written.
     #[allow(unused_variables)]
     fn masked_where_covered(
         &self,
@@ -1017,6 +1136,14 @@ impl DepthwiseConv {
                         false => self.narrow::<false>(input, first, kernel, bias, output),
                     }
             }
+        {
+            return true;
+        }
+        #[cfg(target_arch = "x86_64")]
+        if !crate::conv::avx512()
+            && crate::conv::avx2()
+            // SAFETY: the CPU has AVX2 and FMA, the features `flat_avx2` is compiled for.
+            && unsafe { self.flat_avx2(input, first, kernel, bias, output) }
         {
             return true;
         }
@@ -1579,6 +1706,11 @@ mod tests {
             // more padding above than below and a shared bias.
             case(1, 3, [9, 11], [5, 5], [1, 1], [2, 2], [2, 2], true),
             case(2, 3, [5, 13], [3, 3], [1, 1], [2, 1], [0, 1], false),
+            // Flat vectors with AVX2 (3×3, stride 1, padding 1): rows of one column, of a
+            // vector exactly, and of 5 (vectors across three rows), two images sharing a bias.
+            case(1, 2, [4, 1], [3, 3], [1, 1], [1, 1], [1, 1], true),
+            case(1, 3, [8, 8], [3, 3], [1, 1], [1, 1], [1, 1], true),
+            case(2, 3, [3, 5], [3, 3], [1, 1], [1, 1], [1, 1], false),
         ]
     }
 
@@ -1607,7 +1739,7 @@ mod tests {
     #[test]
     fn every_path_matches_the_definition() {
         #[cfg(target_arch = "x86_64")]
-        let mut flat = 0;
+        let (mut flat, mut flat_avx2) = (0, 0);
         for (i, case) in cases().iter().enumerate() {
             let mut model = case.model();
             substitute(&mut model).expect("substitute");
@@ -1648,12 +1780,26 @@ mod tests {
                         flat += 1;
                     }
                 }
+                if crate::conv::avx2() {
+                    let mut out = fresh();
+                    // SAFETY: the CPU has AVX2 and FMA.
+                    if unsafe { op.flat_avx2(&input, 0, &kernel, &bias, &mut out) } {
+                        assert_close(&format!("case {i}, flat AVX2"), &out, &case.oracle());
+                        flat_avx2 += 1;
+                    }
+                }
             }
         }
         // MobileNetV2's 7 × 7 and the two cases above.
         #[cfg(target_arch = "x86_64")]
         if crate::conv::avx512() {
-            assert_eq!(flat, 3);
+            assert_eq!(flat, 4);
+        }
+        // MobileNetV2's 7 × 7, 112 × 112 and 14 × 14 at stride 1, 16 × 17, 19 × 16 and the
+        // three above.
+        #[cfg(target_arch = "x86_64")]
+        if crate::conv::avx2() {
+            assert_eq!(flat_avx2, 8);
         }
     }
 
