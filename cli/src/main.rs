@@ -123,6 +123,12 @@ enum Command {
         /// adapter with timestamp queries).
         #[arg(long)]
         gpu_profile: bool,
+        /// Take turns with another process on this machine, `N` timed runs a turn: before
+        /// each turn print `turn <model id>` and wait for a line on stdin; each turn starts
+        /// with one untimed run. `bench/ort_native.py --medinfer` drives it, so that both
+        /// are timed in the same minutes of a shared, noisy machine.
+        #[arg(long, value_name = "N")]
+        turns: Option<usize>,
     },
     /// Serve the HTTP API (the same as the Spin component) over an embedded store.
     Serve {
@@ -247,11 +253,14 @@ fn main() -> std::process::ExitCode {
             chunk,
             models_dir,
             gpu_profile,
+            turns,
         } => {
             let batch = batch.max(1);
             let chunk = chunk.unwrap_or(batch.min(16)).clamp(1, batch);
             let sizes = [batch, chunk, threads];
-            bench(&file, iterations, json, backend, sizes, models_dir, gpu_profile)
+            let turns = turns.map(|n| n.max(1));
+            let runs = Runs { iterations, turns };
+            bench(&file, runs, json, backend, sizes, models_dir, gpu_profile)
         }
         Command::Deid { input, output, options, key_file, pixels, models_dir, report } => (|| {
             use medinfer_core::deid::{DeidOptions, PixelCleaning};
@@ -559,6 +568,27 @@ fn summary(v: &mut [f64]) -> (f64, f64, f64) {
     (at(0.5), at(0.9), v[0])
 }
 
+/// `medinfer bench`'s timed runs per model, and per turn where it takes turns with another
+/// process (`--turns`).
+struct Runs {
+    iterations: usize,
+    turns: Option<usize>,
+}
+
+/// `medinfer bench --turns`: says whose turn is next and waits until the other process has
+/// had its own (a line on stdin).
+fn take_turn(model_id: &str) -> Result<()> {
+    use std::io::{BufRead, Write};
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "turn {model_id}")?;
+    out.flush()?;
+    let mut line = String::new();
+    if std::io::stdin().lock().read_line(&mut line)? == 0 {
+        anyhow::bail!("--turns: stdin closed before the other process's turn ended");
+    }
+    Ok(())
+}
+
 /// The load of `manifest`'s model from its plan form, file read included, in milliseconds:
 /// the median of 5 after the form is written to a temporary file (`None`: the model has
 /// none, its graph holding an operator the form does not cover).
@@ -581,7 +611,7 @@ fn plan_form_load_ms(dir: &Path, manifest: &medinfer_core::ModelManifest) -> Res
 
 fn bench(
     file: &Path,
-    iterations: usize,
+    Runs { iterations, turns }: Runs,
     as_json: bool,
     backend: backend::Backend,
     [batch, chunk, threads]: [usize; 3],
@@ -619,7 +649,11 @@ fn bench(
         };
         let (first_run_ms, _) = run()?; // warm-up (builds the GPU plan for this batch size)
         let (mut total, mut infer) = (Vec::new(), Vec::new());
-        for _ in 0..iterations.max(1) {
+        for i in 0..iterations.max(1) {
+            if turns.is_some_and(|n| i % n == 0) {
+                take_turn(id)?;
+                run()?; // the other process's turn left its data in the caches, not ours
+            }
             let (t, i) = run()?;
             total.push(t);
             infer.push(i);

@@ -108,29 +108,50 @@ fn machine() -> Result<String> {
     ))
 }
 
-/// Alternating rounds of the native rows: medinfer and onnxruntime take turns, so that a
-/// spell in which this VM's two vCPUs share one core (it happens: whole processes whose
-/// two-thread runs are no faster than one thread, both CPUs busy) falls on both sides.
+/// Rounds of the native rows: in each medinfer and onnxruntime take turns, so that a spell
+/// in which this VM's two vCPUs share one core (it happens: whole processes whose two-thread
+/// runs are no faster than one thread, both CPUs busy) falls on both sides.
 const ROUNDS: usize = 3;
+
+/// Runs per turn when medinfer and onnxruntime take turns: on this kind of shared VM the
+/// speed of both drifts by tens of percent from one minute to the next, so each ratio is of
+/// runs made in the same seconds.
+const TURN: usize = 5;
 
 /// Single-image model runs at 1 and 2 threads, and model load: each number the median of
 /// [`ROUNDS`] alternating rounds' medians.
 fn native(iterations: usize) -> Result<String> {
     let n = iterations.to_string();
-    // Per round: medinfer at 1 and 2 threads, then onnxruntime at both.
+    let turn = TURN.to_string();
+    // Per round and thread count: medinfer and onnxruntime side by side, taking turns of
+    // `TURN` runs (`bench/ort_native.py --medinfer`).
     let mut rounds = Vec::new();
     for _ in 0..ROUNDS {
-        let ours =
-            [medinfer_bench(&n, &["--threads", "1"])?, medinfer_bench(&n, &["--threads", "2"])?];
-        let ort = json(Command::new("python3").args([
-            "bench/ort_native.py",
-            "models",
-            "--n",
-            &n,
-            "--threads",
-            "1,2",
-        ]))?;
-        rounds.push((ours, ort));
+        let (mut ours, mut ort) = (Vec::new(), Vec::new());
+        for threads in ["1", "2"] {
+            let medinfer = format!(
+                "target/release/medinfer bench --json --iterations {n} --models-dir models \
+                 --threads {threads} --turns {turn}"
+            );
+            let mut pair = json(Command::new("python3").args([
+                "bench/ort_native.py",
+                "models",
+                "--n",
+                &n,
+                "--threads",
+                threads,
+                "--turns",
+                &turn,
+                "--medinfer",
+                &medinfer,
+            ]))?;
+            ours.push(pair["medinfer"].take());
+            if let Value::Array(rows) = pair["onnxruntime"].take() {
+                ort.extend(rows);
+            }
+        }
+        let ours: [Value; 2] = ours.try_into().map_err(|_| anyhow::anyhow!("two thread counts"))?;
+        rounds.push((ours, Value::Array(ort)));
     }
     let median = |mut v: Vec<f64>| {
         v.sort_by(f64::total_cmp);
@@ -140,8 +161,10 @@ fn native(iterations: usize) -> Result<String> {
         "## Native model run vs onnxruntime, 1 and 2 threads\n\n{iterations} runs per model after \
          a warm-up, one 224×224 image; medinfer's time is the tract run inside \
          `medinfer bench --threads T` (preprocessed chest CR), onnxruntime's the session run on a \
-         fixed tensor of the same shape with `intra_op_num_threads = T`; each number the median \
-         of {ROUNDS} rounds in which the two take turns. Load, cold: medinfer \
+         fixed tensor of the same shape with `intra_op_num_threads = T`. The two run side by \
+         side and take turns of {TURN} runs (each turn after an untimed run), so that both are \
+         timed in the same seconds of this shared machine; each number the median of {ROUNDS} \
+         such rounds. Load, cold: medinfer \
          parses, checks the sha256, declutters, rewrites and optimises; onnxruntime creates the \
          session. Load from the plan form: medinfer reads the file the first load wrote \
          (`data/plans/<id>.plan` for the server), checks its sha256 and key and lowers the \
