@@ -649,8 +649,8 @@ fn bench(
         };
         let (first_run_ms, _) = run()?; // warm-up (builds the GPU plan for this batch size)
         let (mut total, mut infer) = (Vec::new(), Vec::new());
-        for i in 0..iterations.max(1) {
-            if turns.is_some_and(|n| i % n == 0) {
+        for timed in 0..iterations.max(1) {
+            if turns.is_some_and(|n| timed % n == 0) {
                 take_turn(id)?;
                 run()?; // the other process's turn left its data in the caches, not ours
             }
