@@ -871,8 +871,10 @@ impl DepthwiseConv {
     /// order, so that a depthwise convolution run alone and one in a [`crate::fused::Banded`]
     /// chain agree bit for bit. Rows narrower than a vector waste no lanes, wider ones no
     /// partial vector per row. MobileNetV2 on one thread against the masked blocks (the
-    /// padded copy on 7 × 7), two plans' runs alternated: its 7 × 7 ones 0.13 → 0.065 ms,
-    /// the expansion + depthwise operators on 14 × 14 9–16 % faster, on 28 × 28 3–6 %.
+    /// padded copy on 7 × 7), two plans' runs alternated: its 7 × 7 ones 0.075–0.13 →
+    /// 0.05–0.065 ms (fast and slow spells of the VM), the expansion + depthwise operators on
+    /// 14 × 14 2–16 % faster, on 28 × 28 1–5 %; the model 0.968–0.995× on one thread,
+    /// 0.979–0.987× on two.
     /// Returns false, doing nothing, where the operator or the buffers do not fit.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
@@ -907,8 +909,6 @@ impl DepthwiseConv {
         // Per vector: which lanes may add their left and right column taps.
         let mut sides = FLAT_SIDES.take();
         sides.clear();
-        // (The column counted along, not as a remainder: a division per lane cost more than
-        // the convolution of a 32-channel panel of 28 × 28.)
         let mut x = 0;
         sides.extend((0..vectors).map(|_| {
             let (mut left, mut right) = ([0i32; 8], [0i32; 8]);
