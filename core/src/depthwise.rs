@@ -474,10 +474,16 @@ impl DepthwiseConv {
                     (true, _, false) => self.masked::<3, 2, false>(i, first, k, b, o, rows, w),
                     (true, [1, 1], true) => self.masked::<3, 1, true>(i, first, k, b, o, rows, w),
                     (true, _, true) => self.masked::<3, 2, true>(i, first, k, b, o, rows, w),
-                    (_, [1, 1], false) => self.masked_avx2::<1, false>(i, first, k, b, o, rows, w),
-                    (_, _, false) => self.masked_avx2::<2, false>(i, first, k, b, o, rows, w),
-                    (_, [1, 1], true) => self.masked_avx2::<1, true>(i, first, k, b, o, rows, w),
-                    (_, _, true) => self.masked_avx2::<2, true>(i, first, k, b, o, rows, w),
+                    (_, [1, 1], false) => {
+                        self.masked_avx2::<1, false>(i, first, k, b, o, rows, w, false)
+                    }
+                    (_, _, false) => {
+                        self.masked_avx2::<2, false>(i, first, k, b, o, rows, w, false)
+                    }
+                    (_, [1, 1], true) => {
+                        self.masked_avx2::<1, true>(i, first, k, b, o, rows, w, false)
+                    }
+                    (_, _, true) => self.masked_avx2::<2, true>(i, first, k, b, o, rows, w, false),
                 }
             };
             if ran {
@@ -485,6 +491,44 @@ impl DepthwiseConv {
             }
         }
         bail!("{}: no run of a part of its rows here", self.name())
+    }
+
+    /// [`DepthwiseConv::run_rows`] of a 3×3 convolution with AVX2 and FMA (not AVX-512),
+    /// into a band laid out `[block][channel][16]` instead of plane by plane: the lines a 1×1
+    /// convolution after it reads as its packed image ([`crate::conv::DirectConv::run_by_bands`]
+    /// with `tiled`), one contiguous line a step, where a plane per step was a stream per
+    /// input channel. Output rows of a multiple of 8 columns only. Same sums, same order.
+    #[cfg(target_arch = "x86_64")]
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn run_rows_tiled(
+        &self,
+        input: &[f32],
+        kernel: &[f32],
+        bias: &[f32],
+        output: &mut [f32],
+        rows: Range<usize>,
+        window: Window,
+    ) -> TractResult<()> {
+        let (i, k, b, o, w) = (input, kernel, bias, output, window);
+        // SAFETY: the CPU has AVX2 and FMA, the features `masked_avx2` is compiled for.
+        let ran = Self::tiles_rows(self.output_hw[1])
+            && !self.max
+            && unsafe {
+                match self.strides {
+                    [1, 1] => self.masked_avx2::<1, false>(i, 0, k, b, o, rows, w, true),
+                    _ => self.masked_avx2::<2, false>(i, 0, k, b, o, rows, w, true),
+                }
+            };
+        if !ran {
+            bail!("{}: no run of its rows into blocks here", self.name());
+        }
+        Ok(())
+    }
+
+    /// Whether this CPU runs [`DepthwiseConv::run_rows_tiled`] into rows of `ow` columns.
+    #[cfg(target_arch = "x86_64")]
+    pub(crate) fn tiles_rows(ow: usize) -> bool {
+        crate::conv::avx2() && !crate::conv::avx512() && ow.is_multiple_of(8)
     }
 
     /// Whether [`DepthwiseConv::run_rows`]'s buffers hold whole planes and bands of output
@@ -497,18 +541,25 @@ impl DepthwiseConv {
         rows: &Range<usize>,
         window: Window,
     ) -> bool {
-        let iw = self.input_hw[1];
         let [oh, ow] = self.output_hw;
         let band = rows.len() * ow;
-        let Window { top, stride } = window;
-        let reads = self.input_rows(rows.clone());
-        let held = top..top + (stride / iw.max(1)) as isize;
+        let stride = window.stride;
         rows.end <= oh
             && band > 0
             && output.len().is_multiple_of(band)
             && input.len() >= output.len() / band * stride
-            && (reads.is_empty()
-                || ((reads.start as isize) >= held.start && (reads.end as isize) <= held.end))
+            && self.reads_held(rows, window)
+    }
+
+    /// Whether `window` holds every image row that output rows `rows` read.
+    #[cfg(target_arch = "x86_64")]
+    fn reads_held(&self, rows: &Range<usize>, window: Window) -> bool {
+        let iw = self.input_hw[1];
+        let Window { top, stride } = window;
+        let reads = self.input_rows(rows.clone());
+        let held = top..top + (stride / iw.max(1)) as isize;
+        reads.is_empty()
+            || ((reads.start as isize) >= held.start && (reads.end as isize) <= held.end)
     }
 
     /// [`DepthwiseConv::masked`] for a 3×3 kernel at stride `S` (1 or 2) with AVX2 and FMA:
@@ -523,7 +574,10 @@ impl DepthwiseConv {
     /// loads, picked by one in-lane shuffle that leaves them in the order 0 1 4 5 2 3 6 7, the
     /// same for every tap, so that the sums are put back in order once, as they are stored. A
     /// partial vector is stored as 4, 2 and 1 lanes ([`store_avx2`]): AVX2's masked stores are
-    /// slow on AMD. Same contract as `masked`.
+    /// slow on AMD. Same contract as `masked`; where `tiled`, the output is laid out
+    /// `[block][channel][TILED]` (block `q / TILED` of the band's flat positions), `input`'s
+    /// planes are all convolved and `output` holds their blocks
+    /// ([`DepthwiseConv::run_rows_tiled`]); rows of a multiple of 8 columns only.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2,fma")]
     #[allow(clippy::too_many_arguments)]
@@ -536,17 +590,29 @@ impl DepthwiseConv {
         output: &mut [f32],
         rows: Range<usize>,
         window: Window,
+        tiled: bool,
     ) -> bool {
         use std::arch::x86_64::*;
         const R: usize = MASKED_ROWS;
         let [ih, iw] = self.input_hw;
         let ow = self.output_hw[1];
         let [pt, pl] = self.pad_before;
-        if self.kernel_hw != [3, 3]
-            || self.strides != [S, S]
-            || !(S == 1 || S == 2)
-            || !self.band_fits(input, output, &rows, window)
-        {
+        let band = rows.len() * ow;
+        let channels = input.len() / window.stride.max(1);
+        let fits = match tiled {
+            false => self.band_fits(input, output, &rows, window),
+            // Whole planes in, `[block][channel][TILED]` out, each vector of a row inside one
+            // line.
+            true => {
+                rows.end <= self.output_hw[0]
+                    && band > 0
+                    && input.len().is_multiple_of(window.stride.max(1))
+                    && ow.is_multiple_of(8)
+                    && output.len() >= band.div_ceil(TILED) * channels * TILED
+                    && self.reads_held(&rows, window)
+            }
+        };
+        if self.kernel_hw != [3, 3] || self.strides != [S, S] || !(S == 1 || S == 2) || !fits {
             return false;
         }
         let [lo, hi] = self.clamp.bounds();
@@ -574,8 +640,35 @@ impl DepthwiseConv {
         };
         let columns = PerBlock::new(ow.div_ceil(16), BlockLoads::default(), block_loads);
         let columns = columns.as_slice();
-        let band = rows.len() * ow;
         let Window { top, stride } = window;
+        if tiled {
+            for (plane, src) in input.chunks_exact(stride).enumerate() {
+                let c = (first + plane) % self.channels;
+                let (w, b) = plane_taps::<3, MAX>(kernel, bias, c);
+                let w = w.map(|row| row.map(|v| _mm256_set1_ps(v)));
+                let src = src.as_ptr();
+                let plane_avx2 = PlaneAvx2 { src, top, ih, iw, pt, ow, w, b, fill, lo, hi };
+                let out = &mut output[plane * TILED..];
+                let apart = channels * TILED;
+                let mut y0 = rows.start;
+                while y0 < rows.end {
+                    let (left, row) = (rows.end - y0, y0 - rows.start);
+                    let at = Some(Tiled { row, apart });
+                    let p = &plane_avx2;
+                    // SAFETY: as below; `out` holds every line of this plane's band.
+                    unsafe {
+                        if left >= 4 {
+                            rows_avx2::<S, 4, MAX>(p, y0, columns, out, 4, at);
+                            y0 += 4;
+                        } else {
+                            rows_avx2::<S, R, MAX>(p, y0, columns, out, left.min(R), at);
+                            y0 += R;
+                        }
+                    }
+                }
+            }
+            return true;
+        }
         for (plane, (src, dst)) in
             input.chunks_exact(stride).zip(output.chunks_exact_mut(band)).enumerate()
         {
@@ -593,10 +686,10 @@ impl DepthwiseConv {
                 // (`band_fits`), and `out` their rows of the band.
                 unsafe {
                     if left >= 4 {
-                        rows_avx2::<S, 4, MAX>(&plane, y0, columns, out, 4);
+                        rows_avx2::<S, 4, MAX>(&plane, y0, columns, out, 4, None);
                         y0 += 4;
                     } else {
-                        rows_avx2::<S, R, MAX>(&plane, y0, columns, out, left.min(R));
+                        rows_avx2::<S, R, MAX>(&plane, y0, columns, out, left.min(R), None);
                         y0 += R;
                     }
                 }
@@ -1403,6 +1496,7 @@ unsafe fn rows_avx2<const S: usize, const R: usize, const MAX: bool>(
     columns: &[BlockLoads],
     out: &mut [f32],
     valid: usize,
+    tiled: Option<Tiled>,
 ) {
     use std::arch::x86_64::*;
     let PlaneAvx2 { src, top, ih, iw, pt, ow, ref w, b, fill, lo, hi } = *plane;
@@ -1434,7 +1528,6 @@ unsafe fn rows_avx2<const S: usize, const R: usize, const MAX: bool>(
         const { assert!((R - 1) * S + 3 <= 10, "more rows than `rows!` lists") };
         rows!(0 1 2 3 4 5 6 7 8 9);
         for (r, acc) in acc.iter().enumerate().take(valid) {
-            let out = &mut out[r * ow..][..ow];
             for (h, &acc) in acc.iter().enumerate().take(loads.used) {
                 // As `Clamp::apply`: a NaN stays NaN.
                 let mut v = _mm256_min_ps(hi, _mm256_max_ps(lo, acc));
@@ -1445,12 +1538,32 @@ unsafe fn rows_avx2<const S: usize, const R: usize, const MAX: bool>(
                     )));
                 }
                 let x = block * 16 + 8 * h;
-                let out = &mut out[x..(x + 8).min(ow)];
+                let out = match tiled {
+                    None => &mut out[r * ow + x..][..(ow - x).min(8)],
+                    Some(Tiled { row, apart }) => {
+                        let q = (row + r) * ow + x;
+                        &mut out[q / TILED * apart + q % TILED..][..8]
+                    }
+                };
                 // SAFETY: `out` holds the lanes stored.
                 unsafe { store_avx2(out, v) };
             }
         }
     }
+}
+
+/// Positions a line of [`DepthwiseConv::run_rows_tiled`]'s output holds: a block of the 1×1
+/// convolution that reads it.
+#[cfg(target_arch = "x86_64")]
+const TILED: usize = crate::conv::TILE;
+
+/// Where [`rows_avx2`] stores into a band laid out `[block][channel][TILED]`: its first row
+/// is row `row` of the band, and a channel's lines lie `apart` values apart (`C · TILED`).
+#[cfg(target_arch = "x86_64")]
+#[derive(Clone, Copy)]
+struct Tiled {
+    row: usize,
+    apart: usize,
 }
 
 /// Image row `i` of a block of [`DepthwiseConv::masked_avx2`] (at `row`, its first value),
@@ -1845,10 +1958,18 @@ mod tests {
         // SAFETY: `masked_kernels` names only kernels whose features the CPU has.
         unsafe {
             match (kind, op.strides, op.max) {
-                ("AVX2", [1, 1], false) => op.masked_avx2::<1, false>(i, 0, k, b, out, rows, w),
-                ("AVX2", [2, 2], false) => op.masked_avx2::<2, false>(i, 0, k, b, out, rows, w),
-                ("AVX2", [1, 1], true) => op.masked_avx2::<1, true>(i, 0, k, b, out, rows, w),
-                ("AVX2", [2, 2], true) => op.masked_avx2::<2, true>(i, 0, k, b, out, rows, w),
+                ("AVX2", [1, 1], false) => {
+                    op.masked_avx2::<1, false>(i, 0, k, b, out, rows, w, false)
+                }
+                ("AVX2", [2, 2], false) => {
+                    op.masked_avx2::<2, false>(i, 0, k, b, out, rows, w, false)
+                }
+                ("AVX2", [1, 1], true) => {
+                    op.masked_avx2::<1, true>(i, 0, k, b, out, rows, w, false)
+                }
+                ("AVX2", [2, 2], true) => {
+                    op.masked_avx2::<2, true>(i, 0, k, b, out, rows, w, false)
+                }
                 ("AVX-512", [1, 1], false) => op.masked::<3, 1, false>(i, 0, k, b, out, rows, w),
                 ("AVX-512", [2, 2], false) => op.masked::<3, 2, false>(i, 0, k, b, out, rows, w),
                 ("AVX-512", [1, 1], true) => op.masked::<3, 1, true>(i, 0, k, b, out, rows, w),

@@ -259,8 +259,10 @@ thread_local! {
 /// ([`DirectConv::rows_into`]; the rows two bands share computed once on a thread's run of
 /// bands), the depthwise convolution the band's rows of all its channels
 /// ([`DepthwiseConv::run_rows`]), and the projection sums them straight into its output
-/// ([`DirectConv::run_by_bands`]), or the band is copied into the output; bands side by side
-/// on tract's executor. Same sums, same order: the output is the operators', bit for bit.
+/// ([`DirectConv::run_by_bands`]; with AVX2, into rows of a multiple of 8 columns, the
+/// depthwise convolution writes the band as the projection's packed blocks,
+/// [`DepthwiseConv::run_rows_tiled`]), or the band is copied into the output; bands side by
+/// side on tract's executor. Same sums, same order: the output is the operators', bit for bit.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Banded {
     before: Option<DirectConv>,
@@ -442,6 +444,12 @@ impl EvalOp for Banded {
         let mut view = output.try_as_plain_ram_mut()?;
         let out = view.as_slice_mut::<f32>()?;
         let band = self.band();
+        // The band laid out as the projection's packed image, where the depthwise convolution
+        // writes it so: a line a step for the projection, not a plane.
+        #[cfg(target_arch = "x86_64")]
+        let tiled = project.is_some() && produce.is_some() && DepthwiseConv::tiles_rows(ow);
+        #[cfg(not(target_arch = "x86_64"))]
+        let tiled = false;
         // The producer's rows for one band: the most a band reads, and a row above and below
         // for its blocks to spill into.
         let stride = (self.depthwise.most_rows_read(band) + 2) * iw;
@@ -477,13 +485,27 @@ impl EvalOp for Banded {
                     };
                     before.rows_into(src, p_kernel, p_bias, from..reads.end, rows_in, at)?;
                 }
-                self.depthwise.run_rows(rows_in, 0, dw_kernel, dw_bias, planes, rows, Some(at))
+                match tiled {
+                    #[cfg(target_arch = "x86_64")]
+                    true => {
+                        self.depthwise.run_rows_tiled(rows_in, dw_kernel, dw_bias, planes, rows, at)
+                    }
+                    _ => self.depthwise.run_rows(
+                        rows_in,
+                        0,
+                        dw_kernel,
+                        dw_bias,
+                        planes,
+                        rows,
+                        Some(at),
+                    ),
+                }
             })();
             PRODUCED.set(produced);
             result
         };
         if let Some((project, kernel, bias)) = project {
-            project.run_by_bands(kernel, bias, out, band, fill)?;
+            project.run_by_bands(kernel, bias, out, band, tiled, fill)?;
             return Ok(tvec!(output.into_tvalue()));
         }
         // The threads write disjoint rows of it: `share_bands` hands each band to one.
