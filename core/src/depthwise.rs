@@ -641,55 +641,39 @@ impl DepthwiseConv {
         let columns = PerBlock::new(ow.div_ceil(16), BlockLoads::default(), block_loads);
         let columns = columns.as_slice();
         let Window { top, stride } = window;
-        if tiled {
-            for (plane, src) in input.chunks_exact(stride).enumerate() {
-                let c = (first + plane) % self.channels;
-                let (w, b) = plane_taps::<3, MAX>(kernel, bias, c);
-                let w = w.map(|row| row.map(|v| _mm256_set1_ps(v)));
-                let src = src.as_ptr();
-                let plane_avx2 = PlaneAvx2 { src, top, ih, iw, pt, ow, w, b, fill, lo, hi };
-                let out = &mut output[plane * TILED..];
-                let apart = channels * TILED;
-                let mut y0 = rows.start;
-                while y0 < rows.end {
-                    let (left, row) = (rows.end - y0, y0 - rows.start);
-                    let at = Some(Tiled { row, apart });
-                    let p = &plane_avx2;
-                    // SAFETY: as below; `out` holds every line of this plane's band.
-                    unsafe {
-                        if left >= 4 {
-                            rows_avx2::<S, 4, MAX>(p, y0, columns, out, 4, at);
-                            y0 += 4;
-                        } else {
-                            rows_avx2::<S, R, MAX>(p, y0, columns, out, left.min(R), at);
-                            y0 += R;
-                        }
-                    }
-                }
-            }
-            return true;
-        }
-        for (plane, (src, dst)) in
-            input.chunks_exact(stride).zip(output.chunks_exact_mut(band)).enumerate()
-        {
+        // Plane by plane, each its band of rows; or, where `tiled`, into every plane's lines
+        // of the band's blocks.
+        let planes = if tiled { channels } else { output.len() / band };
+        let apart = channels * TILED;
+        for (plane, src) in input.chunks_exact(stride).take(planes).enumerate() {
             let c = (first + plane) % self.channels;
             let (w, b) = plane_taps::<3, MAX>(kernel, bias, c);
             let w = w.map(|row| row.map(|v| _mm256_set1_ps(v)));
             let src = src.as_ptr();
-            let plane = PlaneAvx2 { src, top, ih, iw, pt, ow, w, b, fill, lo, hi };
+            let plane_avx2 = PlaneAvx2 { src, top, ih, iw, pt, ow, w, b, fill, lo, hi };
+            let dst = match tiled {
+                true => &mut output[plane * TILED..],
+                false => &mut output[plane * band..][..band],
+            };
             // Blocks of 4 rows (8 independent sums; 2 rows' 4 left the multiply-adds waiting
             // on each other), the band's last rows 2 at a time, as `input_rows` reckons.
             let mut y0 = rows.start;
             while y0 < rows.end {
-                let (left, out) = (rows.end - y0, &mut dst[(y0 - rows.start) * ow..]);
+                let (left, row) = (rows.end - y0, y0 - rows.start);
+                let (out, at) = match tiled {
+                    true => (&mut *dst, Some(Tiled { row, apart })),
+                    false => (&mut dst[row * ow..], None),
+                };
+                let p = &plane_avx2;
                 // SAFETY: the CPU has AVX2 and FMA; the window holds the rows the blocks read
-                // (`band_fits`), and `out` their rows of the band.
+                // (`band_fits`, `reads_held`), and `out` their rows of the band (their lines
+                // of its blocks where `tiled`).
                 unsafe {
                     if left >= 4 {
-                        rows_avx2::<S, 4, MAX>(&plane, y0, columns, out, 4, None);
+                        rows_avx2::<S, 4, MAX>(p, y0, columns, out, 4, at);
                         y0 += 4;
                     } else {
-                        rows_avx2::<S, R, MAX>(&plane, y0, columns, out, left.min(R), None);
+                        rows_avx2::<S, R, MAX>(p, y0, columns, out, left.min(R), at);
                         y0 += R;
                     }
                 }
